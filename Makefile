@@ -1,0 +1,20 @@
+# The two commands a new machine needs. Both set it up first (scripts/setup.sh, idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test demo lint bench
+
+setup:
+	bash scripts/setup.sh
+
+test: setup  ## unit + Ray integration tests (default suite: < 15 min on 2 cores)
+	$(PY) -m pytest -q
+
+demo: setup  ## short pretrain + evaluation on Fashion-MNIST on an embedded local Ray
+	$(PY) jobs/pretrain.py experiment=demo
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy empssl_ray jobs bench
+
+bench: setup  ## the CPU benchmarks of docs/benchmarks.md
+	$(PY) bench/tcr.py && $(PY) bench/patches.py && $(PY) bench/pipeline.py

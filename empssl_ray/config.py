@@ -1,0 +1,175 @@
+"""Hydra structured configs: every knob of a run, with its meaning and units.
+
+The YAML files under `empssl_ray/conf/` only pick values; the schema and the defaults live here,
+so a typo in an override fails at start-up with Hydra's one-line error instead of mid-run.
+Nothing here parses arguments: `jobs/*.py` compose these with Hydra, tests build them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class DataConfig:
+    # dataset registry name: cifar10, cifar100, fashion-mnist, imagefolder, parquet
+    name: str = "fashion-mnist"
+    root: str | None = (
+        None  # directory or URI (s3://, gs://) of the data; None = the dataset's default place
+    )
+    download: bool = (
+        True  # let torchvision download cifar/fashion-mnist when absent (needs network)
+    )
+    train_limit: int | None = None  # use only the first N training images (None = all)
+    test_limit: int | None = None  # use only the first N test images (None = all)
+    image_column: str = "image"  # parquet: column of encoded image bytes (JPEG/PNG/...)
+    label_column: str = "label"  # parquet: column of integer labels
+    num_classes: int | None = None  # imagefolder/parquet: class count; None = infer from the labels
+    image_size: int | None = (
+        None  # imagefolder/parquet: side in pixels images are resized to; None = as stored
+    )
+    on_bad_image: str = (
+        "error"  # "error" stops naming the file/row; "skip" drops it and counts it in metrics
+    )
+
+
+@dataclass
+class PatchConfig:
+    num_patches: int = 20  # n: augmented patches per image in training (paper: 20 to 200)
+    size: int | None = (
+        None  # S: patch side in pixels fed to the model; None = the dataset's image size
+    )
+    crop_scale: float = 0.25  # fraction of the image area each crop covers (paper: a quarter)
+    interpolation: str = (
+        "bilinear"  # resize of the crop to S: bilinear, or bicubic (paper's ImageNet)
+    )
+
+
+@dataclass
+class ModelConfig:
+    # registry: resnet18-cifar, resnet18-imagenet, resnet18-tinyimagenet, resnet-narrow
+    backbone: str = "resnet18-cifar"
+    width: int = 64  # channels of the first stage; ResNet-18 is 64, CPU tests use 8-16
+    prefeature_dim: int = 4096  # output of head h, the representation evaluated
+    hidden_dim: int = 4096  # hidden width of projector g
+    proj_dim: int = 1024  # d: output of projector g, the space the loss lives in
+    channels_last: bool = False  # NHWC memory format: faster convolutions on recent GPUs
+
+
+@dataclass
+class LossConfig:
+    invariance_weight: float = 200.0  # lambda ("patch_sim") on the patch-invariance term
+    tcr_weight: float = 1.0  # weight on the total coding rate term
+    eps: float = (
+        0.2  # distortion eps in R(Z) = 1/2 logdet(I + d/(B eps) Z^T Z), as the reference passes it
+    )
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 1  # passes over the training images
+    batch_size: int = (
+        100  # images per step across all workers (each image brings num_patches patches)
+    )
+    lr: float = 0.3  # peak learning rate, annealed by cosine to 0 over all steps
+    momentum: float = 0.9  # SGD momentum (Nesterov)
+    weight_decay: float = 1e-4  # L2 on weights; bias and norm parameters are excluded
+    lars_eta: float = 0.005  # LARS trust coefficient; trust ratio clipped at 1
+    warmup_steps: int = 0  # linear warm-up steps before the cosine (reference: 0)
+    bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
+
+
+@dataclass
+class EvalConfig:
+    num_patches: int = 16  # T: patches averaged per image for bag-of-features (paper: 128)
+    batch_size: int = 256  # images per embedding batch
+    knn_k: int = 20  # neighbours in the weighted kNN
+    knn_temperature: float = 0.07  # temperature of the kNN's exp(similarity / T) weights
+    probe_epochs: int = 100  # epochs of the linear probe
+    probe_lr: float = 0.03  # linear probe SGD learning rate (cosine to 0)
+    probe_batch_size: int = 512  # images per linear probe step
+    monitor_train: int = 1000  # online kNN: labelled training images used as the memory bank
+    monitor_test: int = 500  # online kNN: test images scored each epoch (0 disables the monitor)
+    monitor_patches: int = 4  # online kNN: patches per image (few: it runs every epoch)
+
+
+@dataclass
+class RayConfig:
+    address: str | None = (
+        None  # Ray cluster address; None = the job's cluster or an embedded local Ray
+    )
+    num_workers: int = 2  # training workers (DDP ranks); 0 = Ray Train's local mode in the driver
+    use_gpu: bool = False  # one GPU per training worker (nccl); False = CPU workers (gloo)
+    cpus_per_worker: float = 1.0  # CPUs each training worker reserves
+    trainer_resources: dict[str, float] = field(
+        default_factory=dict
+    )  # extra resources per trainer, e.g. {trainer: 1}
+    aug_min_actors: int = 1  # augmentation actor pool: fewest actors kept alive
+    aug_max_actors: int = 2  # augmentation actor pool: most actors it grows to under demand
+    aug_cpus_per_actor: float = 1.0  # CPUs each augmentation actor reserves
+    aug_resources: dict[str, float] = field(
+        default_factory=dict
+    )  # extra resources per actor, e.g. {augment: 1}
+    aug_batch_size: int = 64  # images per augmentation task
+    patches_on_trainer: bool = (
+        False  # ship raw images and cut patches on the training device (n x fewer bytes)
+    )
+    max_failures: int = 2  # worker failures survived by restarting from the latest checkpoint
+    prefetch_batches: int = 2  # batches each trainer prefetches from the stream
+
+
+@dataclass
+class RunConfig:
+    name: str = (
+        "empssl"  # run name; rerunning with the same name resumes from its latest checkpoint
+    )
+    storage_path: str = "runs"  # where runs live: a local dir (made absolute) or a URI (s3://...)
+    seed: int = 0  # seeds model init and patch randomness
+    log_every_steps: int = 10  # report metrics every N steps (and at each epoch's end)
+    evaluate: bool = True  # run the bag-of-features evaluation after pretraining
+    compare_random_init: bool = False  # also evaluate a random-init encoder on the same protocol
+    progress: bool = True  # progress bars on long stages
+
+
+@dataclass
+class PretrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class EvaluateConfig:
+    checkpoint: str | None = (
+        None  # checkpoint dir to evaluate; None = latest of run.name in run.storage_path
+    )
+    random_init: bool = False  # evaluate a random-init encoder instead (the baseline)
+    output: str | None = None  # metrics JSON path; None = <run dir>/eval.json
+    data: DataConfig = field(default_factory=DataConfig)
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def register_configs() -> None:
+    """Registers the schemas with Hydra's ConfigStore (called by the jobs, never at import)."""
+    cs = ConfigStore.instance()
+    cs.store(name="pretrain_schema", node=PretrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def to_dataclass(cfg: Any, cls: type) -> Any:
+    """Turns a composed DictConfig into a typed dataclass instance (real types, not nodes)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), cfg))

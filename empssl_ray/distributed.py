@@ -1,0 +1,60 @@
+"""The one cross-worker operation EMP-SSL needs: gather embeddings with gradients.
+
+TCR is a property of the whole batch: computed on each worker's slice alone, both its value and
+its optimum change with the number of workers. Gathering fixes the value; the backward below
+fixes the gradients (no Ray here: plain torch.distributed, any backend).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+class _GatherBatch(torch.autograd.Function):
+    """all_gather along dim 1 whose backward returns each rank the gradient of its own slice.
+
+    Every rank computes the same loss on the gathered tensor, so the true gradient of a slice is
+    the sum over ranks of their gradients for it: all_reduce(SUM), then keep our slice. DDP later
+    averages parameter gradients over k ranks, which cancels the k-fold sum for the TCR term and
+    leaves exactly the single-process gradient (tests/test_distributed_loss.py checks this).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        world = dist.get_world_size()
+        sizes = torch.tensor([z.shape[1]], device=z.device)
+        all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
+        dist.all_gather(all_sizes, sizes)
+        ctx.sizes = [int(s.item()) for s in all_sizes]
+        ctx.rank = dist.get_rank()
+        # Uneven last batches happen (drop_last is off in evaluation): pad to the largest slice.
+        biggest = max(ctx.sizes)
+        padded = z.new_zeros(z.shape[0], biggest, *z.shape[2:])
+        padded[:, : z.shape[1]] = z
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        return torch.cat([p[:, :s] for p, s in zip(parts, ctx.sizes, strict=True)], dim=1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return grad[:, start : start + ctx.sizes[ctx.rank]]
+
+
+def gather_batch(z: torch.Tensor) -> torch.Tensor:
+    """Concatenates every rank's z along the batch dim, keeping gradients.
+
+    Args:
+        z: (n, B_local, d) on this rank.
+
+    Returns:
+        (n, B_global, d), ranks in order; identity when torch.distributed is not running.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return z
+    return _GatherBatch.apply(z)  # type: ignore[no-any-return]

@@ -1,0 +1,212 @@
+"""The training step and epoch loop in plain PyTorch: what a Ray worker and a bare GPU box run.
+
+`Trainer` owns model, loss, optimiser and schedule; `run_epoch` pulls batches from any iterator
+(Ray Data's stream, or in-memory images) and reports per-step metrics through a callback, with
+the fraction of time spent waiting on data measured around the iterator.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from empssl_ray.augment import multi_patch, to_model_input
+from empssl_ray.config import PretrainConfig
+from empssl_ray.loss import EMPSSLLoss, Gather
+from empssl_ray.models import EMPSSLModel, build_model
+from empssl_ray.optim import build_optimizer
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is left untouched."""
+
+
+@dataclass
+class StepResult:
+    loss: float
+    tcr: float
+    invariance: float
+    lr: float
+    patches: int  # patches this worker processed in the step
+
+
+def resolve_patch_size(cfg: PretrainConfig, image_size: int) -> int:
+    """S: the configured patch size, else the dataset's image size (the paper's choice)."""
+    return cfg.patches.size or image_size
+
+
+class Trainer:
+    """Model + EMP-SSL loss + LARS + cosine schedule, stepping on uint8 patch batches.
+
+    Args:
+        cfg: the run's config.
+        in_channels: image channels.
+        image_size: dataset image side (default patch size).
+        steps_total: optimiser steps over the whole run (sets the cosine length).
+        device: where the model trains.
+        gather: cross-worker gather for TCR (None on one process).
+        wrap: wraps the model for data parallelism (e.g. Ray's prepare_model); identity if None.
+    """
+
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        in_channels: int,
+        image_size: int,
+        steps_total: int,
+        device: torch.device | str = "cpu",
+        gather: Gather | None = None,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.patch_size = resolve_patch_size(cfg, image_size)
+        self.model: EMPSSLModel = build_model(cfg.model, in_channels).to(self.device)
+        self.net = wrap(self.model) if wrap else self.model  # DDP wrapper or the model itself
+        self.loss_fn = EMPSSLLoss(
+            cfg.loss.invariance_weight, cfg.loss.tcr_weight, cfg.loss.eps, gather
+        )
+        self.optimizer, self.scheduler = build_optimizer(self.model, cfg.optim, steps_total)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser steps taken
+        self.autocast = cfg.optim.bf16 and self.device.type == "cuda"
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.run.seed)
+
+    def patches_from_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Cuts training patches on this device: (B, C, H, W) uint8 -> (B, n, C, S, S) uint8."""
+        return multi_patch(
+            images.to(self.device, non_blocking=True),
+            self.cfg.patches.num_patches,
+            self.patch_size,
+            self.generator,
+            self.cfg.patches.crop_scale,
+            self.cfg.patches.interpolation,
+        )
+
+    def train_step(self, patches: torch.Tensor) -> StepResult:
+        """One optimiser step on (B, n, C, S, S) uint8 patches of B images."""
+        self.net.train()
+        patches = patches.to(self.device, non_blocking=True)
+        b, n = patches.shape[:2]
+        # View-major order so the embeddings reshape to the loss's (n, B, d) without a copy.
+        x = to_model_input(patches.transpose(0, 1), self.cfg.model.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            z = self.net(x).z
+        loss, parts = self.loss_fn(z.float().view(n, b, -1))
+        if not math.isfinite(parts["loss"]):
+            raise NonFiniteLossError(
+                f"loss is {parts['loss']} at step {self.step} (epoch {self.epoch}); the last "
+                "checkpoint is kept: lower optim.lr or raise loss.eps, then rerun to resume"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return StepResult(parts["loss"], parts["tcr"], parts["invariance"], lr, b * n)
+
+    def run_epoch(
+        self,
+        batches: Iterable[Mapping[str, torch.Tensor]],
+        on_step: Callable[[dict[str, float]], None] | None = None,
+        log_every: int = 10,
+    ) -> dict[str, float]:
+        """Trains on every batch of one epoch; `batches` yield {"patches"} or raw {"image"} tensors.
+
+        Returns the epoch's mean loss parts, patches/s and data-wait fraction.
+        """
+        sums = {"loss": 0.0, "tcr": 0.0, "invariance": 0.0}
+        steps = patches = 0
+        wait = 0.0
+        start = window_start = time.perf_counter()
+        window_patches, window_wait = 0, 0.0
+        iterator = iter(batches)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(iterator, None)
+            waited = time.perf_counter() - t0
+            wait, window_wait = wait + waited, window_wait + waited
+            if batch is None:
+                break
+            if "patches" in batch:
+                chunk = batch["patches"]
+            else:
+                chunk = self.patches_from_images(batch["image"])
+            result = self.train_step(chunk)
+            steps, patches, window_patches = (
+                steps + 1,
+                patches + result.patches,
+                window_patches + result.patches,
+            )
+            for key in sums:
+                sums[key] += getattr(result, key)
+            if on_step and (self.step % log_every == 0):
+                now = time.perf_counter()
+                on_step(
+                    {
+                        **asdict(result),
+                        "step": self.step,
+                        "epoch": self.epoch,
+                        "patches_per_s": window_patches / (now - window_start),
+                        "data_wait_frac": window_wait / (now - window_start),
+                    }
+                )
+                window_start, window_patches, window_wait = now, 0, 0.0
+        if steps == 0:
+            raise RuntimeError(
+                "the epoch had no batches: the dataset is empty or smaller than one batch"
+            )
+        elapsed = time.perf_counter() - start
+        self.epoch += 1
+        return {
+            **{k: v / steps for k, v in sums.items()},
+            "steps": steps,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "patches_per_s": patches / elapsed,
+            "data_wait_frac": wait / elapsed,
+            "epoch_time_s": elapsed,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resume needs: model, optimiser, schedule, counters and the config."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "generator": self.generator.get_state(),
+            "config": asdict(self.cfg),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        if "generator" in state:
+            self.generator.set_state(state["generator"].cpu())
+
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def load_model_from_checkpoint(
+    path: str, device: torch.device | str = "cpu"
+) -> tuple[EMPSSLModel, dict]:
+    """Rebuilds the model a checkpoint file was trained with -> (model in eval mode, config)."""
+    from empssl_ray.config import ModelConfig
+
+    state = torch.load(path, map_location=device, weights_only=False)
+    model_cfg = ModelConfig(**state["config"]["model"])
+    in_channels = state["model"]["backbone.stem.0.weight"].shape[1]
+    model = build_model(model_cfg, in_channels).to(device)
+    model.load_state_dict(state["model"])
+    return model.eval(), state["config"]

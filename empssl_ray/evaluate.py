@@ -1,0 +1,197 @@
+"""Bag-of-features evaluation: embed each image as the mean of its patches' h, then probe.
+
+`embed_images` is the one place that turns images into embeddings; the online kNN monitor, the
+evaluation job (locally or inside Ray Data actors) and the GPU script all call it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from empssl_ray.augment import multi_patch, to_model_input
+
+
+@torch.no_grad()
+def embed_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    num_patches: int,
+    patch_size: int,
+    generator: torch.Generator | None = None,
+    channels_last: bool = False,
+    crop_scale: float = 0.25,
+) -> torch.Tensor:
+    """Bag-of-features: the mean pre-feature h over `num_patches` training-style patches.
+
+    Args:
+        model: an `EMPSSLModel` (anything with `.encode`), in eval mode.
+        images: (B, C, H, W) uint8 on the model's device.
+        num_patches: T, patches averaged per image.
+        patch_size: S.
+        generator: for reproducible patches (on images' device).
+        channels_last: feed the model NHWC tensors.
+        crop_scale: fraction of the image area each crop covers.
+
+    Returns:
+        (B, prefeature_dim) float32 embeddings.
+    """
+    patches = multi_patch(images, num_patches, patch_size, generator, crop_scale)  # (B, T, C, S, S)
+    h = model.encode(to_model_input(patches, channels_last))  # type: ignore[operator]
+    return h.float().view(images.shape[0], num_patches, -1).mean(dim=1)
+
+
+def iterate_batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Slices covering range(n) in order."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    num_patches: int,
+    patch_size: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: str | None = None,
+) -> torch.Tensor:
+    """`embed_images` over an in-memory uint8 array (N, C, H, W) in batches -> (N, D) on CPU."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(seed)
+    out = []
+    for sl in tqdm(
+        list(iterate_batches(len(images), batch_size)),
+        desc=progress,
+        disable=progress is None,
+        leave=False,
+    ):
+        batch = torch.as_tensor(images[sl]).to(device, non_blocking=True)
+        out.append(embed_images(model, batch, num_patches, patch_size, generator).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def knn_accuracy(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+    batch_size: int = 1024,
+) -> float:
+    """Weighted kNN on cosine similarity; neighbours vote with weight exp(sim / temperature).
+
+    Args:
+        train_x: (N, D) memory bank features; train_y: (N,) int labels.
+        test_x: (M, D) query features; test_y: (M,) int labels.
+
+    Returns:
+        Top-1 accuracy in [0, 1].
+    """
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    bank = F.normalize(train_x.float(), dim=1)
+    k = min(k, len(bank))
+    correct = 0
+    for sl in iterate_batches(len(test_x), batch_size):
+        sim = F.normalize(test_x[sl].float(), dim=1) @ bank.T  # (m, N)
+        top_sim, top_idx = sim.topk(k, dim=1)
+        votes = torch.zeros(len(top_sim), num_classes)
+        votes.scatter_add_(1, train_y[top_idx].long(), (top_sim / temperature).exp())
+        correct += int((votes.argmax(1) == test_y[sl]).sum())
+    return correct / len(test_x)
+
+
+def linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    epochs: int = 100,
+    lr: float = 0.03,
+    batch_size: int = 512,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    progress: str | None = None,
+) -> dict[str, float]:
+    """Linear classifier on frozen features; reports the LAST epoch's test accuracy.
+
+    Reporting the best epoch would pick a model by its test score. Features are standardised
+    with the training set's statistics, so one learning rate fits encoders of any scale.
+
+    Args:
+        train_x: (N, D); train_y: (N,); test_x: (M, D); test_y: (M,).
+
+    Returns:
+        {"probe_acc": last-epoch test accuracy, "probe_train_acc": last-epoch train accuracy}.
+    """
+    from tqdm.auto import trange
+
+    torch.manual_seed(seed)
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    clf = nn.Linear(train_x.shape[1], num_classes)
+    opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train_x) / batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    train_correct = 0
+    for _ in trange(epochs, desc=progress, disable=progress is None, leave=False):
+        order = torch.randperm(len(train_x))
+        train_correct = 0
+        for sl in iterate_batches(len(train_x), batch_size):
+            idx = order[sl]
+            logits = clf(train_x[idx])
+            loss = F.cross_entropy(logits, train_y[idx].long())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            train_correct += int((logits.argmax(1) == train_y[idx]).sum())
+    with torch.no_grad():
+        test_correct = sum(
+            int((clf(test_x[sl]).argmax(1) == test_y[sl]).sum())
+            for sl in iterate_batches(len(test_x), 4096)
+        )
+    return {
+        "probe_acc": test_correct / len(test_x),
+        "probe_train_acc": train_correct / len(train_x),
+    }
+
+
+def evaluate_features(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    knn_k: int = 20,
+    knn_temperature: float = 0.07,
+    probe_epochs: int = 100,
+    probe_lr: float = 0.03,
+    probe_batch_size: int = 512,
+    progress: bool = False,
+) -> dict[str, float]:
+    """kNN and linear probe on the same features: the metrics an evaluation reports."""
+    metrics = linear_probe(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        probe_epochs,
+        probe_lr,
+        probe_batch_size,
+        progress="linear probe" if progress else None,
+    )
+    metrics["knn_acc"] = knn_accuracy(train_x, train_y, test_x, test_y, knn_k, knn_temperature)
+    metrics.update(num_train=len(train_x), num_test=len(test_x))
+    return metrics

@@ -1,0 +1,75 @@
+"""TCR and the EMP-SSL loss against the spec's formula, written out here independently."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from empssl_ray.loss import EMPSSLLoss, patch_invariance, total_coding_rate
+
+
+def reference_tcr(z: torch.Tensor, eps: float) -> torch.Tensor:
+    """The spec: R(Z) = 1/2 logdet(I_d + d / (B eps) Z^T Z), one d x d logdet per view."""
+    n, b, d = z.shape
+    out = []
+    for i in range(n):
+        zi = z[i]
+        out.append(0.5 * torch.logdet(torch.eye(d, dtype=z.dtype) + d / (b * eps) * zi.T @ zi))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("b,d", [(16, 64), (64, 16)])  # B < d uses the Gram matrix, B > d the d x d
+def test_tcr_matches_spec_formula_and_gradients(b: int, d: int) -> None:
+    torch.manual_seed(0)
+    z1 = F.normalize(torch.randn(5, b, d, dtype=torch.float64), dim=-1).requires_grad_()
+    z2 = z1.detach().clone().requires_grad_()
+    ours, ref = total_coding_rate(z1, 0.2), reference_tcr(z2, 0.2)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=0)
+    w = torch.randn(5, dtype=torch.float64)
+    (ours * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-5, atol=1e-10)
+
+
+def test_tcr_is_finite_on_collapsed_embeddings() -> None:
+    z = F.normalize(torch.ones(3, 100, 1024), dim=-1).requires_grad_()  # every row identical
+    r = total_coding_rate(z, 0.2)
+    r.sum().backward()
+    assert torch.isfinite(r).all() and torch.isfinite(z.grad).all()
+    assert r.min() > 0  # rank one: log(1 + c * B) / 2 for the single non-zero eigenvalue
+    expected = torch.full((3,), 0.5 * torch.log(torch.tensor(1 + 1024 / 0.2)).item())
+    torch.testing.assert_close(r, expected, rtol=1e-4, atol=0)
+
+
+def test_spreading_features_lowers_the_loss() -> None:
+    torch.manual_seed(0)
+    loss = EMPSSLLoss(invariance_weight=0.0)
+    base = F.normalize(torch.randn(1, 32, 64), dim=-1).expand(4, 32, 64)
+    # Same invariance (identical views), but one batch is nearly collapsed onto a direction.
+    collapsed = F.normalize(base + 5 * torch.ones(64), dim=-1)
+    assert loss(base)[0] < loss(collapsed)[0]
+
+
+def test_identical_patches_maximise_invariance() -> None:
+    torch.manual_seed(0)
+    same = F.normalize(torch.randn(1, 8, 32), dim=-1).expand(6, 8, 32)
+    noisy = F.normalize(same + 0.3 * torch.randn(6, 8, 32), dim=-1)
+    torch.testing.assert_close(patch_invariance(same), torch.ones(6))
+    assert (patch_invariance(noisy) < 0.999).all()
+    loss = EMPSSLLoss()
+    _, parts_same = loss(same)
+    _, parts_noisy = loss(noisy)
+    assert parts_same["invariance"] == pytest.approx(1.0) and parts_noisy["invariance"] < 1.0
+
+
+def test_loss_combines_weighted_parts() -> None:
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(4, 10, 20), dim=-1)
+    value, parts = EMPSSLLoss(invariance_weight=3.0, tcr_weight=2.0, eps=0.5)(z)
+    expected = -2.0 * reference_tcr(z.double(), 0.5).mean() - 3.0 * patch_invariance(z).mean()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert parts["loss"] == pytest.approx(value.item())
+
+
+def test_bad_eps_is_rejected() -> None:
+    with pytest.raises(ValueError, match="eps"):
+        EMPSSLLoss(eps=0.0)

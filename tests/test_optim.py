@@ -1,0 +1,57 @@
+"""LARS trust ratios, exclusions, and the cosine schedule."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from empssl_ray.config import OptimConfig
+from empssl_ray.optim import LARS, build_optimizer, cosine_lr, param_groups
+
+
+def test_lars_scales_weight_step_by_trust_ratio_and_skips_bias() -> None:
+    layer = nn.Linear(4, 3)
+    w0, b0 = layer.weight.detach().clone(), layer.bias.detach().clone()
+    layer.weight.grad = torch.full_like(layer.weight, 0.5)
+    layer.bias.grad = torch.full_like(layer.bias, 0.5)
+    lr, eta, wd = 0.1, 0.02, 1e-3
+    opt = LARS(param_groups(layer), lr=lr, momentum=0.0, weight_decay=wd, eta=eta)
+    opt.step()
+    g = layer.weight.grad
+    trust = eta * w0.norm() / (g.norm() + wd * w0.norm())
+    trust = min(trust.item() / lr, 1.0)
+    torch.testing.assert_close(layer.weight, w0 - lr * trust * (g + wd * w0))
+    torch.testing.assert_close(layer.bias, b0 - lr * 0.5)  # plain SGD: no trust ratio, no decay
+
+
+def test_clip_keeps_adapted_rate_at_most_lr() -> None:
+    layer = nn.Linear(4, 3, bias=False)
+    w0 = layer.weight.detach().clone()
+    layer.weight.grad = torch.full_like(layer.weight, 1e-6)  # tiny gradient: huge raw trust ratio
+    LARS(layer.parameters(), lr=0.1, momentum=0.0, eta=1.0).step()
+    torch.testing.assert_close(layer.weight, w0 - 0.1 * layer.weight.grad)
+
+
+def test_nesterov_momentum_accumulates() -> None:
+    p = nn.Parameter(torch.zeros(3))  # 1-D: plain SGD path
+    opt = LARS([{"params": [p], "lars": False}], lr=1.0, momentum=0.9)
+    for _ in range(2):
+        p.grad = torch.ones(3)
+        opt.step()
+    # step 1: buf = 1, d = 1 + 0.9 = 1.9; step 2: buf = 1.9, d = 1 + 0.9 * 1.9 = 2.71
+    torch.testing.assert_close(p.detach(), torch.full((3,), -(1.9 + 2.71)))
+
+
+def test_cosine_schedule_per_step() -> None:
+    assert cosine_lr(0, 100) == 1.0 and cosine_lr(100, 100) == pytest.approx(0.0)
+    assert cosine_lr(50, 100) == pytest.approx(0.5)
+    assert cosine_lr(0, 100, warmup_steps=10) == pytest.approx(0.1)
+    model = nn.Linear(2, 2)
+    opt, sched = build_optimizer(model, OptimConfig(lr=0.3), total_steps=4)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.3 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)])
