@@ -1,0 +1,38 @@
+"""Fault injection for tests and drills: kill a trainer or an augmentation actor once.
+
+Read from the driver's environment (so `EMPSSL_FAULT_...=N ray job submit ...` and tests that
+set os.environ both work) and shipped to workers with their config. A marker file makes each
+fault fire once per run, so the restarted process carries on.
+
+- EMPSSL_FAULT_KILL_TRAINER_AT_STEP=N: rank 0 exits abruptly before optimiser step N.
+- EMPSSL_FAULT_KILL_AUGMENT_AFTER=N: an augmentation actor exits after its N-th batch.
+- EMPSSL_FAULT_DIR: where the markers go (a directory every node sees; default: the run dir).
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV_PREFIX = "EMPSSL_FAULT_"
+
+
+def faults_from_env() -> dict[str, str]:
+    """The EMPSSL_FAULT_* variables of this (driver) process."""
+    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+
+
+def maybe_die(faults: dict[str, str], name: str, count: int, default_dir: str) -> None:
+    """Exits this process (no cleanup, like a crash) when fault `name` is due and not yet fired."""
+    at = faults.get(ENV_PREFIX + name)
+    if at is None or count < int(at):
+        return
+    directory = faults.get(ENV_PREFIX + "DIR", default_dir)
+    os.makedirs(directory, exist_ok=True)
+    marker = os.path.join(directory, f"fault-{name.lower()}.fired")
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one process fires
+    except FileExistsError:
+        return
+    os.close(fd)
+    print(f"[fault injection] {name} at {count}: exiting", flush=True)
+    os._exit(1)

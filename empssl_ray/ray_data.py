@@ -1,0 +1,148 @@
+"""Ray Data adapter: any registered dataset as a shuffled stream of uint8 patch batches.
+
+Reading happens in Ray tasks (Parquet through `read_parquet`; the other formats chunk by chunk
+through the core readers), never in the driver. Patches are cut by `PatchCutter` actors in an
+elastic pool (min..max actors), so CPU nodes can be added while training runs. Everything
+travels as uint8: S*S*C bytes per patch; the trainer normalises on its device.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from empssl_ray.augment import multi_patch
+from empssl_ray.config import DataConfig, PatchConfig, RayConfig
+from empssl_ray.datasets import DatasetInfo, ImageDataset, decode_images, open_dataset
+from empssl_ray.faults import maybe_die
+
+
+@ray.remote(num_cpus=0)
+class RowCounter:
+    """Counts rows by key across tasks (bad images skipped, images augmented)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, n: int) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def get(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+def _load_chunks(batch: dict[str, np.ndarray], dataset: ImageDataset, counter: Any) -> dict:
+    """Task body: loads the chunks named in `batch["chunk"]` -> rows of (image, label)."""
+    images, labels, skipped = [], [], 0
+    for i in batch["chunk"]:
+        x, y, bad = dataset.load_chunk(dataset.chunks[int(i)])
+        images.append(x)
+        labels.append(y)
+        skipped += bad
+    if skipped and counter is not None:
+        counter.add.remote("skipped_images", skipped)
+    return {"image": np.concatenate(images), "label": np.concatenate(labels)}
+
+
+def _decode_parquet(batch: dict[str, np.ndarray], cfg: DataConfig, info: DatasetInfo,
+                    counter: Any) -> dict:
+    """Task body: encoded image bytes -> uint8 (b, C, H, W) images, bad rows named or counted."""
+    where = [f"{path} (label {label})" for path, label in zip(batch["path"], batch[cfg.label_column],
+                                                              strict=True)]
+    images, keep = decode_images(list(batch[cfg.image_column]), where, info.channels,
+                                 info.image_size, cfg.on_bad_image)
+    if (~keep).any() and counter is not None:
+        counter.add.remote("skipped_images", int((~keep).sum()))
+    return {"image": images, "label": np.asarray(batch[cfg.label_column], dtype=np.int64)[keep]}
+
+
+def read_images(
+    cfg: DataConfig, split: str, counter: Any = None
+) -> tuple[ray.data.Dataset, DatasetInfo, int]:
+    """A split as a Ray Dataset of rows {"image": uint8 (C, H, W), "label": int64}.
+
+    Opening the dataset in the driver first turns a missing or malformed dataset into one clear
+    error before any task starts.
+
+    Returns:
+        (dataset, info, number of rows before bad images are skipped).
+    """
+    dataset = open_dataset(cfg, split)
+    if dataset.info.name == "parquet":
+        files = sorted({c.source for c in dataset.chunks})
+        ds = ray.data.read_parquet(files, columns=[cfg.image_column, cfg.label_column],
+                                   include_paths=True).limit(len(dataset))
+        ds = ds.map_batches(_decode_parquet, fn_args=(cfg, dataset.info, counter), batch_size=256)
+    else:
+        items = [{"chunk": i} for i in range(len(dataset.chunks))]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(_load_chunks, fn_args=(dataset, counter), batch_size=1)
+    return ds, dataset.info, len(dataset)
+
+
+class PatchCutter:
+    """Actor body: images -> n augmented uint8 patches each, with its own random stream.
+
+    Args:
+        patches: patch count, size and crop settings.
+        image_size: dataset image side (default patch size).
+        seed: base seed; each actor adds its process id so actors never repeat each other.
+        faults: fault-injection settings (see `empssl_ray.faults`).
+        fault_dir: where fault markers go.
+        counter: optional RowCounter for images augmented (tests check every image was seen).
+    """
+
+    def __init__(self, patches: PatchConfig, image_size: int, seed: int,
+                 faults: dict[str, str] | None = None, fault_dir: str = ".",
+                 counter: Any = None) -> None:
+        cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        torch.set_num_threads(cpus)  # the actor's share, not the node's every core
+        self.cfg, self.size = patches, patches.size or image_size
+        self.generator = torch.Generator().manual_seed(seed * 100_003 + os.getpid())
+        self.faults, self.fault_dir, self.counter = faults or {}, fault_dir, counter
+        self.batches = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches += 1
+        maybe_die(self.faults, "KILL_AUGMENT_AFTER", self.batches, self.fault_dir)
+        images = torch.from_numpy(np.ascontiguousarray(np.stack(list(batch["image"]))))
+        patches = multi_patch(images, self.cfg.num_patches, self.size, self.generator,
+                              self.cfg.crop_scale, self.cfg.interpolation)
+        if self.counter is not None:
+            self.counter.add.remote("augmented_images", len(images))
+        return {"patches": patches.numpy(), "label": np.asarray(batch["label"])}
+
+
+def patch_stream(
+    data: DataConfig, patches: PatchConfig, ray_cfg: RayConfig, seed: int,
+    faults: dict[str, str] | None = None, fault_dir: str = ".", counter: Any = None,
+) -> tuple[ray.data.Dataset, DatasetInfo, int]:
+    """The training stream: images shuffled anew each epoch, then patches cut on the actor pool.
+
+    With `ray_cfg.patches_on_trainer` the stream stops at the shuffled images and the trainer
+    cuts patches on its device (n times fewer bytes on the wire, for CPU-poor clusters).
+
+    Returns:
+        (dataset of {"patches" (n, C, S, S) uint8 | "image" (C, H, W) uint8, "label"}, info, rows).
+    """
+    ds, info, rows = read_images(data, "train", counter)
+    # reseed_after_execution: every epoch (every execution) draws a new order, reproducibly.
+    ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    if ray_cfg.patches_on_trainer:
+        return ds, info, rows
+    ds = ds.map_batches(
+        PatchCutter,
+        fn_constructor_args=(patches, info.image_size, seed, faults, fault_dir, counter),
+        batch_size=ray_cfg.aug_batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=ray_cfg.aug_min_actors,
+                                           max_size=ray_cfg.aug_max_actors),
+        num_cpus=ray_cfg.aug_cpus_per_actor,
+        resources=dict(ray_cfg.aug_resources) or None,
+        # Ray Data's actor pools restart a killed actor and retry its batch by default
+        # (max_restarts=-1, max_task_retries=-1): no image is lost from the epoch.
+    )
+    return ds, info, rows

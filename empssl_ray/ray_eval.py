@@ -1,0 +1,107 @@
+"""Evaluation on Ray: bag-of-features over whole splits as batch inference, then probe and kNN.
+
+Embedding is `evaluate.embed_images` inside an actor pool; the linear probe and kNN run on the
+driver, where the (N, D) features end up.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from tqdm.auto import tqdm
+
+from empssl_ray.config import DataConfig, EvalConfig, ModelConfig, PatchConfig, RayConfig
+from empssl_ray.engine import CHECKPOINT_FILE
+from empssl_ray.evaluate import embed_images, evaluate_features
+from empssl_ray.models import build_model
+from empssl_ray.ray_data import read_images
+
+
+class Embedder:
+    """Actor body: uint8 images -> bag-of-features embeddings with a frozen encoder."""
+
+    def __init__(self, state: dict[str, Any], model_cfg: ModelConfig, in_channels: int,
+                 cfg: EvalConfig, patch_size: int, seed: int) -> None:
+        cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        torch.set_num_threads(cpus)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = build_model(model_cfg, in_channels).to(self.device)
+        self.model.load_state_dict(state)
+        self.model.eval()
+        self.cfg, self.patch_size = cfg, patch_size
+        self.generator = torch.Generator(device=self.device).manual_seed(seed + os.getpid())
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = torch.from_numpy(np.ascontiguousarray(np.stack(list(batch["image"]))))
+        emb = embed_images(self.model, images.to(self.device), self.cfg.num_patches,
+                           self.patch_size, self.generator)
+        return {"embedding": emb.cpu().numpy(), "label": np.asarray(batch["label"])}
+
+
+def embed_split(
+    state: dict[str, Any], model_cfg: ModelConfig, data: DataConfig, split: str,
+    patches: PatchConfig, cfg: EvalConfig, ray_cfg: RayConfig, seed: int, progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeds a whole split on Ray. Returns features (N, D) float32 and labels (N,) int64."""
+    ds, info, rows = read_images(data, split)
+    ds = ds.map_batches(
+        Embedder,
+        fn_constructor_args=(state, model_cfg, info.channels, cfg, patches.size or info.image_size,
+                             seed),
+        batch_size=cfg.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, ray_cfg.aug_max_actors)),
+        num_cpus=ray_cfg.aug_cpus_per_actor,
+        num_gpus=1 if ray_cfg.use_gpu else 0,
+        resources=dict(ray_cfg.trainer_resources if ray_cfg.use_gpu else ray_cfg.aug_resources)
+        or None,
+    )
+    feats, labels = [], []
+    with tqdm(total=rows, desc=f"embedding {split}", unit="img", disable=not progress) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            feats.append(torch.from_numpy(batch["embedding"]))
+            labels.append(torch.from_numpy(batch["label"]))
+            bar.update(len(batch["label"]))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def latest_checkpoint(run_dir: str) -> str:
+    """Path of the newest checkpoint file of a run (Train names checkpoint dirs by time)."""
+    found = sorted(glob.glob(os.path.join(run_dir, "checkpoint_*", CHECKPOINT_FILE)))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint under {run_dir}: pretrain first, or pass "
+                                "checkpoint=<dir with checkpoint.pt>")
+    return found[-1]
+
+
+def load_encoder_state(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model state_dict, run config dict) of a checkpoint file or directory."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CHECKPOINT_FILE)
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state["model"], state["config"]
+
+
+def random_init_state(model_cfg: ModelConfig, in_channels: int, seed: int) -> dict[str, Any]:
+    """A freshly initialised encoder's weights: the baseline every result is compared to."""
+    torch.manual_seed(seed)
+    return build_model(model_cfg, in_channels).state_dict()
+
+
+def evaluate_encoder(
+    state: dict[str, Any], model_cfg: ModelConfig, data: DataConfig, patches: PatchConfig,
+    cfg: EvalConfig, ray_cfg: RayConfig, seed: int = 0, progress: bool = True,
+) -> dict[str, float]:
+    """Bag-of-features on train and test on Ray, then linear probe (last epoch) and kNN."""
+    train = embed_split(state, model_cfg, data, "train", patches, cfg, ray_cfg, seed, progress)
+    test = embed_split(state, model_cfg, data, "test", patches, cfg, ray_cfg, seed + 1, progress)
+    metrics = evaluate_features(*train, *test, knn_k=cfg.knn_k,
+                                knn_temperature=cfg.knn_temperature,
+                                probe_epochs=cfg.probe_epochs, probe_lr=cfg.probe_lr,
+                                probe_batch_size=cfg.probe_batch_size, progress=progress)
+    metrics["eval_patches"] = cfg.num_patches
+    return metrics

@@ -1,0 +1,133 @@
+"""Ray Train adapter: EMP-SSL pretraining as a TorchTrainer run (Train V2 APIs).
+
+The loop itself is the core's `Trainer`; this file only wires it to Ray: DDP through
+`prepare_model`, the TCR gather, the patch stream shard, per-step and per-epoch reports,
+a checkpoint every epoch, resume from the latest one, and restarts after worker failures.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict
+from typing import Any
+
+import ray
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from empssl_ray.config import PretrainConfig
+from empssl_ray.datasets import DatasetInfo
+from empssl_ray.distributed import gather_batch
+from empssl_ray.engine import CHECKPOINT_FILE, Trainer
+from empssl_ray.faults import faults_from_env, maybe_die
+from empssl_ray.monitor import KnnMonitor
+from empssl_ray.ray_data import RowCounter, patch_stream
+from empssl_ray.tracking import MetricsLogger
+
+
+def run_dir_of(cfg: PretrainConfig) -> str:
+    """Where a run's checkpoints, metrics and plots live: <storage_path>/<name>."""
+    storage = cfg.run.storage_path
+    if "://" not in storage:
+        storage = os.path.abspath(os.path.expanduser(storage))
+    return os.path.join(storage, cfg.run.name)
+
+
+def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
+    """Optimiser steps in one epoch: every worker drops its last partial batch."""
+    workers = max(1, cfg.ray.num_workers)
+    return (rows // workers) // (cfg.optim.batch_size // workers)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on every training worker (and in the driver in local mode)."""
+    from empssl_ray.config import to_dataclass
+
+    cfg: PretrainConfig = to_dataclass(config["cfg"], PretrainConfig)
+    info: DatasetInfo = config["info"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
+    per_epoch = config["steps_per_epoch"]
+    trainer = Trainer(cfg, info.channels, info.image_size, per_epoch * cfg.optim.epochs, device,
+                      gather=gather_batch if world > 1 else None,
+                      wrap=ray.train.torch.prepare_model if world > 1 else None)
+    trainer.generator.manual_seed(cfg.run.seed * 1000 + rank)  # patches differ across ranks
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load_state_dict(torch.load(os.path.join(d, CHECKPOINT_FILE),
+                                               map_location="cpu", weights_only=False))
+    run_dir, faults, counter = config["run_dir"], config["faults"], config["counter"]
+    lead = rank == 0
+    logger = MetricsLogger(run_dir) if lead else None
+    monitor = None
+    if lead and cfg.eval.monitor_test > 0:
+        monitor = KnnMonitor(cfg.data, cfg.eval, trainer.patch_size, cfg.run.seed)
+    shard = ray.train.get_dataset_shard("train")
+
+    def on_step(metrics: dict[str, float]) -> None:
+        if lead:
+            maybe_die(faults, "KILL_TRAINER_AT_STEP", trainer.step, run_dir)
+        if logger:
+            logger.log("step", metrics)
+        ray.train.report({**metrics, "kind": "step"})  # every rank: report is a barrier
+
+    while trainer.epoch < cfg.optim.epochs:
+        batches = shard.iter_torch_batches(
+            batch_size=cfg.optim.batch_size // world, drop_last=True,
+            prefetch_batches=cfg.ray.prefetch_batches,
+            dtypes=torch.uint8, device="cpu")  # uint8 on the wire; Trainer moves and normalises
+        metrics = trainer.run_epoch(batches, on_step if cfg.run.log_every_steps > 0 else None,
+                                    max(1, cfg.run.log_every_steps))
+        metrics.update(epoch=trainer.epoch, step=trainer.step, kind="epoch")
+        if monitor is not None:
+            metrics["knn_acc"] = monitor(trainer.model, device)
+        if counter is not None:
+            # Cumulative over this attempt's epochs: bad images dropped by on_bad_image=skip.
+            metrics["skipped_images"] = ray.get(counter.get.remote()).get("skipped_images", 0)
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = None
+            if lead:
+                torch.save(trainer.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
+                saved = Checkpoint.from_directory(tmp)
+                if logger:
+                    logger.log("epoch", metrics)
+                    logger.close()  # CSV and PNG stay current after every epoch
+            ray.train.report(metrics, checkpoint=saved)
+
+
+def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTrainer:
+    """A TorchTrainer for the config; rerunning the same run name resumes its latest checkpoint."""
+    run_dir = run_dir_of(cfg)
+    counter = RowCounter.remote()  # type: ignore[attr-defined]
+    faults = faults_from_env()
+    ds, info, rows = patch_stream(cfg.data, cfg.patches, cfg.ray, cfg.run.seed, faults,
+                                  faults.get("EMPSSL_FAULT_DIR", run_dir), counter)
+    per_epoch = steps_per_epoch(rows, cfg)
+    if per_epoch < 1:
+        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} is larger than the {rows} "
+                         "training images: lower optim.batch_size or raise data.train_limit")
+    resources = {"CPU": cfg.ray.cpus_per_worker, **cfg.ray.trainer_resources}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": asdict(cfg), "info": info, "steps_per_epoch": per_epoch,
+                           "run_dir": run_dir, "faults": faults, "counter": counter},
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.run.name, storage_path=os.path.dirname(run_dir),
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=callbacks),
+        datasets={"train": ds},
+    )
+
+
+def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> ray.train.Result:
+    """Fits the run (resuming it if its name has checkpoints) and returns Ray Train's Result."""
+    return build_trainer(cfg, callbacks).fit()
