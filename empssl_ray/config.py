@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
-
 
 @dataclass
 class DataConfig:
@@ -101,7 +99,9 @@ class RayConfig:
     address: str | None = (
         None  # Ray cluster address; None = the job's cluster or an embedded local Ray
     )
-    num_workers: int = 2  # training workers (DDP ranks); 0 = Ray Train's local mode in the driver
+    # training workers (DDP ranks); 0 = Ray Train's local mode in the driver, for debugging only:
+    # it keeps no checkpoint on storage, so a rerun cannot resume
+    num_workers: int = 2
     use_gpu: bool = False  # one GPU per training worker (nccl); False = CPU workers (gloo)
     cpus_per_worker: float = 1.0  # CPUs each training worker reserves
     trainer_resources: dict[str, float] = field(
@@ -114,6 +114,7 @@ class RayConfig:
         default_factory=dict
     )  # extra resources per actor, e.g. {augment: 1}
     aug_batch_size: int = 64  # images per augmentation task
+    read_cpus: float = 1.0  # CPUs each read/decode/shuffle task reserves (fractional on laptops)
     patches_on_trainer: bool = (
         False  # ship raw images and cut patches on the training device (n x fewer bytes)
     )
@@ -147,25 +148,56 @@ class PretrainConfig:
 
 
 @dataclass
-class EvaluateConfig:
-    checkpoint: str | None = (
-        None  # checkpoint dir to evaluate; None = latest of run.name in run.storage_path
-    )
+class EvaluateConfig(PretrainConfig):
+    """A pretrain config (so the same experiment presets apply) plus what to evaluate."""
+
+    checkpoint: str | None = None  # checkpoint dir to evaluate; None = run.name's latest
     random_init: bool = False  # evaluate a random-init encoder instead (the baseline)
     output: str | None = None  # metrics JSON path; None = <run dir>/eval.json
-    data: DataConfig = field(default_factory=DataConfig)
-    patches: PatchConfig = field(default_factory=PatchConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    run: RunConfig = field(default_factory=RunConfig)
+
+
+class ConfigError(ValueError):
+    """A config a user wrote that cannot work; the message says which field and how to fix it."""
+
+
+@dataclass
+class SearchParam:
+    kind: str = "choice"  # choice | grid | uniform | loguniform
+    values: list[Any] | None = None  # choice/grid: the candidates
+    low: float | None = None  # uniform/loguniform: lower bound
+    high: float | None = None  # uniform/loguniform: upper bound
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"  # sweep name; rerunning the same name resumes it
+    storage_path: str = "sweeps"  # where sweeps live (local dir or URI)
+    # Search space: dotted config keys -> distributions. Tunable keys: patches.num_patches,
+    # loss.invariance_weight, loss.tcr_weight, loss.eps, optim.lr, optim.batch_size
+    space: dict[str, SearchParam] = field(default_factory=dict)
+    num_samples: int = 4  # samples drawn (with grid keys: repeats of the whole grid)
+    max_concurrent_trials: int = 2  # trials running at once
+    scheduler: str = "asha"  # asha (early-stops weak trials at each epoch) | fifo
+    objective: str = "knn_acc"  # knn_acc | knn_acc_per_mpatch (accuracy per million patch-forwards)
+    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
+    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
+    trial_cpus: float = 0.1  # CPUs the trial's driver function holds (its trainers ask their own)
+    seed: int = 0  # seeds the search
+
+
+@dataclass
+class TuneJobConfig(PretrainConfig):
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:
     """Registers the schemas with Hydra's ConfigStore (called by the jobs, never at import)."""
+    from hydra.core.config_store import ConfigStore  # lazy: the core runs without hydra
+
     cs = ConfigStore.instance()
     cs.store(name="pretrain_schema", node=PretrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="tune_schema", node=TuneJobConfig)
 
 
 def to_dataclass(cfg: Any, cls: type) -> Any:

@@ -87,16 +87,19 @@ class ImageDataset:
 
 
 def _limit_chunks(chunks: list[Chunk], limit: int | None) -> list[Chunk]:
-    """Keeps the first `limit` rows: later chunks dropped, the last kept one shortened."""
-    if limit is None:
+    """Keeps `limit` rows spread evenly over the chunks (a head of each), not the first `limit`.
+
+    Test splits are often stored in class order (the shared CIFAR-10 Parquet is): the first
+    256 rows would be one class, a head of every chunk keeps a small subset balanced.
+    """
+    sizes = [c.stop - c.start for c in chunks]
+    total = sum(sizes)
+    if limit is None or limit >= total:
         return list(chunks)
-    out, left = [], limit
-    for c in chunks:
-        if left <= 0:
-            break
-        out.append(Chunk(c.source, c.start, min(c.stop, c.start + left)))
-        left -= out[-1].stop - c.start
-    return out
+    picked = np.linspace(0, total, limit, endpoint=False).astype(np.int64)
+    counts = np.histogram(picked, bins=np.cumsum([0, *sizes]))[0]
+    return [Chunk(c.source, c.start, c.start + int(k))
+            for c, k in zip(chunks, counts, strict=True) if k > 0]
 
 
 def _ranges(source: str, rows: int, step: int) -> list[Chunk]:

@@ -6,6 +6,7 @@ fault fire once per run, so the restarted process carries on.
 
 - EMPSSL_FAULT_KILL_TRAINER_AT_STEP=N: rank 0 exits abruptly before optimiser step N.
 - EMPSSL_FAULT_KILL_AUGMENT_AFTER=N: an augmentation actor exits after its N-th batch.
+- EMPSSL_FAULT_NAN_AT_EPOCH=N: the model's weights turn NaN from epoch N on (every rank).
 - EMPSSL_FAULT_DIR: where the markers go (a directory every node sees; default: the run dir).
 """
 

@@ -9,6 +9,7 @@ travels as uint8: S*S*C bytes per patch; the trainer normalises on its device.
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -36,23 +37,29 @@ class RowCounter:
 
 
 def _load_chunks(batch: dict[str, np.ndarray], dataset: ImageDataset, counter: Any) -> dict:
-    """Task body: loads the chunks named in `batch["chunk"]` -> rows of (image, label)."""
-    images, labels, skipped = [], [], 0
-    for i in batch["chunk"]:
+    """Task body: loads the chunks named in `batch["chunk"]` -> rows of (image, label, id).
+
+    `id` is the row's position in the split (skipped rows leave gaps), so an epoch's coverage
+    can be checked after faults.
+    """
+    images, labels, ids, skipped = [], [], [], 0
+    for i, first in zip(batch["chunk"], batch["first_row"], strict=True):
         x, y, bad = dataset.load_chunk(dataset.chunks[int(i)])
         images.append(x)
         labels.append(y)
+        ids.append(first + np.arange(len(y)))
         skipped += bad
     if skipped and counter is not None:
         counter.add.remote("skipped_images", skipped)
-    return {"image": np.concatenate(images), "label": np.concatenate(labels)}
+    return {"image": np.concatenate(images), "label": np.concatenate(labels),
+            "id": np.concatenate(ids)}
 
 
 def _decode_parquet(batch: dict[str, np.ndarray], cfg: DataConfig, info: DatasetInfo,
                     counter: Any) -> dict:
     """Task body: encoded image bytes -> uint8 (b, C, H, W) images, bad rows named or counted."""
-    where = [f"{path} (label {label})" for path, label in zip(batch["path"], batch[cfg.label_column],
-                                                              strict=True)]
+    labels = batch[cfg.label_column]
+    where = [f"{path} (label {y})" for path, y in zip(batch["path"], labels, strict=True)]
     images, keep = decode_images(list(batch[cfg.image_column]), where, info.channels,
                                  info.image_size, cfg.on_bad_image)
     if (~keep).any() and counter is not None:
@@ -61,7 +68,7 @@ def _decode_parquet(batch: dict[str, np.ndarray], cfg: DataConfig, info: Dataset
 
 
 def read_images(
-    cfg: DataConfig, split: str, counter: Any = None
+    cfg: DataConfig, split: str, counter: Any = None, read_cpus: float = 1.0
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
     """A split as a Ray Dataset of rows {"image": uint8 (C, H, W), "label": int64}.
 
@@ -74,13 +81,16 @@ def read_images(
     dataset = open_dataset(cfg, split)
     if dataset.info.name == "parquet":
         files = sorted({c.source for c in dataset.chunks})
-        ds = ray.data.read_parquet(files, columns=[cfg.image_column, cfg.label_column],
-                                   include_paths=True).limit(len(dataset))
-        ds = ds.map_batches(_decode_parquet, fn_args=(cfg, dataset.info, counter), batch_size=256)
+        ds = ray.data.read_parquet(files, include_paths=True, num_cpus=read_cpus)
+        ds = ds.select_columns([cfg.image_column, cfg.label_column, "path"]).limit(len(dataset))
+        ds = ds.map_batches(partial(_decode_parquet, cfg=cfg, info=dataset.info, counter=counter),
+                            batch_size=256, num_cpus=read_cpus)
     else:
-        items = [{"chunk": i} for i in range(len(dataset.chunks))]
+        starts = np.cumsum([0] + [c.stop - c.start for c in dataset.chunks])
+        items = [{"chunk": i, "first_row": int(starts[i])} for i in range(len(dataset.chunks))]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(_load_chunks, fn_args=(dataset, counter), batch_size=1)
+        ds = ds.map_batches(partial(_load_chunks, dataset=dataset, counter=counter), batch_size=1,
+                            num_cpus=read_cpus)
     return ds, dataset.info, len(dataset)
 
 
@@ -114,7 +124,10 @@ class PatchCutter:
                               self.cfg.crop_scale, self.cfg.interpolation)
         if self.counter is not None:
             self.counter.add.remote("augmented_images", len(images))
-        return {"patches": patches.numpy(), "label": np.asarray(batch["label"])}
+        out = {"patches": patches.numpy(), "label": np.asarray(batch["label"])}
+        if "id" in batch:
+            out["id"] = np.asarray(batch["id"])
+        return out
 
 
 def patch_stream(
@@ -129,9 +142,10 @@ def patch_stream(
     Returns:
         (dataset of {"patches" (n, C, S, S) uint8 | "image" (C, H, W) uint8, "label"}, info, rows).
     """
-    ds, info, rows = read_images(data, "train", counter)
+    ds, info, rows = read_images(data, "train", counter, ray_cfg.read_cpus)
     # reseed_after_execution: every epoch (every execution) draws a new order, reproducibly.
-    ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True),
+                           num_cpus=ray_cfg.read_cpus)
     if ray_cfg.patches_on_trainer:
         return ds, info, rows
     ds = ds.map_batches(

@@ -48,7 +48,7 @@ def embed_split(
     patches: PatchConfig, cfg: EvalConfig, ray_cfg: RayConfig, seed: int, progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeds a whole split on Ray. Returns features (N, D) float32 and labels (N,) int64."""
-    ds, info, rows = read_images(data, split)
+    ds, info, rows = read_images(data, split, read_cpus=ray_cfg.read_cpus)
     ds = ds.map_batches(
         Embedder,
         fn_constructor_args=(state, model_cfg, info.channels, cfg, patches.size or info.image_size,

@@ -15,7 +15,14 @@ from typing import Any
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    LoggingConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
 from empssl_ray.config import PretrainConfig
@@ -40,6 +47,15 @@ def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
     """Optimiser steps in one epoch: every worker drops its last partial batch."""
     workers = max(1, cfg.ray.num_workers)
     return (rows // workers) // (cfg.optim.batch_size // workers)
+
+
+def maybe_poison(trainer: Trainer, faults: dict[str, str]) -> None:
+    """Fault injection: NaN weights from epoch EMPSSL_FAULT_NAN_AT_EPOCH on (tests the NaN stop)."""
+    at = faults.get("EMPSSL_FAULT_NAN_AT_EPOCH")
+    if at is not None and trainer.epoch >= int(at):
+        with torch.no_grad():
+            for p in trainer.model.projector.parameters():
+                p.fill_(float("nan"))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -81,12 +97,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batches = shard.iter_torch_batches(
             batch_size=cfg.optim.batch_size // world, drop_last=True,
             prefetch_batches=cfg.ray.prefetch_batches,
-            dtypes=torch.uint8, device="cpu")  # uint8 on the wire; Trainer moves and normalises
-        metrics = trainer.run_epoch(batches, on_step if cfg.run.log_every_steps > 0 else None,
-                                    max(1, cfg.run.log_every_steps))
+            # uint8 on the wire; the Trainer moves and normalises on its device.
+            dtypes=torch.uint8, device="cpu")
+        maybe_poison(trainer, faults)
+        step_hook = on_step if cfg.run.log_every_steps > 0 else None
+        metrics: dict[str, Any] = trainer.run_epoch(batches, step_hook,
+                                                    max(1, cfg.run.log_every_steps))
         metrics.update(epoch=trainer.epoch, step=trainer.step, kind="epoch")
+        # Compute spent so far, for compute-aware objectives: one patch-forward is one patch
+        # through the model (and back) on any worker.
+        metrics["patch_forwards"] = trainer.step * cfg.optim.batch_size * cfg.patches.num_patches
         if monitor is not None:
             metrics["knn_acc"] = monitor(trainer.model, device)
+            metrics["knn_acc_per_mpatch"] = metrics["knn_acc"] / (metrics["patch_forwards"] / 1e6)
         if counter is not None:
             # Cumulative over this attempt's epochs: bad images dropped by on_bad_image=skip.
             metrics["skipped_images"] = ray.get(counter.get.remote()).get("skipped_images", 0)
@@ -108,6 +131,10 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
     faults = faults_from_env()
     ds, info, rows = patch_stream(cfg.data, cfg.patches, cfg.ray, cfg.run.seed, faults,
                                   faults.get("EMPSSL_FAULT_DIR", run_dir), counter)
+    # Trainers need only the pixels: labels and ids stay behind.
+    ds = ds.select_columns(["image" if cfg.ray.patches_on_trainer else "patches"])
+    # The stream runs in a coordinator actor whose bars would only fill the logs.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     per_epoch = steps_per_epoch(rows, cfg)
     if per_epoch < 1:
         raise ValueError(f"optim.batch_size={cfg.optim.batch_size} is larger than the {rows} "
@@ -122,6 +149,8 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
         run_config=RunConfig(
             name=cfg.run.name, storage_path=os.path.dirname(run_dir),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            # Not a log line per report per rank. (mypy sees Train V1's RunConfig stub.)
+            logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=callbacks),
         datasets={"train": ds},

@@ -15,7 +15,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, also under `ray job submit`
+# The repo root, so `python jobs/x.py` imports empssl_ray also under `ray job submit`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from empssl_ray.cli import init_ray, user_errors  # noqa: E402
 from empssl_ray.config import EvaluateConfig, ModelConfig, register_configs, to_dataclass  # noqa: E402

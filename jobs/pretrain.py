@@ -19,7 +19,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, also under `ray job submit`
+# The repo root, so `python jobs/x.py` imports empssl_ray also under `ray job submit`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from empssl_ray.cli import init_ray, user_errors  # noqa: E402
 from empssl_ray.config import ModelConfig, PretrainConfig, register_configs, to_dataclass  # noqa: E402
@@ -54,11 +55,12 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
     print(f"empssl-ray: run {cfg.run.name} -> {run_dir}", flush=True)
     start = time.perf_counter()
     result = pretrain(cfg)
+    final = result.metrics or {}
     summary: dict[str, Any] = {"run_dir": run_dir, "train_time_s": time.perf_counter() - start,
-                               "final": result.metrics}
+                               "final": final}
     print(f"pretraining done in {summary['train_time_s']:.0f} s: "
-          f"loss {result.metrics.get('loss', float('nan')):.3f}, "
-          f"kNN {100 * result.metrics.get('knn_acc', float('nan')):.1f}%", flush=True)
+          f"loss {final.get('loss', float('nan')):.3f}, "
+          f"kNN {100 * final.get('knn_acc', float('nan')):.1f}%", flush=True)
     if "://" not in run_dir:
         png = write_csv_and_plot(run_dir)
         print(f"curves: {png}")

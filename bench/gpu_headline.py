@@ -1,0 +1,428 @@
+"""The paper's headline on one GPU with the core alone: EMP-SSL, CIFAR-10, 20 patches, 1 epoch.
+
+Pretrains ResNet-18-CIFAR (LARS lr 0.3, batch 100, bf16, channels-last; the defaults of
+`empssl_ray/config.py`) on CIFAR-10 read from a Parquet directory, then evaluates the
+bag-of-features embedding (mean pre-feature h over T patches) with a linear probe (last epoch
+reported) and a weighted kNN. The paper reports 80.6% linear-probe accuracy for this setting
+(with T = 128; `--eval-patches 128` to match).
+
+The data path stays on the GPU: all JPEGs are decoded once up-front by a process pool, the uint8
+images are uploaded once, and each step's patches are cut on the GPU from a shuffled index. Every
+stage prints its wall time (CUDA-synchronised) and throughput; the end prints a table and one JSON
+line. No Ray anywhere: a box with torch, torchvision, pyarrow, pillow, numpy and tqdm runs it.
+
+    python bench/gpu_headline.py                      # the headline (GPU, ~minutes)
+    python bench/gpu_headline.py --eval-patches 128   # the paper's evaluation
+    python bench/gpu_headline.py --quick --device cpu # a CPU smoke run (tiny data and model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python bench/gpu_headline.py` without an installed package
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from empssl_ray.config import (  # noqa: E402
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    OptimConfig,
+    PatchConfig,
+    PretrainConfig,
+    RunConfig,
+)
+from empssl_ray.datasets import open_dataset  # noqa: E402
+from empssl_ray.engine import Trainer  # noqa: E402
+from empssl_ray.evaluate import (  # noqa: E402
+    embed_images,
+    iterate_batches,
+    knn_accuracy,
+    linear_probe,
+)
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
+PAPER_PROBE_ACC = 0.806  # CIFAR-10, 1 epoch, 20 patches, ResNet-18, T = 128 (spec's table)
+
+# --quick: a CPU smoke run of every stage in seconds. Anything given explicitly wins.
+QUICK = dict(
+    train_limit=512,
+    test_limit=256,
+    backbone="resnet-narrow",
+    width=8,
+    prefeature_dim=512,
+    hidden_dim=512,
+    proj_dim=128,
+    patches=2,
+    batch_size=64,
+    eval_patches=2,
+    probe_epochs=1,
+)
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float
+    items: int  # work done: images, patches, probe samples...
+    unit: str  # what `items` counts
+    accuracy: float | None = None
+
+    @property
+    def per_s(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else float("inf")
+
+
+class Clock:
+    """Wall time of a stage, CUDA-synchronised at both ends so queued kernels are counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __enter__(self) -> Clock:
+        self.sync()
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sync()
+        self.seconds = time.perf_counter() - self.start
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    d_model, d_optim, d_patch, d_eval = ModelConfig(), OptimConfig(), PatchConfig(), EvalConfig()
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="Parquet dir with train/ and test/")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help=f"CPU smoke preset: {QUICK}")
+    p.add_argument("--train-limit", type=int, help="N training images, spread over the file")
+    p.add_argument("--test-limit", type=int, help="N test images, spread (the file is by class)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="JPEG decode procs")
+    p.add_argument("--backbone", help=f"model registry name (default {d_model.backbone})")
+    p.add_argument("--width", type=int, help=f"first-stage channels (default {d_model.width})")
+    p.add_argument("--prefeature-dim", type=int, help=f"default {d_model.prefeature_dim}")
+    p.add_argument("--hidden-dim", type=int, help=f"default {d_model.hidden_dim}")
+    p.add_argument("--proj-dim", type=int, help=f"default {d_model.proj_dim}")
+    p.add_argument("--patches", type=int, help=f"patches n (default {d_patch.num_patches})")
+    p.add_argument("--epochs", type=int, default=d_optim.epochs)
+    p.add_argument("--batch-size", type=int, help=f"images per step (default {d_optim.batch_size})")
+    p.add_argument("--lr", type=float, default=d_optim.lr)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=d_optim.bf16)
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="NHWC activations (default: on for cuda, off for cpu)",
+    )
+    p.add_argument("--eval-patches", type=int, help=f"T (default {d_eval.num_patches}; paper 128)")
+    p.add_argument("--eval-batch-size", type=int, default=d_eval.batch_size, help="images/forward")
+    p.add_argument("--probe-epochs", type=int, help=f"default {d_eval.probe_epochs}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--json-out", help="also write the result JSON to this file")
+    args = p.parse_args(argv)
+    defaults = dict(
+        backbone=d_model.backbone,
+        width=d_model.width,
+        prefeature_dim=d_model.prefeature_dim,
+        hidden_dim=d_model.hidden_dim,
+        proj_dim=d_model.proj_dim,
+        patches=d_patch.num_patches,
+        batch_size=d_optim.batch_size,
+        eval_patches=d_eval.num_patches,
+        probe_epochs=d_eval.probe_epochs,
+    )
+    for key in set(QUICK) | set(defaults):
+        if getattr(args, key, None) is None:
+            setattr(args, key, QUICK.get(key) if args.quick else defaults.get(key))
+    return args
+
+
+def build_config(args: argparse.Namespace, device: torch.device) -> PretrainConfig:
+    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    return PretrainConfig(
+        data=DataConfig(
+            name="parquet", root=args.data, train_limit=args.train_limit, test_limit=args.test_limit
+        ),
+        patches=PatchConfig(num_patches=args.patches),
+        model=ModelConfig(
+            backbone=args.backbone,
+            width=args.width,
+            prefeature_dim=args.prefeature_dim,
+            hidden_dim=args.hidden_dim,
+            proj_dim=args.proj_dim,
+            channels_last=channels_last,
+        ),
+        optim=OptimConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, bf16=args.bf16
+        ),
+        eval=EvalConfig(
+            num_patches=args.eval_patches,
+            batch_size=args.eval_batch_size,
+            probe_epochs=args.probe_epochs,
+        ),
+        run=RunConfig(seed=args.seed),
+    )
+
+
+def load_split_parallel(
+    cfg: DataConfig, split: str, workers: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Like `datasets.load_split`, with the chunks (parquet row groups) decoded by a process pool.
+
+    The split's limit (cfg.train_limit / cfg.test_limit) is spread over the row groups by
+    `open_dataset`, so a small subset of a class-sorted split stays balanced.
+
+    Returns images uint8 (N, C, S, S), labels int64 (N,), in the split's order, and the number
+    of processes that decoded them.
+    """
+    ds = open_dataset(cfg, split)
+    chunks = ds.chunks
+    workers = max(1, min(workers, len(chunks)))
+    if workers == 1:
+        parts = [ds.load_chunk(c) for c in chunks]
+    else:
+        # fork: workers start at once and need nothing re-imported; it is safe while this
+        # process has no CUDA context (decoding runs before anything touches the GPU).
+        method = "spawn" if torch.cuda.is_initialized() else "fork"
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
+            parts = list(pool.map(ds.load_chunk, chunks))
+    images = np.concatenate([p[0] for p in parts])
+    return images, np.concatenate([p[1] for p in parts]), workers
+
+
+def shuffled_batches(
+    images: torch.Tensor, batch_size: int, generator: torch.Generator
+) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of {"image": (B, C, H, W) uint8} batches gathered on the images' device.
+
+    The last incomplete batch is dropped (as the reference's loader does).
+    """
+    perm = torch.randperm(len(images), generator=generator, device=images.device)
+    for start in range(0, len(images) - batch_size + 1, batch_size):
+        yield {"image": images[perm[start : start + batch_size]]}
+
+
+def embed_on_device(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    cfg: PretrainConfig,
+    patch_size: int,
+    seed: int,
+    desc: str | None,
+) -> torch.Tensor:
+    """Bag-of-features of images already on the device -> (N, D) float32 left on that device.
+
+    `evaluate.embed_dataset` moves every batch back to the CPU and runs neither autocast nor
+    channels-last; this loop calls the same `embed_images` with both, and keeps the features where
+    the probe and the kNN run.
+    """
+    model.eval()
+    device = images.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    autocast = cfg.optim.bf16 and device.type == "cuda"
+    out: torch.Tensor | None = None
+    batches = list(iterate_batches(len(images), cfg.eval.batch_size))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+        for sl in tqdm(batches, desc=desc, disable=desc is None, leave=False):
+            h = embed_images(
+                model,
+                images[sl],
+                cfg.eval.num_patches,
+                patch_size,
+                generator,
+                cfg.model.channels_last,
+                cfg.patches.crop_scale,
+            )
+            if out is None:
+                out = torch.empty(len(images), h.shape[1], device=device)
+            out[sl] = h
+    assert out is not None
+    return out
+
+
+def print_table(stages: list[Stage], total_s: float) -> None:
+    print(f"\n{'stage':<16}{'wall s':>9}{'throughput':>26}{'accuracy':>10}")
+    for s in stages:
+        acc = f"{100 * s.accuracy:.2f}%" if s.accuracy is not None else ""
+        rate = f"{s.per_s:,.0f} {s.unit}/s"
+        print(f"{s.name:<16}{s.seconds:>9.2f}{rate:>26}{acc:>10}")
+    print(f"{'total':<16}{total_s:>9.2f}")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch sees no GPU: pass --device cpu")
+    if not Path(args.data).is_dir():
+        raise SystemExit(f"--data {args.data} is not a directory (Parquet with train/ and test/)")
+    cfg = build_config(args, device)
+    t_start = time.perf_counter()
+    stages: list[Stage] = []
+
+    def report(stage: Stage, extra: str = "") -> None:
+        stages.append(stage)
+        acc = f", accuracy {100 * stage.accuracy:.2f}%" if stage.accuracy is not None else ""
+        print(
+            f"[{stage.name}] {stage.seconds:.2f} s, {stage.per_s:,.0f} {stage.unit}/s{acc}{extra}",
+            flush=True,
+        )
+
+    # ---- decode every JPEG once (before any CUDA call, so the pool can fork) ----------------
+    data: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in ("train", "test"):
+        t0 = time.perf_counter()
+        images, labels, procs = load_split_parallel(cfg.data, split, args.workers)
+        data[split] = images, labels
+        report(
+            Stage(f"decode {split}", time.perf_counter() - t0, len(images), "images"),
+            f" ({len(images)} images, {procs} procs)",
+        )
+    (train_np, train_lab), (test_np, test_lab) = data["train"], data["test"]
+    _, channels, side, _ = train_np.shape
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {device} ({name}), torch {torch.__version__}", flush=True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: autotune the convolutions once
+
+    # ---- upload the uint8 images once --------------------------------------------------------
+    with Clock(device) as clock:
+        train_img = torch.from_numpy(train_np).to(device)
+        test_img = torch.from_numpy(test_np).to(device)
+        train_y = torch.from_numpy(train_lab).to(device)
+        test_y = torch.from_numpy(test_lab).to(device)
+    report(Stage("upload", clock.seconds, len(train_img) + len(test_img), "images"))
+
+    # ---- pretrain ------------------------------------------------------------------------------
+    batch = cfg.optim.batch_size
+    steps_per_epoch = len(train_img) // batch
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{len(train_img)} training images make no batch of {batch}")
+    torch.manual_seed(cfg.run.seed)  # model init
+    trainer = Trainer(cfg, channels, side, cfg.optim.epochs * steps_per_epoch, device)
+    shuffle = torch.Generator(device=device).manual_seed(cfg.run.seed + 1)
+    epoch_stats: list[dict[str, float]] = []
+    for epoch in range(cfg.optim.epochs):
+        bar = tqdm(
+            shuffled_batches(train_img, batch, shuffle),
+            total=steps_per_epoch,
+            desc=f"train epoch {epoch + 1}/{cfg.optim.epochs}",
+            unit="step",
+            disable=not args.progress,
+        )
+
+        def on_step(m: dict[str, float], bar: Any = bar) -> None:
+            bar.set_postfix(loss=f"{m['loss']:.2f}", patches_s=f"{m['patches_per_s']:,.0f}")
+
+        with Clock(device) as clock:
+            stats = trainer.run_epoch(bar, on_step, log_every=10)
+        bar.close()
+        epoch_stats.append(stats)
+        patches = steps_per_epoch * batch * cfg.patches.num_patches
+        report(
+            Stage(f"train epoch {epoch + 1}", clock.seconds, patches, "patches"),
+            f" (loss {stats['loss']:.3f}, tcr {stats['tcr']:.3f}, "
+            f"invariance {stats['invariance']:.4f}, {steps_per_epoch} steps)",
+        )
+
+    # ---- bag-of-features embeddings, left on the device --------------------------------------
+    model, t = trainer.model, cfg.eval.num_patches
+    feats = {}
+    for split, split_images in (("train", train_img), ("test", test_img)):
+        desc = f"embed {split}" if args.progress else None
+        seed = cfg.run.seed + (2 if split == "train" else 3)
+        with Clock(device) as clock:
+            feats[split] = embed_on_device(model, split_images, cfg, trainer.patch_size, seed, desc)
+        report(Stage(f"embed {split}", clock.seconds, len(split_images) * t, "patches"),
+               f" (T={t})")
+
+    # ---- linear probe and kNN on the device ------------------------------------------------
+    # evaluate.linear_probe builds its classifier (and knn_accuracy its vote table) with plain
+    # factory calls, i.e. on the CPU; the device context puts them next to the features.
+    e = cfg.eval
+    with Clock(device) as clock, torch.device(device):
+        probe = linear_probe(
+            feats["train"],
+            train_y,
+            feats["test"],
+            test_y,
+            e.probe_epochs,
+            e.probe_lr,
+            e.probe_batch_size,
+            seed=cfg.run.seed,
+            progress="linear probe" if args.progress else None,
+        )
+    samples = len(train_y) * e.probe_epochs
+    report(
+        Stage("linear probe", clock.seconds, samples, "samples", probe["probe_acc"]),
+        f" ({e.probe_epochs} epochs; last-epoch train accuracy "
+        f"{100 * probe['probe_train_acc']:.2f}%)",
+    )
+    with Clock(device) as clock, torch.device(device):
+        knn = knn_accuracy(
+            feats["train"], train_y, feats["test"], test_y, e.knn_k, e.knn_temperature
+        )
+    report(Stage("knn", clock.seconds, len(test_y), "queries", knn), f" (k={e.knn_k})")
+
+    total = time.perf_counter() - t_start
+    print_table(stages, total)
+    print(
+        f"linear probe {100 * probe['probe_acc']:.2f}% (paper {100 * PAPER_PROBE_ACC:.1f}% with "
+        f"T=128), kNN {100 * knn:.2f}%, total {total:.1f} s",
+        flush=True,
+    )
+    train_stages = [s for s in stages if s.name.startswith("train")]
+    result: dict[str, Any] = {
+        "benchmark": "gpu_headline",
+        "device": name,
+        "torch": torch.__version__,
+        "quick": args.quick,
+        "num_train": len(train_y),
+        "num_test": len(test_y),
+        "num_test_classes": len(np.unique(test_lab)),
+        "config": asdict(cfg),
+        "stages": {
+            s.name: {"seconds": s.seconds, "items": s.items, "unit": s.unit, "per_s": s.per_s}
+            for s in stages
+        },
+        "train_loss": epoch_stats[-1]["loss"],
+        "train_patches_per_s": sum(s.items for s in train_stages)
+        / sum(s.seconds for s in train_stages),
+        "probe_acc": probe["probe_acc"],
+        "probe_train_acc": probe["probe_train_acc"],
+        "knn_acc": knn,
+        "paper_probe_acc": PAPER_PROBE_ACC,
+        "total_s": total,
+    }
+    line = json.dumps(result)
+    print(line, flush=True)
+    if args.json_out:
+        Path(args.json_out).write_text(line + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

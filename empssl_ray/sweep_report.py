@@ -1,0 +1,83 @@
+"""Sweep outputs: results table (CSV), best config (YAML pretrain accepts as is), plots."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+# Header that makes best.yaml a primary config for jobs/pretrain.py:
+#   python jobs/pretrain.py --config-dir <sweep dir> --config-name best
+_BEST_HEADER = """\
+# Best trial of sweep {sweep}: {objective} = {value:.4g}
+# Run it:  python jobs/pretrain.py --config-dir {sweep_dir} --config-name best
+defaults:
+  - pretrain_schema
+  - _self_
+  - override hydra/job_logging: none
+  - override hydra/hydra_logging: none
+
+hydra:
+  run:
+    dir: .
+  output_subdir: null
+
+"""
+
+
+def write_results_csv(rows: list[dict[str, Any]], path: str) -> None:
+    """The trial table, best first, with the compute each trial used."""
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def write_best_yaml(best_cfg: Any, sweep: str, objective: str, value: float, path: str) -> None:
+    """The winning trial's full PretrainConfig as a YAML jobs/pretrain.py starts from."""
+    from dataclasses import asdict
+
+    from omegaconf import OmegaConf
+
+    body = OmegaConf.to_yaml(OmegaConf.create(asdict(best_cfg)))
+    with open(path, "w") as f:
+        f.write(
+            _BEST_HEADER.format(
+                sweep=sweep,
+                objective=objective,
+                value=value,
+                sweep_dir=os.path.dirname(os.path.abspath(path)),
+            )
+        )
+        f.write(body)
+
+
+def plot_sweep(rows: list[dict[str, Any]], objective: str, path: str) -> str:
+    """Two panels: objective vs num_patches, objective vs compute (patch-forwards)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if isinstance(r.get(objective), float) and math.isfinite(r[objective])]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    patches = [r.get("patches.num_patches") for r in ok]
+    if all(p is not None for p in patches):
+        axes[0].scatter(patches, [r[objective] for r in ok])
+        axes[0].set_xlabel("num_patches")
+    else:
+        axes[0].text(0.5, 0.5, "num_patches not searched", ha="center", transform=axes[0].transAxes)
+    axes[1].scatter(
+        [r["patch_forwards"] for r in ok],
+        [r[objective] for r in ok],
+        c=[r["epochs"] for r in ok],
+        cmap="viridis",
+    )
+    axes[1].set_xlabel("patch-forwards spent")
+    for ax in axes:
+        ax.set_ylabel(objective)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{len(ok)} trials (colour: epochs run before the end or an early stop)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,50 @@
+"""Smoke tests of the benchmark scripts: they run end to end on tiny settings and print ratios.
+
+Speed is not asserted (the settings are too small and the machine is shared); what is asserted is
+that every side ran, produced comparable outputs, and that the summary lines parse.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from bench import patches, tcr
+
+RATIO = re.compile(r"^ratio (?P<what>.+): (?P<ratio>\d+(?:\.\d+)?)x \(goal >= \d+x\)$", re.M)
+
+
+def _ratios(text: str) -> dict[str, float]:
+    return {m["what"]: float(m["ratio"]) for m in RATIO.finditer(text)}
+
+
+def test_tcr_quick_prints_ratio_and_agrees(capsys: pytest.CaptureFixture[str]) -> None:
+    assert tcr.main(["--quick", "--cpu-only"]) == 0  # 1 would mean the two formulas disagree
+    ratios = _ratios(capsys.readouterr().out)
+    assert set(ratios) == {"tcr n=2 cpu"}
+    assert ratios["tcr n=2 cpu"] > 0
+
+
+def test_reference_tcr_matches_core_on_tall_and_wide_views() -> None:
+    # B < d takes the core's Gram path, B > d its d x d path: both must match the spec formula.
+    for b, d in ((8, 32), (32, 8)):
+        z = torch.nn.functional.normalize(torch.randn(3, b, d, dtype=torch.float64), dim=-1)
+        ref = tcr.reference_tcr(z)
+        assert ref.shape == (3,)
+        torch.testing.assert_close(tcr.total_coding_rate(z), ref)
+
+
+def test_patches_quick_prints_both_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    assert patches.main(["--quick"]) == 0
+    ratios = _ratios(capsys.readouterr().out)
+    assert set(ratios) == {"patches 32x32", "patches+normalise 32x32"}
+    assert all(r > 0 for r in ratios.values())
+
+
+def test_reference_pipeline_output_is_normalised_patch() -> None:
+    images, _ = patches.load_images(2, 32)
+    out = patches.reference_transform(32)(images[0])
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    assert out.min() >= -1 and out.max() <= 1

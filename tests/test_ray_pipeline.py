@@ -1,0 +1,209 @@
+"""The Ray pipeline end to end on a local Ray: training, faults, resume, evaluation, bad data.
+
+The expensive run (2 workers, 2 epochs, a trainer killed mid-epoch 2, evaluation) is shared by
+the tests that inspect its outputs.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from empssl_ray.tracking import read_metrics
+from tests.conftest import compose, write_image_parquet
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+
+def epoch_records(run_dir: str) -> list[int]:
+    return [r["epoch"] for r in read_metrics(run_dir) if r["kind"] == "epoch"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(ray_session, tmp_path_factory):  # type: ignore[no-untyped-def]
+    from jobs.pretrain import main
+
+    storage = tmp_path_factory.mktemp("runs")
+    cfg = compose(
+        "pretrain",
+        [
+            "experiment=smoke",
+            f"run.storage_path={storage}",
+            "run.compare_random_init=true",
+            "run.progress=false",
+        ],
+    )
+    # Rank 0 dies abruptly at step 10, in the middle of epoch 2 (8 steps per epoch).
+    os.environ["EMPSSL_FAULT_KILL_TRAINER_AT_STEP"] = "10"
+    try:
+        summary = main(cfg)
+    finally:
+        del os.environ["EMPSSL_FAULT_KILL_TRAINER_AT_STEP"]
+    return cfg, summary, str(storage / "smoke")
+
+
+def test_run_survives_a_killed_trainer_without_redoing_epochs(smoke_run) -> None:  # type: ignore[no-untyped-def]
+    _, summary, run_dir = smoke_run
+    assert os.path.exists(os.path.join(run_dir, "fault-kill_trainer_at_step.fired"))
+    assert epoch_records(run_dir) == [1, 2]  # epoch 1 was not redone after the restart
+    assert summary["final"]["epoch"] == 2 and summary["final"]["step"] == 16
+    state = torch.load(
+        sorted(glob.glob(f"{run_dir}/checkpoint_*/checkpoint.pt"))[-1], weights_only=False
+    )
+    assert state["epoch"] == 2 and state["step"] == 16 and state["config"]["run"]["name"] == "smoke"
+    assert {"model", "optimizer", "scheduler"} <= set(state)
+
+
+def test_run_writes_metrics_curves_and_evaluation(smoke_run) -> None:  # type: ignore[no-untyped-def]
+    _, summary, run_dir = smoke_run
+    records = read_metrics(run_dir)
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    for key in (
+        "loss",
+        "tcr",
+        "invariance",
+        "lr",
+        "patches_per_s",
+        "data_wait_frac",
+        "knn_acc",
+        "skipped_images",
+    ):
+        assert key in epochs[-1], key
+    assert 0 <= epochs[-1]["data_wait_frac"] <= 1 and epochs[-1]["skipped_images"] == 0
+    assert any(r["kind"] == "step" for r in records)
+    for name in ("metrics.csv", "curves.png", "summary.json", "eval.json"):
+        assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
+    assert glob.glob(f"{run_dir}/tensorboard/events.out.tfevents.*")
+    evaluation = json.loads(Path(run_dir, "eval.json").read_text())
+    for name in ("pretrained", "random init"):
+        m = evaluation[name]
+        assert 0.0 <= m["probe_acc"] <= 1.0 and 0.0 <= m["knn_acc"] <= 1.0
+        assert m["num_train"] == 512 and m["num_test"] == 256
+
+
+def test_rerun_with_the_same_name_resumes(smoke_run) -> None:  # type: ignore[no-untyped-def]
+    from jobs.pretrain import main
+
+    cfg, _, run_dir = smoke_run
+    cfg.optim.epochs, cfg.run.evaluate = 3, False
+    summary = main(cfg)
+    assert epoch_records(run_dir) == [1, 2, 3]  # only the new epoch ran
+    assert summary["final"]["step"] == 24
+
+
+def test_evaluate_job_on_the_latest_checkpoint(smoke_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from jobs.evaluate import main
+
+    cfg, _, run_dir = smoke_run
+    ev = compose(
+        "evaluate",
+        [
+            "experiment=smoke",
+            f"run.storage_path={os.path.dirname(run_dir)}",
+            f"output={tmp_path / 'e.json'}",
+            "run.progress=false",
+            "eval.probe_epochs=5",
+        ],
+    )
+    metrics = main(ev)
+    written = json.loads((tmp_path / "e.json").read_text())
+    assert (
+        written["checkpoint"].startswith(run_dir) and written["probe_acc"] == metrics["probe_acc"]
+    )
+
+
+def local_cfg(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]
+    """One CPU worker on a small parquet dataset (one bad image): the cheap way to test failures.
+
+    Not Ray Train's local mode (num_workers=0): it keeps no checkpoints on storage.
+    """
+    data = write_image_parquet(tmp_path / "data", bad_rows=(5,))
+    return compose(
+        "pretrain",
+        [
+            "experiment=smoke",
+            "data=parquet",
+            f"data.root={data}",
+            f"run.storage_path={tmp_path / 'runs'}",
+            "run.name=local",
+            "ray.num_workers=1",
+            "ray.max_failures=0",
+            "optim.batch_size=16",
+            "patches.size=16",
+            "run.progress=false",
+            "eval.monitor_test=0",
+            *extra,
+        ],
+    )
+
+
+def test_bad_image_stops_with_one_line_naming_the_file(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from empssl_ray.cli import user_errors
+    from empssl_ray.config import DataConfig, PatchConfig, RayConfig
+    from empssl_ray.ray_data import patch_stream
+
+    data = DataConfig(name="parquet", root=str(write_image_parquet(tmp_path, bad_rows=(5,))))
+    ds, _, _ = patch_stream(data, PatchConfig(num_patches=2), RayConfig(aug_max_actors=1), seed=0)
+    with pytest.raises(SystemExit) as exit_info, user_errors():
+        ds.materialize()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err  # Ray's own progress logs come first in this process
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: DatasetError:") and "part-0.parquet" in last
+
+
+def test_skips_bad_images_then_stops_on_nan_keeping_the_checkpoint(
+    tmp_path: Path, fault_env, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    from empssl_ray.cli import user_errors
+    from jobs.pretrain import main
+
+    fault_env(NAN_AT_EPOCH=1)  # epoch 1 trains, epoch 2 starts with NaN weights
+    cfg = local_cfg(tmp_path, "optim.epochs=2", "data.on_bad_image=skip")
+    with pytest.raises(SystemExit), user_errors():
+        main(cfg)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: NonFiniteLossError: loss is nan"), err[-1]
+    run_dir = str(tmp_path / "runs/local")
+    assert [r["skipped_images"] for r in read_metrics(run_dir) if r["kind"] == "epoch"] == [1]
+    ckpts = glob.glob(f"{run_dir}/checkpoint_*/checkpoint.pt")
+    assert len(ckpts) == 1
+    state = torch.load(ckpts[0], weights_only=False)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
+    import ray
+
+    from empssl_ray.config import DataConfig, PatchConfig, RayConfig
+    from empssl_ray.ray_data import RowCounter, patch_stream
+
+    data = DataConfig(name="fashion-mnist", train_limit=600)
+    ray_cfg = RayConfig(
+        aug_min_actors=1, aug_max_actors=1, aug_cpus_per_actor=0.5, aug_batch_size=50
+    )
+    counter = RowCounter.remote()
+    faults = {"EMPSSL_FAULT_KILL_AUGMENT_AFTER": "3"}
+    ds, _, rows = patch_stream(
+        data,
+        PatchConfig(num_patches=2, size=8),
+        ray_cfg,
+        seed=0,
+        faults=faults,
+        fault_dir=str(tmp_path),
+        counter=counter,
+    )
+    ids = np.concatenate([b["id"] for b in ds.iter_batches(batch_size=100, batch_format="numpy")])
+    assert os.path.exists(tmp_path / "fault-kill_augment_after.fired")  # an actor did die
+    # Every image of the epoch arrives. A batch the dead actor had already streamed out can
+    # arrive twice (Ray Data re-runs the whole task), never zero times.
+    assert rows == 600 and set(ids.tolist()) == set(range(600))
+    assert ray.get(counter.get.remote())["augmented_images"] >= 600
