@@ -50,8 +50,7 @@ from empssl_ray.config import (  # noqa: E402
 from empssl_ray.datasets import open_dataset  # noqa: E402
 from empssl_ray.engine import Trainer  # noqa: E402
 from empssl_ray.evaluate import (  # noqa: E402
-    embed_images,
-    iterate_batches,
+    embed_dataset,
     knn_accuracy,
     linear_probe,
 )
@@ -224,44 +223,6 @@ def shuffled_batches(
         yield {"image": images[perm[start : start + batch_size]]}
 
 
-def embed_on_device(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    cfg: PretrainConfig,
-    patch_size: int,
-    seed: int,
-    desc: str | None,
-) -> torch.Tensor:
-    """Bag-of-features of images already on the device -> (N, D) float32 left on that device.
-
-    `evaluate.embed_dataset` moves every batch back to the CPU and runs neither autocast nor
-    channels-last; this loop calls the same `embed_images` with both, and keeps the features where
-    the probe and the kNN run.
-    """
-    model.eval()
-    device = images.device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    autocast = cfg.optim.bf16 and device.type == "cuda"
-    out: torch.Tensor | None = None
-    batches = list(iterate_batches(len(images), cfg.eval.batch_size))
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-        for sl in tqdm(batches, desc=desc, disable=desc is None, leave=False):
-            h = embed_images(
-                model,
-                images[sl],
-                cfg.eval.num_patches,
-                patch_size,
-                generator,
-                cfg.model.channels_last,
-                cfg.patches.crop_scale,
-            )
-            if out is None:
-                out = torch.empty(len(images), h.shape[1], device=device)
-            out[sl] = h
-    assert out is not None
-    return out
-
-
 def print_table(stages: list[Stage], total_s: float) -> None:
     print(f"\n{'stage':<16}{'wall s':>9}{'throughput':>26}{'accuracy':>10}")
     for s in stages:
@@ -355,15 +316,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         desc = f"embed {split}" if args.progress else None
         seed = cfg.run.seed + (2 if split == "train" else 3)
         with Clock(device) as clock:
-            feats[split] = embed_on_device(model, split_images, cfg, trainer.patch_size, seed, desc)
+            feats[split] = embed_dataset(
+                model, split_images, t, trainer.patch_size, cfg.eval.batch_size, device, seed,
+                desc, cfg.model.channels_last, cfg.optim.bf16, out_device=device)
         report(Stage(f"embed {split}", clock.seconds, len(split_images) * t, "patches"),
                f" (T={t})")
 
-    # ---- linear probe and kNN on the device ------------------------------------------------
-    # evaluate.linear_probe builds its classifier (and knn_accuracy its vote table) with plain
-    # factory calls, i.e. on the CPU; the device context puts them next to the features.
+    # ---- linear probe and kNN on the device, where the features are ----------------------
     e = cfg.eval
-    with Clock(device) as clock, torch.device(device):
+    with Clock(device) as clock:
         probe = linear_probe(
             feats["train"],
             train_y,
@@ -381,7 +342,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f" ({e.probe_epochs} epochs; last-epoch train accuracy "
         f"{100 * probe['probe_train_acc']:.2f}%)",
     )
-    with Clock(device) as clock, torch.device(device):
+    with Clock(device) as clock:
         knn = knn_accuracy(
             feats["train"], train_y, feats["test"], test_y, e.knn_k, e.knn_temperature
         )

@@ -7,7 +7,7 @@ Nothing here parses arguments: `jobs/*.py` compose these with Hydra, tests build
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -188,6 +188,10 @@ class SweepConfig:
 @dataclass
 class TuneJobConfig(PretrainConfig):
     sweep: SweepConfig = field(default_factory=SweepConfig)
+
+    def pretrain_config(self) -> PretrainConfig:
+        """The base run every trial starts from (the sweep section left out)."""
+        return PretrainConfig(**{f.name: getattr(self, f.name) for f in fields(PretrainConfig)})
 
 
 def register_configs() -> None:

@@ -62,21 +62,28 @@ def embed_dataset(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: str | None = None,
+    channels_last: bool = False,
+    bf16: bool = False,
+    out_device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """`embed_images` over an in-memory uint8 array (N, C, H, W) in batches -> (N, D) on CPU."""
+    """`embed_images` over uint8 images (N, C, H, W) in batches -> (N, D) float32 on out_device.
+
+    Images may already sit on `device` (the GPU script keeps everything there); bf16 autocast
+    applies on CUDA only.
+    """
     from tqdm.auto import tqdm
 
     model.eval()
+    device = torch.device(device)
     generator = torch.Generator(device=device).manual_seed(seed)
+    autocast = bf16 and device.type == "cuda"
     out = []
-    for sl in tqdm(
-        list(iterate_batches(len(images), batch_size)),
-        desc=progress,
-        disable=progress is None,
-        leave=False,
-    ):
+    for sl in tqdm(list(iterate_batches(len(images), batch_size)), desc=progress,
+                   disable=progress is None, leave=False):
         batch = torch.as_tensor(images[sl]).to(device, non_blocking=True)
-        out.append(embed_images(model, batch, num_patches, patch_size, generator).cpu())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            emb = embed_images(model, batch, num_patches, patch_size, generator, channels_last)
+        out.append(emb.to(out_device))
     return torch.cat(out)
 
 
@@ -101,12 +108,13 @@ def knn_accuracy(
     """
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     bank = F.normalize(train_x.float(), dim=1)
+    train_y, test_y = train_y.to(bank.device), test_y.to(bank.device)
     k = min(k, len(bank))
     correct = 0
     for sl in iterate_batches(len(test_x), batch_size):
         sim = F.normalize(test_x[sl].float(), dim=1) @ bank.T  # (m, N)
         top_sim, top_idx = sim.topk(k, dim=1)
-        votes = torch.zeros(len(top_sim), num_classes)
+        votes = torch.zeros(len(top_sim), num_classes, device=bank.device)
         votes.scatter_add_(1, train_y[top_idx].long(), (top_sim / temperature).exp())
         correct += int((votes.argmax(1) == test_y[sl]).sum())
     return correct / len(test_x)
@@ -138,16 +146,18 @@ def linear_probe(
     from tqdm.auto import trange
 
     torch.manual_seed(seed)
+    device = train_x.device  # runs wherever the features are (the GPU script keeps them there)
+    train_y, test_y = train_y.to(device), test_y.to(device)
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    clf = nn.Linear(train_x.shape[1], num_classes)
+    clf = nn.Linear(train_x.shape[1], num_classes).to(device)
     opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
     train_correct = 0
     for _ in trange(epochs, desc=progress, disable=progress is None, leave=False):
-        order = torch.randperm(len(train_x))
+        order = torch.randperm(len(train_x), device=device)
         train_correct = 0
         for sl in iterate_batches(len(train_x), batch_size):
             idx = order[sl]

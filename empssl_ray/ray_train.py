@@ -111,8 +111,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics["knn_acc"] = monitor(trainer.model, device)
             metrics["knn_acc_per_mpatch"] = metrics["knn_acc"] / (metrics["patch_forwards"] / 1e6)
         if counter is not None:
-            # Cumulative over this attempt's epochs: bad images dropped by on_bad_image=skip.
-            metrics["skipped_images"] = ray.get(counter.get.remote()).get("skipped_images", 0)
+            # Cumulative over this attempt's epochs: images cut into patches (a batch re-run
+            # after an actor died counts twice), and bad images dropped by on_bad_image=skip.
+            counts = ray.get(counter.get.remote())
+            metrics["augmented_images"] = counts.get("augmented_images", 0)
+            metrics["skipped_images"] = counts.get("skipped_images", 0)
         with tempfile.TemporaryDirectory() as tmp:
             saved = None
             if lead:

@@ -138,7 +138,7 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
     if tune.Tuner.can_restore(sweep_dir):
         # Finished trials keep their results; unfinished and errored ones run again.
         return tune.Tuner.restore(sweep_dir, trainable, resume_errored=True), sweep_dir
-    base = PretrainConfig(**{k: getattr(cfg, k) for k in asdict(PretrainConfig())})
+    base = cfg.pretrain_config()
     scheduler = (
         ASHAScheduler(
             time_attr="epoch",

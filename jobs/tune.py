@@ -41,13 +41,10 @@ def main(cfg: TuneJobConfig) -> dict[str, Any]:
     outputs: dict[str, Any] = {"sweep_dir": sweep_dir, "rows": rows}
     best = results.get_best_result(metric=objective, mode="max", filter_nan_and_inf=True)
     if best.metrics and objective in best.metrics:
-        best_cfg = apply_overrides(cfg, (best.config or {})["params"])
+        best_cfg = apply_overrides(cfg.pretrain_config(), (best.config or {})["params"])
         best_cfg.run.name = f"{cfg.sweep.name}-best"
-        from empssl_ray.config import PretrainConfig
-
-        plain = PretrainConfig(**{k: getattr(best_cfg, k) for k in vars(PretrainConfig())})
         path = os.path.join(sweep_dir, "best.yaml")
-        write_best_yaml(plain, cfg.sweep.name, objective, best.metrics[objective], path)
+        write_best_yaml(best_cfg, cfg.sweep.name, objective, best.metrics[objective], path)
         outputs["best_yaml"] = path
     keys = list(cfg.sweep.space) + [objective, "epochs", "patch_forwards"]
     print(format_table({r["trial"]: r for r in rows}, keys))

@@ -35,7 +35,6 @@ def smoke_run(ray_session, tmp_path_factory):  # type: ignore[no-untyped-def]
         [
             "experiment=smoke",
             f"run.storage_path={storage}",
-            "run.compare_random_init=true",
             "run.progress=false",
         ],
     )
@@ -80,11 +79,9 @@ def test_run_writes_metrics_curves_and_evaluation(smoke_run) -> None:  # type: i
     for name in ("metrics.csv", "curves.png", "summary.json", "eval.json"):
         assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
     assert glob.glob(f"{run_dir}/tensorboard/events.out.tfevents.*")
-    evaluation = json.loads(Path(run_dir, "eval.json").read_text())
-    for name in ("pretrained", "random init"):
-        m = evaluation[name]
-        assert 0.0 <= m["probe_acc"] <= 1.0 and 0.0 <= m["knn_acc"] <= 1.0
-        assert m["num_train"] == 512 and m["num_test"] == 256
+    m = json.loads(Path(run_dir, "eval.json").read_text())["pretrained"]
+    assert 0.0 <= m["probe_acc"] <= 1.0 and 0.0 <= m["knn_acc"] <= 1.0
+    assert m["num_train"] == 512 and m["num_test"] == 256
 
 
 def test_rerun_with_the_same_name_resumes(smoke_run) -> None:  # type: ignore[no-untyped-def]
@@ -97,25 +94,34 @@ def test_rerun_with_the_same_name_resumes(smoke_run) -> None:  # type: ignore[no
     assert summary["final"]["step"] == 24
 
 
-def test_evaluate_job_on_the_latest_checkpoint(smoke_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_evaluate_job_on_a_random_init_encoder(tmp_path: Path) -> None:
     from jobs.evaluate import main
 
-    cfg, _, run_dir = smoke_run
     ev = compose(
         "evaluate",
         [
             "experiment=smoke",
-            f"run.storage_path={os.path.dirname(run_dir)}",
-            f"output={tmp_path / 'e.json'}",
+            "random_init=true",
             "run.progress=false",
+            f"output={tmp_path / 'e.json'}",
             "eval.probe_epochs=5",
         ],
     )
     metrics = main(ev)
     written = json.loads((tmp_path / "e.json").read_text())
-    assert (
-        written["checkpoint"].startswith(run_dir) and written["probe_acc"] == metrics["probe_acc"]
-    )
+    assert written["checkpoint"] == "random init" and written["probe_acc"] == metrics["probe_acc"]
+    assert metrics["num_train"] == 512 and metrics["num_test"] == 256
+
+
+def test_latest_checkpoint_is_the_newest(tmp_path: Path) -> None:
+    from empssl_ray.ray_eval import latest_checkpoint
+
+    for name in ("checkpoint_2026-11-30_00-21-06.9", "checkpoint_2026-11-30_00-21-21.2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoint.pt").write_bytes(b"")
+    assert latest_checkpoint(str(tmp_path)).endswith("00-21-21.2/checkpoint.pt")
+    with pytest.raises(FileNotFoundError, match="pretrain first"):
+        latest_checkpoint(str(tmp_path / "none"))
 
 
 def local_cfg(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]

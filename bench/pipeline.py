@@ -1,0 +1,125 @@
+"""Ray Data feeding the trainer: data-wait, patches/s, bytes per patch, 1 vs 2 actors.
+
+Three measurements in one run on a local Ray (2 CPUs by default):
+1. augmentation throughput of the actor pool with 1 and with 2 actors (1 CPU each), on images
+   already read and shuffled, so only the patch cutting is timed;
+2. bytes per patch through the object store, against the S*S*C bytes of one uint8 patch;
+3. a TorchTrainer (1 worker, 1 CPU, small backbone) fed by 1 augmentation actor (1 CPU):
+   the fraction of time it waits on data, next to the same loop on patches already in memory.
+
+    .venv/bin/python bench/pipeline.py            # about 3 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ray  # noqa: E402
+import torch  # noqa: E402
+
+from empssl_ray.config import DataConfig, ModelConfig, PatchConfig, PretrainConfig, RayConfig  # noqa: E402
+
+
+def augment_throughput(images: ray.data.Dataset, patches: PatchConfig, image_size: int,
+                       actors: int, batch: int) -> tuple[float, float]:
+    """(patches/s, bytes per patch in the object store) of a pool of `actors` 1-CPU actors."""
+    from empssl_ray.ray_data import PatchCutter
+
+    out = images.map_batches(
+        PatchCutter, fn_constructor_args=(patches, image_size, 0), batch_size=batch,
+        compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors), num_cpus=1)
+    start = time.perf_counter()
+    done = out.materialize()  # blocks land in the object store, as they do for the trainer
+    elapsed = time.perf_counter() - start
+    n = done.count() * patches.num_patches
+    patch_bytes = done.select_columns(["patches"]).size_bytes()
+    return n / elapsed, patch_bytes / n
+
+
+def trainer_config(args: argparse.Namespace) -> PretrainConfig:
+    cfg = PretrainConfig()
+    cfg.data = DataConfig(name="fashion-mnist", train_limit=args.train_images)
+    cfg.patches = PatchConfig(num_patches=args.patches, size=args.size)
+    cfg.model = ModelConfig(backbone="resnet-narrow", width=args.width, prefeature_dim=128,
+                            hidden_dim=128, proj_dim=64)
+    cfg.optim.epochs, cfg.optim.batch_size = args.epochs, args.batch_size
+    cfg.eval.monitor_test = 0
+    cfg.ray = RayConfig(num_workers=1, cpus_per_worker=1.0, aug_min_actors=1, aug_max_actors=1,
+                        aug_cpus_per_actor=1.0, read_cpus=0.25, aug_batch_size=args.batch_size,
+                        max_failures=0)
+    cfg.run.name, cfg.run.log_every_steps, cfg.run.evaluate = "bench-pipeline", 0, False
+    return cfg
+
+
+def in_memory_loop(cfg: PretrainConfig, steps: int) -> float:
+    """Patches/s of the same Trainer on patches already in memory (no data wait at all)."""
+    from empssl_ray.datasets import load_split
+    from empssl_ray.engine import Trainer
+
+    torch.set_num_threads(1)  # the Ray trainer gets 1 CPU: compare like with like
+    images, _ = load_split(cfg.data, "train", limit=cfg.optim.batch_size * steps)
+    trainer = Trainer(cfg, images.shape[1], images.shape[2], steps)
+    x = torch.from_numpy(images)
+    batches = [{"patches": trainer.patches_from_images(x[i:i + cfg.optim.batch_size])}
+               for i in range(0, len(x), cfg.optim.batch_size)]
+    trainer.run_epoch(batches[:2])  # warm-up
+    return trainer.run_epoch(batches)["patches_per_s"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-images", type=int, default=6000)
+    parser.add_argument("--aug-images", type=int, default=6000)
+    parser.add_argument("--patches", type=int, default=16)
+    parser.add_argument("--size", type=int, default=28)
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    from empssl_ray.ray_data import read_images
+    from empssl_ray.ray_train import build_trainer
+
+    ray.init(address="local", num_cpus=2, logging_level=logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    patches = PatchConfig(num_patches=args.patches, size=args.size)
+    data = DataConfig(name="fashion-mnist", train_limit=args.aug_images)
+    images, info, rows = read_images(data, "train", read_cpus=0.25)
+    images = images.random_shuffle().materialize()  # read + shuffle once, outside the timings
+    rates: dict[int, list[float]] = {}
+    for actors in (1, 2, 1, 2):  # interleaved: drift on a shared machine hits both alike
+        rate, per_patch = augment_throughput(images, patches, info.image_size, actors, 64)
+        rates.setdefault(actors, []).append(rate)
+    best = {k: max(v) for k, v in rates.items()}
+    wire = info.channels * args.size * args.size
+    print(f"augmentation, {rows} images x {args.patches} patches of {args.size}x{args.size}:")
+    print(f"  1 actor : {best[1]:10,.0f} patches/s   2 actors: {best[2]:10,.0f} patches/s")
+    print(f"  object store: {per_patch:.1f} bytes per patch (uint8 S*S*C = {wire})")
+
+    cfg = trainer_config(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg.run.storage_path = tmp
+        result = build_trainer(cfg).fit()
+    final = result.metrics or {}
+    ray_rate, wait = final["patches_per_s"], final["data_wait_frac"]
+    ray.shutdown()
+    memory_rate = in_memory_loop(cfg, steps=30)
+    print(f"trainer (1 CPU, {cfg.model.backbone} width {args.width}), last of {args.epochs} "
+          f"epochs: {ray_rate:,.0f} patches/s fed by Ray Data, {memory_rate:,.0f} from memory")
+    print(f"ratio aug 2 vs 1 actors: {best[2] / best[1]:.2f}x (goal >= 1.7x)")
+    print(f"ratio bytes per patch vs S*S*C: {per_patch / wire:.3f} (goal <= 1.0)")
+    print(f"ratio data wait: {wait:.3f} of trainer time (goal <= 0.10)")
+    print(f"ratio Ray-fed vs in-memory trainer: {ray_rate / memory_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    main()

@@ -1,0 +1,113 @@
+"""A multi-node Ray cluster on loopback, driven through the jobs API; run as a subprocess.
+
+Head (no CPUs, jobs API, token auth) + an "augment" node + a "trainer" node. It submits
+jobs/pretrain.py with `ray job submit`, adds a second augment node during epoch 1, removes the
+first one during epoch 2, waits for the job, and prints one JSON line of what it saw. Every
+process it starts belongs to the Cluster object and is stopped in `finally`.
+
+    python tests/cluster_scenario.py <work dir>
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DASHBOARD_PORT = 8277
+
+
+def ray_cli(*args: str, timeout: float = 120) -> str:
+    out = subprocess.run([str(BIN / "ray"), *args], capture_output=True, text=True,
+                         timeout=timeout, env=os.environ.copy())
+    if out.returncode != 0:
+        raise RuntimeError(f"ray {' '.join(args)} failed: {out.stderr[-2000:]}")
+    return out.stdout
+
+
+def epochs_done(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return sum(1 for line in path.read_text().splitlines() if '"kind": "epoch"' in line)
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def main(work: Path) -> dict:
+    # Token auth on every process, and the venv's python for the job's entrypoint.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["PATH"] = f"{BIN}:{os.environ['PATH']}"
+    ray_cli("get-auth-token", "--generate")
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.state import list_actors
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "dashboard_port": DASHBOARD_PORT})
+    seen: dict = {}
+    try:
+        aug_a = cluster.add_node(num_cpus=1, resources={"augment": 1})
+        trainer = cluster.add_node(num_cpus=1, resources={"trainer": 2})
+        ray.init(address=cluster.address, logging_level="ERROR")
+        address = f"http://127.0.0.1:{DASHBOARD_PORT}"
+        run_dir = work / "runs" / "cluster"
+        submit = ray_cli(
+            "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
+            "--", "python", "jobs/pretrain.py", "experiment=smoke", "run.name=cluster",
+            f"run.storage_path={work / 'runs'}", "run.evaluate=false", "optim.epochs=3",
+            "ray.trainer_resources={trainer: 1}", "ray.aug_resources={augment: 1}",
+            "ray.aug_min_actors=1", "ray.aug_max_actors=2", "ray.aug_cpus_per_actor=0.5",
+            "ray.aug_batch_size=16", "eval.monitor_test=0")
+        job_id = next(w for w in submit.split() if w.startswith("raysubmit_")).strip("'")
+        seen["job_id"] = job_id
+        wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 240, "the first step")
+        aug_b = cluster.add_node(num_cpus=1, resources={"augment": 1})  # joins mid-run
+        wait_for(lambda: epochs_done(run_dir) >= 1, 240, "epoch 1")
+        wait_for(lambda: any(a.node_id == aug_b.node_id for a in
+                             list_actors(filters=[("class_name", "=",
+                                                   "MapWorker(MapBatches(PatchCutter))")])),
+                 120, "an augmentation actor on the new node")
+        cluster.remove_node(aug_a)  # leaves mid-run: its actors die with it
+        seen["removed_during_epoch"] = epochs_done(run_dir) + 1
+
+        def finished() -> bool:
+            return any(s in ray_cli("job", "status", "--address", address, job_id)
+                       for s in ("SUCCEEDED", "FAILED", "STOPPED"))
+
+        wait_for(finished, 300, "the job to end")
+        seen["status"] = ray_cli("job", "status", "--address", address, job_id).strip()
+        actors = list_actors(limit=10_000, detail=True)
+        by_class: dict[str, set[str]] = {}
+        for a in actors:
+            by_class.setdefault(a.class_name, set()).add(a.node_id)
+        names = {aug_a.node_id: "augment-a", aug_b.node_id: "augment-b",
+                 trainer.node_id: "trainer"}
+        seen["augment_nodes"] = sorted(names.get(n, n) for n in
+                                       by_class.get("MapWorker(MapBatches(PatchCutter))", ()))
+        seen["trainer_nodes"] = sorted(names.get(n, n) for n in by_class.get("RayTrainWorker", ()))
+        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        seen["epochs"] = [r["epoch"] for r in records if r["kind"] == "epoch"]
+        seen["last_epoch"] = [r for r in records if r["kind"] == "epoch"][-1]
+        seen["logs_tail"] = ray_cli("job", "logs", "--address", address, job_id)[-1500:]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return seen
+
+
+if __name__ == "__main__":
+    print("SCENARIO " + json.dumps(main(Path(sys.argv[1])), default=str), flush=True)
