@@ -104,15 +104,14 @@ class RayConfig:
     num_workers: int = 2
     use_gpu: bool = False  # one GPU per training worker (nccl); False = CPU workers (gloo)
     cpus_per_worker: float = 1.0  # CPUs each training worker reserves
-    trainer_resources: dict[str, float] = field(
-        default_factory=dict
-    )  # extra resources per trainer, e.g. {trainer: 1}
+    # Extra Ray resources per trainer, e.g. ++ray.trainer_resources={trainer: 1} (the ++: Hydra
+    # refuses new keys in a typed dict without it)
+    trainer_resources: dict[str, float] = field(default_factory=dict)
     aug_min_actors: int = 1  # augmentation actor pool: fewest actors kept alive
     aug_max_actors: int = 2  # augmentation actor pool: most actors it grows to under demand
     aug_cpus_per_actor: float = 1.0  # CPUs each augmentation actor reserves
-    aug_resources: dict[str, float] = field(
-        default_factory=dict
-    )  # extra resources per actor, e.g. {augment: 1}
+    # Extra Ray resources per augmentation actor, e.g. ++ray.aug_resources={augment: 1}
+    aug_resources: dict[str, float] = field(default_factory=dict)
     aug_batch_size: int = 64  # images per augmentation task
     read_cpus: float = 1.0  # CPUs each read/decode/shuffle task reserves (fractional on laptops)
     patches_on_trainer: bool = (

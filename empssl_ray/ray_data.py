@@ -8,6 +8,7 @@ travels as uint8: S*S*C bytes per patch; the trainer normalises on its device.
 
 from __future__ import annotations
 
+import math
 import os
 from functools import partial
 from typing import Any
@@ -20,6 +21,8 @@ from empssl_ray.augment import multi_patch
 from empssl_ray.config import DataConfig, PatchConfig, RayConfig
 from empssl_ray.datasets import DatasetInfo, ImageDataset, decode_images, open_dataset
 from empssl_ray.faults import maybe_die
+
+ROWS_PER_READ_TASK = 10_000  # images one read task loads (a few MB to a few hundred MB)
 
 
 @ray.remote(num_cpus=0)
@@ -88,9 +91,12 @@ def read_images(
     else:
         starts = np.cumsum([0] + [c.stop - c.start for c in dataset.chunks])
         items = [{"chunk": i, "first_row": int(starts[i])} for i in range(len(dataset.chunks))]
-        ds = ray.data.from_items(items, override_num_blocks=len(items))
-        ds = ds.map_batches(partial(_load_chunks, dataset=dataset, counter=counter), batch_size=1,
-                            num_cpus=read_cpus)
+        # About ROWS_PER_READ_TASK rows per task: a small subset spread over many chunks is one
+        # task, not one worker process start per chunk.
+        per_task = max(1, int(len(items) * ROWS_PER_READ_TASK / max(1, len(dataset))))
+        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_task))
+        ds = ds.map_batches(partial(_load_chunks, dataset=dataset, counter=counter),
+                            batch_size=per_task, num_cpus=read_cpus)
     return ds, dataset.info, len(dataset)
 
 
@@ -155,7 +161,7 @@ def patch_stream(
         compute=ray.data.ActorPoolStrategy(min_size=ray_cfg.aug_min_actors,
                                            max_size=ray_cfg.aug_max_actors),
         num_cpus=ray_cfg.aug_cpus_per_actor,
-        resources=dict(ray_cfg.aug_resources) or None,
+        resources=ray_cfg.aug_resources or None,
         # Ray Data's actor pools restart a killed actor and retry its batch by default
         # (max_restarts=-1, max_task_retries=-1): no image is lost from the epoch.
     )

@@ -57,8 +57,7 @@ def embed_split(
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, ray_cfg.aug_max_actors)),
         num_cpus=ray_cfg.aug_cpus_per_actor,
         num_gpus=1 if ray_cfg.use_gpu else 0,
-        resources=dict(ray_cfg.trainer_resources if ray_cfg.use_gpu else ray_cfg.aug_resources)
-        or None,
+        resources=(ray_cfg.trainer_resources if ray_cfg.use_gpu else ray_cfg.aug_resources) or None,
     )
     feats, labels = [], []
     with tqdm(total=rows, desc=f"embedding {split}", unit="img", disable=not progress) as bar:

@@ -142,7 +142,7 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
     if per_epoch < 1:
         raise ValueError(f"optim.batch_size={cfg.optim.batch_size} is larger than the {rows} "
                          "training images: lower optim.batch_size or raise data.train_limit")
-    resources = {"CPU": cfg.ray.cpus_per_worker, **cfg.ray.trainer_resources}
+    resources = {"CPU": cfg.ray.cpus_per_worker, **(cfg.ray.trainer_resources or {})}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": asdict(cfg), "info": info, "steps_per_epoch": per_epoch,

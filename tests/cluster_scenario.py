@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -28,6 +29,26 @@ def ray_cli(*args: str, timeout: float = 120) -> str:
     if out.returncode != 0:
         raise RuntimeError(f"ray {' '.join(args)} failed: {out.stderr[-2000:]}")
     return out.stdout
+
+
+def ray_cli_ok(*args: str) -> bool:
+    try:
+        ray_cli(*args, timeout=30)
+        return True
+    except (RuntimeError, subprocess.TimeoutExpired):
+        return False
+
+
+def submit_when_ready(*args: str, attempts: int = 10) -> str:
+    """`ray job submit`, retried while the head answers "No available agent" (still starting)."""
+    for _ in range(attempts):
+        try:
+            return ray_cli(*args)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc):
+                raise
+            time.sleep(3)
+    return ray_cli(*args)
 
 
 def epochs_done(run_dir: Path) -> int:
@@ -65,16 +86,22 @@ def main(work: Path) -> dict:
         ray.init(address=cluster.address, logging_level="ERROR")
         address = f"http://127.0.0.1:{DASHBOARD_PORT}"
         run_dir = work / "runs" / "cluster"
-        submit = ray_cli(
+        # The head's job agent comes up a few seconds after the head: wait for it.
+        wait_for(lambda: ray_cli_ok("job", "list", "--address", address), 60, "the jobs API")
+        submit = submit_when_ready(
             "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
             "--", "python", "jobs/pretrain.py", "experiment=smoke", "run.name=cluster",
             f"run.storage_path={work / 'runs'}", "run.evaluate=false", "optim.epochs=3",
-            "ray.trainer_resources={trainer: 1}", "ray.aug_resources={augment: 1}",
+            "++ray.trainer_resources={trainer: 1}", "++ray.aug_resources={augment: 1}",
             "ray.aug_min_actors=1", "ray.aug_max_actors=2", "ray.aug_cpus_per_actor=0.5",
             "ray.aug_batch_size=16", "eval.monitor_test=0")
-        job_id = next(w for w in submit.split() if w.startswith("raysubmit_")).strip("'")
+        job_id = re.findall(r"raysubmit_[A-Za-z0-9]+", submit)[0]
         seen["job_id"] = job_id
-        wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 240, "the first step")
+        try:
+            wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 240, "the first step")
+        except TimeoutError:
+            print(ray_cli("job", "logs", "--address", address, job_id)[-6000:], flush=True)
+            raise
         aug_b = cluster.add_node(num_cpus=1, resources={"augment": 1})  # joins mid-run
         wait_for(lambda: epochs_done(run_dir) >= 1, 240, "epoch 1")
         wait_for(lambda: any(a.node_id == aug_b.node_id for a in

@@ -191,23 +191,11 @@ def _pretrain_overrides(command: str) -> list[str]:
 
 
 def _apply_overrides(overrides: list[str]) -> Any:
-    """Applies Hydra overrides to the typed PretrainConfig: unknown keys or bad types raise."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
+    """The typed config Hydra composes from these overrides, exactly as jobs/pretrain.py does:
+    unknown keys, bad types and overrides Hydra refuses (new dict keys without ++) raise."""
+    from tests.conftest import compose
 
-    from empssl_ray.config import PretrainConfig
-
-    cfg = OmegaConf.structured(PretrainConfig)
-    groups = {f.name for f in dataclasses.fields(PretrainConfig)}
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key, value = override.key_or_group, override.value()
-        if key in groups and isinstance(value, str):  # config group choice, e.g. data=cifar10
-            group_dir = ROOT / "empssl_ray" / "conf" / key
-            if group_dir.is_dir():
-                assert (group_dir / f"{value}.yaml").is_file(), f"no config {key}/{value}.yaml"
-            continue
-        OmegaConf.update(cfg, key, value, merge=True)
-    return cfg
+    return compose("pretrain", overrides)
 
 
 def _docs_commands() -> list[tuple[str, str]]:
@@ -650,8 +638,8 @@ def test_fit_check_rejects_oversized_jobs() -> None:
     kinds = _launcher_node_kinds(CLUSTER_DIR / "aws.yaml")
     base = [
         "ray.use_gpu=true",
-        "ray.trainer_resources={trainer: 1}",
-        "ray.aug_resources={augment: 1}",
+        "++ray.trainer_resources={trainer: 1}",
+        "++ray.aug_resources={augment: 1}",
     ]
     _assert_job_fits(_apply_overrides([*base, "ray.num_workers=1", "ray.aug_max_actors=1"]), kinds)
     with pytest.raises(AssertionError, match="training workers"):
@@ -660,7 +648,7 @@ def test_fit_check_rejects_oversized_jobs() -> None:
         _assert_job_fits(_apply_overrides([*base, "ray.aug_max_actors=9999"]), kinds)
     with pytest.raises(AssertionError, match="augmentation actors would run"):
         _assert_job_fits(
-            _apply_overrides(["ray.use_gpu=true", "ray.trainer_resources={trainer: 1}"]), kinds
+            _apply_overrides(["ray.use_gpu=true", "++ray.trainer_resources={trainer: 1}"]), kinds
         )
     with pytest.raises(Exception, match="aug_max_actor"):
         _apply_overrides(["ray.aug_max_actor=3"])
