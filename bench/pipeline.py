@@ -52,7 +52,9 @@ def trainer_config(args: argparse.Namespace) -> PretrainConfig:
                             hidden_dim=128, proj_dim=64)
     cfg.optim.epochs, cfg.optim.batch_size = args.epochs, args.batch_size
     cfg.eval.monitor_test = 0
-    cfg.ray = RayConfig(num_workers=1, cpus_per_worker=1.0, aug_min_actors=1, aug_max_actors=1,
+    # One core each for the trainer and the augmentation actor; the read/shuffle tasks need a
+    # logical share too, or they never schedule on a 2-CPU Ray (so the trainer asks 0.75).
+    cfg.ray = RayConfig(num_workers=1, cpus_per_worker=0.75, aug_min_actors=1, aug_max_actors=1,
                         aug_cpus_per_actor=1.0, read_cpus=0.25, aug_batch_size=args.batch_size,
                         max_failures=0)
     cfg.run.name, cfg.run.log_every_steps, cfg.run.evaluate = "bench-pipeline", 0, False
