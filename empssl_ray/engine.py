@@ -196,17 +196,3 @@ class Trainer:
 
 
 CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def load_model_from_checkpoint(
-    path: str, device: torch.device | str = "cpu"
-) -> tuple[EMPSSLModel, dict]:
-    """Rebuilds the model a checkpoint file was trained with -> (model in eval mode, config)."""
-    from empssl_ray.config import ModelConfig
-
-    state = torch.load(path, map_location=device, weights_only=False)
-    model_cfg = ModelConfig(**state["config"]["model"])
-    in_channels = state["model"]["backbone.stem.0.weight"].shape[1]
-    model = build_model(model_cfg, in_channels).to(device)
-    model.load_state_dict(state["model"])
-    return model.eval(), state["config"]
