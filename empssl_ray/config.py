@@ -118,7 +118,9 @@ class RayConfig:
         False  # ship raw images and cut patches on the training device (n x fewer bytes)
     )
     max_failures: int = 2  # worker failures survived by restarting from the latest checkpoint
-    prefetch_batches: int = 2  # batches each trainer prefetches from the stream
+    # batches each trainer holds ready; they carry it across the next epoch's pipeline start-up
+    # (seconds), so keep depth x step time above that (memory: depth x one per-worker batch)
+    prefetch_batches: int = 16
 
 
 @dataclass

@@ -19,10 +19,11 @@ import torch
 
 from empssl_ray.augment import multi_patch
 from empssl_ray.config import DataConfig, PatchConfig, RayConfig
-from empssl_ray.datasets import DatasetInfo, ImageDataset, decode_images, open_dataset
+from empssl_ray.datasets import Chunk, DatasetInfo, ImageDataset, decode_images, open_dataset
 from empssl_ray.faults import maybe_die
 
 ROWS_PER_READ_TASK = 10_000  # images one read task loads (a few MB to a few hundred MB)
+BATCHES_PER_BLOCK = 16  # augmentation batches per block: enough blocks for every actor, few shuffle tasks
 
 
 @ray.remote(num_cpus=0)
@@ -39,15 +40,17 @@ class RowCounter:
         return dict(self.counts)
 
 
-def _load_chunks(batch: dict[str, np.ndarray], dataset: ImageDataset, counter: Any) -> dict:
-    """Task body: loads the chunks named in `batch["chunk"]` -> rows of (image, label, id).
+def _load_pieces(batch: dict[str, np.ndarray], dataset: ImageDataset, counter: Any) -> dict:
+    """Task body: loads the row ranges named in `batch` -> rows of (image, label, id).
 
     `id` is the row's position in the split (skipped rows leave gaps), so an epoch's coverage
     can be checked after faults.
     """
     images, labels, ids, skipped = [], [], [], 0
-    for i, first in zip(batch["chunk"], batch["first_row"], strict=True):
-        x, y, bad = dataset.load_chunk(dataset.chunks[int(i)])
+    for i, start, stop, first in zip(batch["chunk"], batch["start"], batch["stop"],
+                                     batch["first_row"], strict=True):
+        source = dataset.chunks[int(i)].source
+        x, y, bad = dataset.load_chunk(Chunk(source, int(start), int(stop)))
         images.append(x)
         labels.append(y)
         ids.append(first + np.arange(len(y)))
@@ -71,32 +74,41 @@ def _decode_parquet(batch: dict[str, np.ndarray], cfg: DataConfig, info: Dataset
 
 
 def read_images(
-    cfg: DataConfig, split: str, counter: Any = None, read_cpus: float = 1.0
+    cfg: DataConfig, split: str, counter: Any = None, read_cpus: float = 1.0,
+    block_rows: int = ROWS_PER_READ_TASK,
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
     """A split as a Ray Dataset of rows {"image": uint8 (C, H, W), "label": int64}.
 
     Opening the dataset in the driver first turns a missing or malformed dataset into one clear
     error before any task starts.
 
+    Args:
+        block_rows: images per block at most. A block is the unit of parallel work downstream
+            (a shuffle keeps the block count, and one block is one actor task), so the training
+            stream asks for small ones.
+
     Returns:
         (dataset, info, number of rows before bad images are skipped).
     """
     dataset = open_dataset(cfg, split)
+    blocks = math.ceil(len(dataset) / block_rows)
     if dataset.info.name == "parquet":
         files = sorted({c.source for c in dataset.chunks})
-        ds = ray.data.read_parquet(files, include_paths=True, num_cpus=read_cpus)
+        ds = ray.data.read_parquet(files, include_paths=True, num_cpus=read_cpus,
+                                   override_num_blocks=blocks)
         ds = ds.select_columns([cfg.image_column, cfg.label_column, "path"]).limit(len(dataset))
         ds = ds.map_batches(partial(_decode_parquet, cfg=cfg, info=dataset.info, counter=counter),
                             batch_size=256, num_cpus=read_cpus)
     else:
-        starts = np.cumsum([0] + [c.stop - c.start for c in dataset.chunks])
-        items = [{"chunk": i, "first_row": int(starts[i])} for i in range(len(dataset.chunks))]
-        # About ROWS_PER_READ_TASK rows per task: a small subset spread over many chunks is one
-        # task, not one worker process start per chunk.
-        per_task = max(1, int(len(items) * ROWS_PER_READ_TASK / max(1, len(dataset))))
-        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / per_task))
-        ds = ds.map_batches(partial(_load_chunks, dataset=dataset, counter=counter),
-                            batch_size=per_task, num_cpus=read_cpus)
+        pieces, first = [], 0  # one read task per piece: at most block_rows rows of one chunk
+        for i, c in enumerate(dataset.chunks):
+            for start in range(c.start, c.stop, block_rows):
+                pieces.append({"chunk": i, "start": start, "stop": min(start + block_rows, c.stop),
+                               "first_row": first + start - c.start})
+            first += c.stop - c.start
+        ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
+        ds = ds.map_batches(partial(_load_pieces, dataset=dataset, counter=counter),
+                            batch_size=1, num_cpus=read_cpus)
     return ds, dataset.info, len(dataset)
 
 
@@ -110,16 +122,19 @@ class PatchCutter:
         faults: fault-injection settings (see `empssl_ray.faults`).
         fault_dir: where fault markers go.
         counter: optional RowCounter for images augmented (tests check every image was seen).
+        carry: input columns passed through beside the patches (e.g. "id", "label"). Training
+            carries none, so the object store holds exactly S*S*C bytes per patch.
     """
 
     def __init__(self, patches: PatchConfig, image_size: int, seed: int,
                  faults: dict[str, str] | None = None, fault_dir: str = ".",
-                 counter: Any = None) -> None:
+                 counter: Any = None, carry: tuple[str, ...] = ()) -> None:
         cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(cpus)  # the actor's share, not the node's every core
         self.cfg, self.size = patches, patches.size or image_size
         self.generator = torch.Generator().manual_seed(seed * 100_003 + os.getpid())
         self.faults, self.fault_dir, self.counter = faults or {}, fault_dir, counter
+        self.carry = carry
         self.batches = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -130,33 +145,37 @@ class PatchCutter:
                               self.cfg.crop_scale, self.cfg.interpolation)
         if self.counter is not None:
             self.counter.add.remote("augmented_images", len(images))
-        out = {"patches": patches.numpy(), "label": np.asarray(batch["label"])}
-        if "id" in batch:
-            out["id"] = np.asarray(batch["id"])
-        return out
+        return {"patches": patches.numpy(), **{k: np.asarray(batch[k]) for k in self.carry}}
 
 
 def patch_stream(
     data: DataConfig, patches: PatchConfig, ray_cfg: RayConfig, seed: int,
     faults: dict[str, str] | None = None, fault_dir: str = ".", counter: Any = None,
+    carry: tuple[str, ...] = (),
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
     """The training stream: images shuffled anew each epoch, then patches cut on the actor pool.
 
     With `ray_cfg.patches_on_trainer` the stream stops at the shuffled images and the trainer
     cuts patches on its device (n times fewer bytes on the wire, for CPU-poor clusters).
 
+    Args:
+        carry: columns kept beside the patches ("label", "id": the row's index in the split).
+
     Returns:
-        (dataset of {"patches" (n, C, S, S) uint8 | "image" (C, H, W) uint8, "label"}, info, rows).
+        (dataset of {"patches" (n, C, S, S) uint8 | "image" (C, H, W) uint8} plus `carry`,
+        info, rows).
     """
-    ds, info, rows = read_images(data, "train", counter, ray_cfg.read_cpus)
+    # Blocks of a few augmentation batches: the actors share the work from the first block on.
+    ds, info, rows = read_images(data, "train", counter, ray_cfg.read_cpus,
+                                 block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK)
     # reseed_after_execution: every epoch (every execution) draws a new order, reproducibly.
     ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True),
                            num_cpus=ray_cfg.read_cpus)
     if ray_cfg.patches_on_trainer:
-        return ds, info, rows
+        return exact_tensors(ds.select_columns(["image", *carry])), info, rows
     ds = ds.map_batches(
         PatchCutter,
-        fn_constructor_args=(patches, info.image_size, seed, faults, fault_dir, counter),
+        fn_constructor_args=(patches, info.image_size, seed, faults, fault_dir, counter, carry),
         batch_size=ray_cfg.aug_batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=ray_cfg.aug_min_actors,
                                            max_size=ray_cfg.aug_max_actors),
@@ -165,4 +184,15 @@ def patch_stream(
         # Ray Data's actor pools restart a killed actor and retry its batch by default
         # (max_restarts=-1, max_task_retries=-1): no image is lost from the epoch.
     )
-    return ds, info, rows
+    return exact_tensors(ds), info, rows
+
+
+def exact_tensors(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """Stores tensor columns in Arrow's fixed-shape tensor type: S*S*C bytes a patch, no more.
+
+    Ray's default tensor type keeps an int64 offset per row (half a byte per patch at n=16).
+    """
+    from ray.data._internal.tensor_extensions.arrow import FixedShapeTensorFormat
+
+    ds.context.arrow_fixed_shape_tensor_format = FixedShapeTensorFormat.ARROW_NATIVE
+    return ds

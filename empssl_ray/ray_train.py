@@ -31,6 +31,7 @@ from empssl_ray.distributed import gather_batch
 from empssl_ray.engine import CHECKPOINT_FILE, Trainer
 from empssl_ray.faults import faults_from_env, maybe_die
 from empssl_ray.monitor import KnnMonitor
+from empssl_ray.prefetch import EpochPrefetcher
 from empssl_ray.ray_data import RowCounter, patch_stream
 from empssl_ray.tracking import MetricsLogger
 
@@ -93,12 +94,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.log("step", metrics)
         ray.train.report({**metrics, "kind": "step"})  # every rank: report is a barrier
 
-    while trainer.epoch < cfg.optim.epochs:
-        batches = shard.iter_torch_batches(
-            batch_size=cfg.optim.batch_size // world, drop_last=True,
-            prefetch_batches=cfg.ray.prefetch_batches,
+    def epoch_batches(_: int) -> Any:
+        return shard.iter_torch_batches(
+            batch_size=cfg.optim.batch_size // world, drop_last=True, prefetch_batches=1,
             # uint8 on the wire; the Trainer moves and normalises on its device.
             dtypes=torch.uint8, device="cpu")
+
+    stream = EpochPrefetcher(epoch_batches, trainer.epoch, cfg.optim.epochs,
+                             cfg.ray.prefetch_batches)
+    while trainer.epoch < cfg.optim.epochs:
+        batches = stream.next_epoch()
         maybe_poison(trainer, faults)
         step_hook = on_step if cfg.run.log_every_steps > 0 else None
         metrics: dict[str, Any] = trainer.run_epoch(batches, step_hook,
@@ -134,8 +139,6 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
     faults = faults_from_env()
     ds, info, rows = patch_stream(cfg.data, cfg.patches, cfg.ray, cfg.run.seed, faults,
                                   faults.get("EMPSSL_FAULT_DIR", run_dir), counter)
-    # Trainers need only the pixels: labels and ids stay behind.
-    ds = ds.select_columns(["image" if cfg.ray.patches_on_trainer else "patches"])
     # The stream runs in a coordinator actor whose bars would only fill the logs.
     ray.data.DataContext.get_current().enable_progress_bars = False
     per_epoch = steps_per_epoch(rows, cfg)

@@ -206,6 +206,7 @@ def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
         faults=faults,
         fault_dir=str(tmp_path),
         counter=counter,
+        carry=("id",),
     )
     ids = np.concatenate([b["id"] for b in ds.iter_batches(batch_size=100, batch_format="numpy")])
     assert os.path.exists(tmp_path / "fault-kill_augment_after.fired")  # an actor did die
