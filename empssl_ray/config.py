@@ -7,6 +7,7 @@ Nothing here parses arguments: `jobs/*.py` compose these with Hydra, tests build
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -32,6 +33,11 @@ class DataConfig:
     on_bad_image: str = (
         "error"  # "error" stops naming the file/row; "skip" drops it and counts it in metrics
     )
+
+    def __post_init__(self) -> None:
+        # Ray workers run in other directories: a local root is pinned where the config is made.
+        if self.root and "://" not in self.root:
+            self.root = os.path.abspath(os.path.expanduser(self.root))
 
 
 @dataclass

@@ -62,8 +62,9 @@ def embed_split(
     feats, labels = [], []
     with tqdm(total=rows, desc=f"embedding {split}", unit="img", disable=not progress) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            feats.append(torch.from_numpy(batch["embedding"]))
-            labels.append(torch.from_numpy(batch["label"]))
+            # Batches are read-only views of the object store: torch wants its own copy.
+            feats.append(torch.tensor(batch["embedding"]))
+            labels.append(torch.tensor(batch["label"]))
             bar.update(len(batch["label"]))
     return torch.cat(feats), torch.cat(labels)
 

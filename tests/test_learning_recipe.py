@@ -1,0 +1,35 @@
+"""The CPU learning recipe end to end (opt-in: `pytest -m slow`, about 12 minutes on 2 cores).
+
+CIFAR-10 from the shared Parquet directory, a narrow ResNet pretrained on a 10,000-image subset,
+then the bag-of-features linear probe on the full test set: the pretrained encoder must beat a
+random-init one on the same protocol by at least 10 points.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import compose
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="shared CIFAR-10 parquet not present"),
+    pytest.mark.usefixtures("ray_session"),
+]
+
+
+def test_cifar10_cpu_recipe_beats_random_init_by_10_points(tmp_path: Path) -> None:
+    from jobs.pretrain import main
+
+    cfg = compose("pretrain", ["experiment=cifar10-cpu", f"data.root={SHARED_CIFAR}",
+                               f"run.storage_path={tmp_path}", "run.name=recipe",
+                               "run.progress=false"])
+    summary = main(cfg)
+    pretrained, random_init = summary["eval"]["pretrained"], summary["eval"]["random init"]
+    assert pretrained["num_test"] == 10_000 == random_init["num_test"]
+    print(f"probe {pretrained['probe_acc']:.3f} vs random init {random_init['probe_acc']:.3f}")
+    assert pretrained["probe_acc"] >= random_init["probe_acc"] + 0.10
