@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -54,7 +55,7 @@ def timed_cutter() -> type:
     from empssl_ray.ray_data import PatchCutter
 
     class TimedPatchCutter(PatchCutter):
-        def __init__(self, *args: object) -> None:
+        def __init__(self, *args: Any) -> None:
             *cutter_args, self.clock = args
             super().__init__(*cutter_args)
 
@@ -69,11 +70,12 @@ def timed_cutter() -> type:
 
 
 def patch_pool(images: ray.data.Dataset, patches: PatchConfig, image_size: int,
-               actors: int, batch: int, clock: object = None) -> ray.data.Dataset:
+               actors: int, batch: int, clock: Any = None) -> ray.data.Dataset:
     """The training stream's augmentation stage over `images`, on `actors` 1-CPU actors."""
     from empssl_ray.ray_data import PatchCutter, exact_tensors
 
-    cutter, args = PatchCutter, ()
+    cutter: type = PatchCutter
+    args: tuple[Any, ...] = ()
     if clock is not None:  # PatchCutter's faults, fault_dir, counter and carry, then the clock
         cutter, args = timed_cutter(), (None, ".", None, (), clock)
     return exact_tensors(images.map_batches(

@@ -23,7 +23,7 @@ class _Failure:
 
 
 class EpochPrefetcher(Generic[T]):
-    """Iterates `make_epoch(e)` for e in [first, last) in a background thread, `depth` batches ahead.
+    """Iterates `make_epoch(e)` for e in [first, last) in a thread, `depth` batches ahead.
 
     Args:
         make_epoch: epoch index -> that epoch's batches (called once per epoch, in order).

@@ -23,7 +23,7 @@ from empssl_ray.datasets import Chunk, DatasetInfo, ImageDataset, decode_images,
 from empssl_ray.faults import maybe_die
 
 ROWS_PER_READ_TASK = 10_000  # images one read task loads (a few MB to a few hundred MB)
-BATCHES_PER_BLOCK = 16  # augmentation batches per block: enough blocks for every actor, few shuffle tasks
+BATCHES_PER_BLOCK = 16  # augmentation batches per block: work for every actor, few shuffle tasks
 
 
 @ray.remote(num_cpus=0)
@@ -41,16 +41,16 @@ class RowCounter:
 
 
 def _load_pieces(batch: dict[str, np.ndarray], dataset: ImageDataset, counter: Any) -> dict:
-    """Task body: loads the row ranges named in `batch` -> rows of (image, label, id).
+    """Task body: loads the row ranges of one block -> rows of (image, label, id).
 
-    `id` is the row's position in the split (skipped rows leave gaps), so an epoch's coverage
-    can be checked after faults.
+    `batch` holds one block's list of pieces (chunk index, start, stop, first row). `id` is the
+    row's position in the split (skipped rows leave gaps), so an epoch's coverage can be checked
+    after faults.
     """
     images, labels, ids, skipped = [], [], [], 0
-    for i, start, stop, first in zip(batch["chunk"], batch["start"], batch["stop"],
-                                     batch["first_row"], strict=True):
-        source = dataset.chunks[int(i)].source
-        x, y, bad = dataset.load_chunk(Chunk(source, int(start), int(stop)))
+    for i, start, stop, first in zip(*(np.concatenate(batch[k]) for k in _PIECE_KEYS),
+                                     strict=True):
+        x, y, bad = dataset.load_chunk(Chunk(dataset.chunks[int(i)].source, int(start), int(stop)))
         images.append(x)
         labels.append(y)
         ids.append(first + np.arange(len(y)))
@@ -59,6 +59,35 @@ def _load_pieces(batch: dict[str, np.ndarray], dataset: ImageDataset, counter: A
         counter.add.remote("skipped_images", skipped)
     return {"image": np.concatenate(images), "label": np.concatenate(labels),
             "id": np.concatenate(ids)}
+
+
+_PIECE_KEYS = ("chunk", "start", "stop", "first_row")
+
+
+def _blocks_of_pieces(chunks: list[Chunk], block_rows: int) -> list[dict[str, list[int]]]:
+    """Packs the chunks' rows, in order, into blocks of `block_rows` rows (the last one shorter).
+
+    A block may take pieces of several chunks (a small subset spread over many chunks is one
+    read task, not one worker process per chunk) and a chunk may span several blocks.
+    """
+    blocks: list[dict[str, list[int]]] = []
+    block: dict[str, list[int]] = {k: [] for k in _PIECE_KEYS}
+    room, first = block_rows, 0
+    for i, c in enumerate(chunks):
+        start = c.start
+        while start < c.stop:
+            take = min(room, c.stop - start)
+            for key, value in zip(_PIECE_KEYS, (i, start, start + take, first + start - c.start),
+                                  strict=True):
+                block[key].append(value)
+            start, room = start + take, room - take
+            if room == 0:
+                blocks.append(block)
+                block, room = {k: [] for k in _PIECE_KEYS}, block_rows
+        first += c.stop - c.start
+    if block["chunk"]:
+        blocks.append(block)
+    return blocks
 
 
 def _decode_parquet(batch: dict[str, np.ndarray], cfg: DataConfig, info: DatasetInfo,
@@ -100,12 +129,7 @@ def read_images(
         ds = ds.map_batches(partial(_decode_parquet, cfg=cfg, info=dataset.info, counter=counter),
                             batch_size=256, num_cpus=read_cpus)
     else:
-        pieces, first = [], 0  # one read task per piece: at most block_rows rows of one chunk
-        for i, c in enumerate(dataset.chunks):
-            for start in range(c.start, c.stop, block_rows):
-                pieces.append({"chunk": i, "start": start, "stop": min(start + block_rows, c.stop),
-                               "first_row": first + start - c.start})
-            first += c.stop - c.start
+        pieces = _blocks_of_pieces(dataset.chunks, block_rows)
         ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
         ds = ds.map_batches(partial(_load_pieces, dataset=dataset, counter=counter),
                             batch_size=1, num_cpus=read_cpus)
