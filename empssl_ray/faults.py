@@ -7,12 +7,15 @@ fault fire once per run, so the restarted process carries on.
 - EMPSSL_FAULT_KILL_TRAINER_AT_STEP=N: rank 0 exits abruptly before optimiser step N.
 - EMPSSL_FAULT_KILL_AUGMENT_AFTER=N: an augmentation actor exits after its N-th batch.
 - EMPSSL_FAULT_NAN_AT_EPOCH=N: the model's weights turn NaN from epoch N on (every rank).
+- EMPSSL_FAULT_SLOW_AUGMENT_S=X: every augmentation batch takes X seconds longer (tiny test
+  data then keeps an actor pool busy long enough to grow, as real images do).
 - EMPSSL_FAULT_DIR: where the markers go (a directory every node sees; default: the run dir).
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 ENV_PREFIX = "EMPSSL_FAULT_"
 
@@ -37,3 +40,10 @@ def maybe_die(faults: dict[str, str], name: str, count: int, default_dir: str) -
     os.close(fd)
     print(f"[fault injection] {name} at {count}: exiting", flush=True)
     os._exit(1)
+
+
+def maybe_slow(faults: dict[str, str], name: str) -> None:
+    """Sleeps for the seconds fault `name` asks (a stand-in for costly work; no CPU used)."""
+    seconds = faults.get(ENV_PREFIX + name)
+    if seconds is not None:
+        time.sleep(float(seconds))

@@ -20,7 +20,7 @@ import torch
 from empssl_ray.augment import multi_patch
 from empssl_ray.config import DataConfig, PatchConfig, RayConfig
 from empssl_ray.datasets import Chunk, DatasetInfo, ImageDataset, decode_images, open_dataset
-from empssl_ray.faults import maybe_die
+from empssl_ray.faults import maybe_die, maybe_slow
 
 ROWS_PER_READ_TASK = 10_000  # images one read task loads (a few MB to a few hundred MB)
 BATCHES_PER_BLOCK = 16  # augmentation batches per block: work for every actor, few shuffle tasks
@@ -164,6 +164,7 @@ class PatchCutter:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.batches += 1
         maybe_die(self.faults, "KILL_AUGMENT_AFTER", self.batches, self.fault_dir)
+        maybe_slow(self.faults, "SLOW_AUGMENT_S")
         images = torch.from_numpy(np.ascontiguousarray(np.stack(list(batch["image"]))))
         patches = multi_patch(images, self.cfg.num_patches, self.size, self.generator,
                               self.cfg.crop_scale, self.cfg.interpolation)

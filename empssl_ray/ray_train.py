@@ -7,7 +7,10 @@ a checkpoint every epoch, resume from the latest one, and restarts after worker 
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import pickle
 import tempfile
 from dataclasses import asdict
 from typing import Any
@@ -59,6 +62,31 @@ def maybe_poison(trainer: Trainer, faults: dict[str, str]) -> None:
                 p.fill_(float("nan"))
 
 
+def resume_state(run_dir: str) -> dict[str, Any] | None:
+    """The newest training state of this run, or None for a fresh start.
+
+    Ray's registered checkpoint, unless storage holds a newer one: uploads finish inside
+    `ray.train.report`, but a worker that dies right after it can do so before the controller
+    has taken the report in, and resuming from the registered one would redo a finished epoch.
+    """
+    def load(path: str) -> dict[str, Any]:
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+    states = []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            states.append(load(os.path.join(d, CHECKPOINT_FILE)))
+    if "://" not in run_dir:
+        on_disk = sorted(glob.glob(os.path.join(run_dir, "checkpoint_*", CHECKPOINT_FILE)))
+        # Directories are named by time: the last is the newest. One cut off mid-write by the
+        # failure fails to load, and the registered checkpoint stands.
+        with contextlib.suppress(IndexError, OSError, RuntimeError, EOFError,
+                                 pickle.UnpicklingError):
+            states.append(load(on_disk[-1]))
+    return max(states, key=lambda state: state["step"], default=None)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on every training worker (and in the driver in local mode)."""
     from empssl_ray.config import to_dataclass
@@ -74,12 +102,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       gather=gather_batch if world > 1 else None,
                       wrap=ray.train.torch.prepare_model if world > 1 else None)
     trainer.generator.manual_seed(cfg.run.seed * 1000 + rank)  # patches differ across ranks
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            trainer.load_state_dict(torch.load(os.path.join(d, CHECKPOINT_FILE),
-                                               map_location="cpu", weights_only=False))
     run_dir, faults, counter = config["run_dir"], config["faults"], config["counter"]
+    state = resume_state(run_dir)
+    if state is not None:
+        trainer.load_state_dict(state)
     lead = rank == 0
     logger = MetricsLogger(run_dir) if lead else None
     monitor = None

@@ -88,13 +88,17 @@ def main(work: Path) -> dict:
         run_dir = work / "runs" / "cluster"
         # The head's job agent comes up a few seconds after the head: wait for it.
         wait_for(lambda: ray_cli_ok("job", "list", "--address", address), 60, "the jobs API")
+        # Each augmentation batch of 8 images takes 0.3 s longer (64 a epoch): on tiny data the
+        # pool's demand then outlasts an actor's start-up, as it does with real images.
+        slow = json.dumps({"env_vars": {"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.3"}})
         submit = submit_when_ready(
             "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
+            "--runtime-env-json", slow,
             "--", "python", "jobs/pretrain.py", "experiment=smoke", "run.name=cluster",
             f"run.storage_path={work / 'runs'}", "run.evaluate=false", "optim.epochs=3",
             "++ray.trainer_resources={trainer: 1}", "++ray.aug_resources={augment: 1}",
             "ray.aug_min_actors=1", "ray.aug_max_actors=2", "ray.aug_cpus_per_actor=0.5",
-            "ray.aug_batch_size=16", "eval.monitor_test=0")
+            "ray.aug_batch_size=8", "eval.monitor_test=0")
         job_id = re.findall(r"raysubmit_[A-Za-z0-9]+", submit)[0]
         seen["job_id"] = job_id
         try:
@@ -102,10 +106,19 @@ def main(work: Path) -> dict:
         except TimeoutError:
             print(ray_cli("job", "logs", "--address", address, job_id)[-6000:], flush=True)
             raise
-        # Joins mid-run, with room for two actors: when node A leaves, its actor restarts here
-        # (on a cloud cluster the autoscaler would start a node for it instead).
+        # Joins mid-run, with room for two actors: the pool grows onto it, and when node A
+        # leaves, A's actor restarts here (on a cloud the autoscaler would add a node instead).
         aug_b = cluster.add_node(num_cpus=1, resources={"augment": 2})
-        wait_for(lambda: epochs_done(run_dir) >= 1, 240, "epoch 1")
+        seen["b_joined_during_epoch"] = epochs_done(run_dir) + 1
+
+        def cutters_on(node_ids: set[str]) -> bool:
+            alive = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+                     if a.class_name == "MapWorker(MapBatches(PatchCutter))"}
+            return node_ids <= alive
+
+        wait_for(lambda: cutters_on({aug_a.node_id, aug_b.node_id}), 240,
+                 "augmentation actors on both augment nodes at once")
+        seen["pool_on_both_during_epoch"] = epochs_done(run_dir) + 1
         cluster.remove_node(aug_a)  # leaves mid-run: its actors die with it
         seen["removed_during_epoch"] = epochs_done(run_dir) + 1
 
@@ -113,7 +126,11 @@ def main(work: Path) -> dict:
             return any(s in ray_cli("job", "status", "--address", address, job_id)
                        for s in ("SUCCEEDED", "FAILED", "STOPPED"))
 
-        wait_for(finished, 300, "the job to end")
+        try:
+            wait_for(finished, 300, "the job to end")
+        except TimeoutError:
+            print(ray_cli("job", "logs", "--address", address, job_id)[-6000:], flush=True)
+            raise
         seen["status"] = ray_cli("job", "status", "--address", address, job_id).strip()
         actors = list_actors(limit=10_000, detail=True)
         by_class: dict[str, set[str]] = {}

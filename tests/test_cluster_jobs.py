@@ -46,9 +46,11 @@ def test_actors_and_trainers_land_on_their_node_types(scenario: dict) -> None:
     assert set(scenario["augment_nodes"]) <= {"augment-a", "augment-b"}
 
 
-def test_pool_moves_to_a_joining_node_when_one_leaves(scenario: dict) -> None:
-    # Node B joined mid-run; node A left mid-run, and the pool carried on on B.
+def test_pool_grows_onto_a_joining_node_and_survives_one_leaving(scenario: dict) -> None:
+    # Node B joined mid-run and the pool ran actors on A and B at once; then node A left
+    # mid-run, and the pool carried on on B.
     assert scenario["augment_nodes"] == ["augment-a", "augment-b"]
+    assert scenario["pool_on_both_during_epoch"] <= 3
     assert scenario["removed_during_epoch"] <= 3  # a node left while the job still ran
     last = scenario["last_epoch"]
     # Every epoch completed all its steps, and every image was cut into patches at least once
