@@ -2,13 +2,19 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo lint bench
+.PHONY: setup test test-cluster test-slow demo lint bench
 
 setup:
 	bash scripts/setup.sh
 
 test: setup  ## unit + Ray integration tests (default suite: < 15 min on 2 cores)
 	$(PY) -m pytest -q
+
+test-cluster: setup  ## ray job submit to a 3-node loopback cluster, nodes joining and leaving (~5 min)
+	$(PY) -m pytest -q -m cluster
+
+test-slow: setup  ## the CPU learning recipe on CIFAR-10 from ../shared/data/cifar10 (~10 min)
+	$(PY) -m pytest -q -m slow -s
 
 demo: setup  ## short pretrain + evaluation on Fashion-MNIST on an embedded local Ray
 	$(PY) jobs/pretrain.py experiment=demo

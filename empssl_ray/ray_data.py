@@ -136,6 +136,10 @@ def read_images(
     return ds, dataset.info, len(dataset)
 
 
+def _keep_columns(batch: dict[str, np.ndarray], columns: tuple[str, ...]) -> dict:
+    return {k: batch[k] for k in columns}
+
+
 class PatchCutter:
     """Actor body: images -> n augmented uint8 patches each, with its own random stream.
 
@@ -197,7 +201,10 @@ def patch_stream(
     ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True),
                            num_cpus=ray_cfg.read_cpus)
     if ray_cfg.patches_on_trainer:
-        return exact_tensors(ds.select_columns(["image", *carry])), info, rows
+        # A map at read_cpus, not select_columns: its projection task asks a whole CPU, which a
+        # small cluster busy with trainers never frees.
+        keep = partial(_keep_columns, columns=("image", *carry))
+        return exact_tensors(ds.map_batches(keep, num_cpus=ray_cfg.read_cpus)), info, rows
     ds = ds.map_batches(
         PatchCutter,
         fn_constructor_args=(patches, info.image_size, seed, faults, fault_dir, counter, carry),

@@ -88,9 +88,9 @@ def main(work: Path) -> dict:
         run_dir = work / "runs" / "cluster"
         # The head's job agent comes up a few seconds after the head: wait for it.
         wait_for(lambda: ray_cli_ok("job", "list", "--address", address), 60, "the jobs API")
-        # Each augmentation batch of 8 images takes 0.3 s longer (64 a epoch): on tiny data the
+        # Each augmentation batch of 8 images takes 1 s longer (64 an epoch): on tiny data the
         # pool's demand then outlasts an actor's start-up, as it does with real images.
-        slow = json.dumps({"env_vars": {"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.3"}})
+        slow = json.dumps({"env_vars": {"EMPSSL_FAULT_SLOW_AUGMENT_S": "1.0"}})
         submit = submit_when_ready(
             "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
             "--runtime-env-json", slow,

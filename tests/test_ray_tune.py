@@ -67,7 +67,9 @@ def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:  # type: igno
     with initialize_config_dir(config_dir=os.path.dirname(out["best_yaml"]), version_base=None):
         raw = hydra_compose(
             config_name="best",
-            overrides=[f"run.storage_path={tmp_path}", "optim.epochs=1", "run.evaluate=false"],
+            # Ray Train's local mode: the whole pretrain path without a worker group to start.
+            overrides=[f"run.storage_path={tmp_path}", "optim.epochs=1", "run.evaluate=false",
+                       "ray.num_workers=0"],
         )
     cfg = to_dataclass(raw, PretrainConfig)
     assert cfg.patches.num_patches == 2
