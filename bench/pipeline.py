@@ -7,7 +7,7 @@ Three measurements in one run on a local Ray (2 CPUs by default):
 3. a TorchTrainer (1 worker, 1 CPU, small backbone) fed by 1 augmentation actor (1 CPU):
    the fraction of time it waits on data, next to the same loop on patches already in memory.
 
-    .venv/bin/python bench/pipeline.py            # about 5 minutes on 2 cores
+    .venv/bin/python bench/pipeline.py            # about 7 minutes on 2 cores
 """
 
 from __future__ import annotations

@@ -120,11 +120,10 @@ def read_images(
         (dataset, info, number of rows before bad images are skipped).
     """
     dataset = open_dataset(cfg, split)
-    blocks = math.ceil(len(dataset) / block_rows)
     if dataset.info.name == "parquet":
         files = sorted({c.source for c in dataset.chunks})
         ds = ray.data.read_parquet(files, include_paths=True, num_cpus=read_cpus,
-                                   override_num_blocks=blocks)
+                                   override_num_blocks=math.ceil(len(dataset) / block_rows))
         ds = ds.select_columns([cfg.image_column, cfg.label_column, "path"]).limit(len(dataset))
         ds = ds.map_batches(partial(_decode_parquet, cfg=cfg, info=dataset.info, counter=counter),
                             batch_size=256, num_cpus=read_cpus)

@@ -8,7 +8,6 @@ a checkpoint every epoch, resume from the latest one, and restarts after worker 
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import pickle
 import tempfile
@@ -36,6 +35,7 @@ from empssl_ray.faults import faults_from_env, maybe_die
 from empssl_ray.monitor import KnnMonitor
 from empssl_ray.prefetch import EpochPrefetcher
 from empssl_ray.ray_data import RowCounter, patch_stream
+from empssl_ray.ray_eval import latest_checkpoint
 from empssl_ray.tracking import MetricsLogger
 
 
@@ -72,18 +72,19 @@ def resume_state(run_dir: str) -> dict[str, Any] | None:
     def load(path: str) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
 
-    states = []
+    states, registered = [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
+        registered = os.path.normpath(checkpoint.path)
         with checkpoint.as_directory() as d:
             states.append(load(os.path.join(d, CHECKPOINT_FILE)))
     if "://" not in run_dir:
-        on_disk = sorted(glob.glob(os.path.join(run_dir, "checkpoint_*", CHECKPOINT_FILE)))
-        # Directories are named by time: the last is the newest. One cut off mid-write by the
-        # failure fails to load, and the registered checkpoint stands.
-        with contextlib.suppress(IndexError, OSError, RuntimeError, EOFError,
-                                 pickle.UnpicklingError):
-            states.append(load(on_disk[-1]))
+        # None on storage (FileNotFoundError), or one cut off mid-write by the failure: the
+        # registered checkpoint stands.
+        with contextlib.suppress(OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            newest = latest_checkpoint(run_dir)
+            if os.path.dirname(newest) != registered:  # not the same file twice
+                states.append(load(newest))
     return max(states, key=lambda state: state["step"], default=None)
 
 
