@@ -28,7 +28,8 @@ from torchvision import transforms as T
 from empssl_ray.augment import multi_patch, to_model_input
 
 GOAL = 10.0  # the speed-up multi_patch should reach over the per-patch PIL pipeline
-CIFAR = Path("/work/shared/data/cifar10/test/part-00000.parquet")
+# CIFAR-10 as Parquet beside the repository (../shared/data/cifar10); random pixels without it.
+CIFAR = Path(__file__).resolve().parents[2] / "shared/data/cifar10/test/part-00000.parquet"
 
 
 class PILGaussianBlur:
