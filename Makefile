@@ -10,7 +10,7 @@ setup:
 test: setup  ## unit + Ray integration tests (default suite: < 15 min on 2 cores)
 	$(PY) -m pytest -q
 
-test-cluster: setup  ## ray job submit to a 3-node loopback cluster, nodes joining and leaving (~6 min)
+test-cluster: setup  ## only the ray job submit test: head + 3 loopback nodes joining and leaving (~3.5 min)
 	$(PY) -m pytest -q -m cluster
 
 test-slow: setup  ## the CPU learning recipe on CIFAR-10 from ../shared/data/cifar10 (~10 min)

@@ -38,6 +38,8 @@ from empssl_ray.ray_data import RowCounter, patch_stream
 from empssl_ray.ray_eval import latest_checkpoint
 from empssl_ray.tracking import MetricsLogger
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node one of this resource
+
 
 def run_dir_of(cfg: PretrainConfig) -> str:
     """Where a run's checkpoints, metrics and plots live: <storage_path>/<name>."""
@@ -162,7 +164,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTrainer:
     """A TorchTrainer for the config; rerunning the same run name resumes its latest checkpoint."""
     run_dir = run_dir_of(cfg)
-    counter = RowCounter.remote()  # type: ignore[attr-defined]
+    # On the head node, as Ray Train pins its own state actor: a counter on a worker node that
+    # leaves would take the run with it (seen in tests/cluster_scenario.py).
+    counter = RowCounter.options(  # type: ignore[attr-defined]
+        resources={HEAD_NODE_RESOURCE: 0.001}).remote()
     faults = faults_from_env()
     ds, info, rows = patch_stream(cfg.data, cfg.patches, cfg.ray, cfg.run.seed, faults,
                                   faults.get("EMPSSL_FAULT_DIR", run_dir), counter)

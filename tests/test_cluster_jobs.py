@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-# Left out of the default suite (`make test-cluster`): on 2 cores, 4 Ray nodes start an actor in
-# 30-70 s, so each epoch's work is all dispatched to the first actor before the pool's second one
-# runs, and the "pool on both augment nodes at once" step times out (see the closing notes).
+# In the default suite; `make test-cluster` runs it alone. About 3 minutes on 2 cores.
 pytestmark = pytest.mark.cluster
+LIMIT_S = 330  # the budget is 6 minutes for these tests on 2 cores
 
 SCENARIO = Path(__file__).with_name("cluster_scenario.py")
 
@@ -27,19 +26,24 @@ def scenario(tmp_path_factory) -> dict:  # type: ignore[no-untyped-def]
     proc = subprocess.Popen([sys.executable, str(SCENARIO), str(work)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=420)
+        out, _ = proc.communicate(timeout=LIMIT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)  # its own session: only what it started
-        out, _ = proc.communicate(timeout=60)
-        pytest.fail(f"cluster scenario timed out:\n{out[-4000:]}")
+        proc.send_signal(signal.SIGINT)  # KeyboardInterrupt: its `finally` stops the cluster
+        try:
+            out, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what it started
+            out, _ = proc.communicate(timeout=30)
+        pytest.fail(f"cluster scenario took over {LIMIT_S} s:\n{out[-4000:]}")
     lines = [x for x in out.splitlines() if x.startswith("SCENARIO ")]
     assert proc.returncode == 0 and lines, out[-4000:]
     return json.loads(lines[-1][len("SCENARIO "):])
 
 
 def test_job_submitted_with_token_auth_succeeds(scenario: dict) -> None:
-    assert "SUCCEEDED" in scenario["status"], scenario["logs_tail"]
-    assert scenario["epochs"] == [1, 2, 3]
+    assert scenario["status"] == "SUCCEEDED", scenario["logs_tail"]
+    epochs = [r["epoch"] for r in scenario["epoch_records"]]
+    assert epochs == list(range(1, scenario["expected_epochs"] + 1))
 
 
 def test_actors_and_trainers_land_on_their_node_types(scenario: dict) -> None:
@@ -49,11 +53,14 @@ def test_actors_and_trainers_land_on_their_node_types(scenario: dict) -> None:
 
 def test_pool_grows_onto_a_joining_node_and_survives_one_leaving(scenario: dict) -> None:
     # Node B joined mid-run and the pool ran actors on A and B at once; then node A left
-    # mid-run, and the pool carried on on B.
-    assert scenario["augment_nodes"] == ["augment-a", "augment-b"]
-    assert scenario["pool_on_both_during_epoch"] <= 3
-    assert scenario["removed_during_epoch"] <= 3  # a node left while the job still ran
-    last = scenario["last_epoch"]
-    # Every epoch completed all its steps, and every image was cut into patches at least once
-    # per epoch in this attempt, the node loss included.
-    assert last["step"] == 3 * 8 and last["augmented_images"] >= 3 * 512
+    # mid-run (its actor restarted on B), and the job went on.
+    epochs = scenario["expected_epochs"]
+    assert scenario["augment_nodes_at_peak"] == ["augment-a", "augment-b"]
+    assert scenario["pool_on_both_during_epoch"] <= epochs
+    assert scenario["removed_during_epoch"] <= epochs  # a node left while the job still ran
+    # Every epoch trained on all 512 images (8 full batches of 64 split over the trainers: a
+    # lost block leaves an epoch short), and every image was cut into patches at least once per
+    # epoch, the node loss included (a batch retried after its actor died counts twice).
+    records = scenario["epoch_records"]
+    assert [r["steps"] for r in records] == [8] * epochs
+    assert records[-1]["augmented_images"] >= epochs * 512
