@@ -165,9 +165,10 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
     """A TorchTrainer for the config; rerunning the same run name resumes its latest checkpoint."""
     run_dir = run_dir_of(cfg)
     # On the head node, as Ray Train pins its own state actor: a counter on a worker node that
-    # leaves would take the run with it (seen in tests/cluster_scenario.py).
+    # leaves would take the run with it (seen in tests/cluster_scenario.py). "DEFAULT" leaves a
+    # Tune trial's placement group, whose bundles hold no head-node resource.
     counter = RowCounter.options(  # type: ignore[attr-defined]
-        resources={HEAD_NODE_RESOURCE: 0.001}).remote()
+        resources={HEAD_NODE_RESOURCE: 0.001}, scheduling_strategy="DEFAULT").remote()
     faults = faults_from_env()
     ds, info, rows = patch_stream(cfg.data, cfg.patches, cfg.ray, cfg.run.seed, faults,
                                   faults.get("EMPSSL_FAULT_DIR", run_dir), counter)
