@@ -36,12 +36,16 @@ def ray_cli(*args: str, timeout: float = 120) -> str:
     return out.stdout
 
 
-def ray_cli_ok(*args: str) -> bool:
+def job_client(address: str):  # type: ignore[no-untyped-def]
+    """A JobSubmissionClient once the head's dashboard answers (it reads the same token)."""
+    from ray.job_submission import JobSubmissionClient
+
     try:
-        ray_cli(*args, timeout=30)
-        return True
-    except (RuntimeError, subprocess.TimeoutExpired):
-        return False
+        client = JobSubmissionClient(address)
+        client.list_jobs()
+        return client
+    except Exception:  # connection refused or 5xx while the head's dashboard starts
+        return None
 
 
 def submit_when_ready(*args: str, attempts: int = 10) -> str:
@@ -90,7 +94,6 @@ def main(work: Path) -> dict:
                       PATH=f"{BIN}:{os.environ['PATH']}")
     import ray
     from ray.cluster_utils import Cluster
-    from ray.job_submission import JobSubmissionClient
     from ray.util.state import list_actors
 
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -103,8 +106,11 @@ def main(work: Path) -> dict:
         ray.init(address=cluster.address, logging_level="ERROR")
         address = f"http://127.0.0.1:{DASHBOARD_PORT}"
         run_dir = work / "runs" / "cluster"
-        # The head's job agent comes up a few seconds after the head: wait for it.
-        wait_for(lambda: ray_cli_ok("job", "list", "--address", address), 60, "the jobs API")
+        # The SDK for everything but the submit under test: a `ray` CLI process costs seconds of
+        # CPU here, and on success the CLI's status line says "succeeded", on stderr.
+        # The head's dashboard comes up a few seconds after the head: wait for it.
+        wait_for(lambda: job_client(address) is not None, 60, "the jobs API")
+        client = job_client(address)
         # Each augmentation batch of 2 images takes 0.15 s longer (256 an epoch, in 16 blocks): the
         # pool's demand then outlasts an actor's start-up, as it does with real images.
         slow = json.dumps({"env_vars": {"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.15"}})
@@ -122,7 +128,7 @@ def main(work: Path) -> dict:
         try:
             wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 200, "the first step")
         except TimeoutError:
-            print(ray_cli("job", "logs", "--address", address, job_id)[-6000:], flush=True)
+            print(client.get_job_logs(job_id)[-6000:], flush=True)
             raise
         # Joins mid-run, with room for two actors: the pool grows onto it, and when node A
         # leaves, A's actor restarts here (on a cloud the autoscaler would add a node instead).
@@ -149,13 +155,10 @@ def main(work: Path) -> dict:
         cluster.remove_node(aug_a)  # leaves mid-run: its actors die with it
         seen["removed_during_epoch"] = epochs_done(run_dir) + 1
 
-        # The SDK, not `ray job status`: the CLI says "Job '...' succeeded" on stderr, and a CLI
-        # process per poll costs seconds of CPU here. It reads the same token.
-        client = JobSubmissionClient(address)
         try:
             wait_for(lambda: client.get_job_status(job_id).is_terminal(), 180, "the job to end")
         except TimeoutError:
-            print(ray_cli("job", "logs", "--address", address, job_id)[-6000:], flush=True)
+            print(client.get_job_logs(job_id)[-6000:], flush=True)
             raise
         seen["status"] = str(client.get_job_status(job_id).value)
         # Where they ran, dead ones included (a restarted actor shows its latest node).
@@ -164,7 +167,7 @@ def main(work: Path) -> dict:
         records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         seen["epoch_records"] = [r for r in records if r["kind"] == "epoch"]
         seen["expected_epochs"] = EPOCHS
-        seen["logs_tail"] = ray_cli("job", "logs", "--address", address, job_id)[-1500:]
+        seen["logs_tail"] = client.get_job_logs(job_id)[-1500:]
     finally:
         ray.shutdown()
         cluster.shutdown()
