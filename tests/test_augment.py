@@ -138,3 +138,14 @@ def test_to_model_input_normalises_to_unit_range() -> None:
 def test_rejects_float_input() -> None:
     with pytest.raises(ValueError, match="uint8"):
         A.multi_patch(torch.rand(2, 3, 32, 32), 2, 32)
+
+
+def test_chunking_does_not_change_the_patches(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CPUs render in cache-sized chunks, GPUs in one: the same patches either way. Chunks of 7
+    # patches cut across the jitter-order groups, as the default chunks do on bigger batches.
+    x = _images(16)
+    params = A.sample_patch_params(16, 10, 32, 32, 16, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(A, "CHUNK_BYTES", 7 * 4 * 3 * 16 * 16)
+    chunked = A.render_patches(x, params, 16, 32)
+    monkeypatch.setattr(A, "CHUNK_BYTES", 1 << 40)
+    assert torch.equal(A.render_patches(x, params, 16, 32), chunked)
