@@ -137,8 +137,7 @@ def _render_sorted(
     x = _crop_and_flip(rows, shape, params, idx, crop)  # (M, C, crop, crop) uint8, channels-last
     if crop > size:
         x = _resize(x, size, interpolation)
-    # One pass changes layout and dtype; NCHW float keeps every op below on contiguous planes.
-    x = x.to(torch.float32, memory_format=torch.contiguous_format).mul_(1 / 255)
+    x = _unit_float(x)
     codes, counts = torch.unique_consecutive(group, return_counts=True)
     start = 0
     for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
@@ -154,9 +153,7 @@ def _render_sorted(
         x = _resize(x.contiguous(memory_format=torch.channels_last), size, interpolation)
     x = x.contiguous()  # NCHW: the subsets below and the caller's copy move whole patches
     sigma = params.sigma[idx]
-    _apply_to(
-        x, params.blur[idx], lambda p, i: _quantise(_gaussian_blur(p.float() / 255, sigma[i]))
-    )
+    _apply_to(x, params.blur[idx], lambda p, i: _quantise(_gaussian_blur(_unit_float(p), sigma[i])))
     _apply_to(x, params.solarize[idx], lambda p, i: torch.where(p >= SOLARIZE_AT, 255 - p, p))
     return x
 
@@ -178,8 +175,16 @@ def _resize(x: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
     return out if out.dtype == torch.uint8 else out.round_().clamp_(0, 255).to(torch.uint8)
 
 
+def _unit_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [0, 1], NCHW: the inverse of `_quantise`.
+
+    One pass changes layout and dtype; NCHW keeps every op after it on contiguous planes.
+    """
+    return x.to(torch.float32, memory_format=torch.contiguous_format).mul_(1 / 255)
+
+
 def _quantise(x: torch.Tensor) -> torch.Tensor:
-    """Float pixels in [0, 1] -> uint8, rounding to the nearest level."""
+    """Float pixels in [0, 1] -> uint8, rounding to the nearest level (in place on x first)."""
     return x.mul_(255).round_().to(torch.uint8)
 
 
