@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "empssl_ray" / "conf")
+# CIFAR-10 as Parquet beside the repository; tests that need it skip without it.
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
 @pytest.fixture(scope="session")

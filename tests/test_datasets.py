@@ -26,8 +26,8 @@ from empssl_ray.datasets import (
     load_split,
     open_dataset,
 )
+from tests.conftest import SHARED_CIFAR
 
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 DEBIAN_FASHION = Path(datasets.FASHION_MNIST_ROOT)
 
 

@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose
-
-SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+from tests.conftest import SHARED_CIFAR, compose
 
 pytestmark = [
     pytest.mark.slow,
