@@ -51,13 +51,13 @@ class BatchClock:
 
 
 def timed_cutter() -> type:
-    """PatchCutter that reports each batch's wall span to a BatchClock (its last argument)."""
+    """PatchCutter that reports each batch's wall span to a BatchClock (keyword `clock`)."""
     from empssl_ray.ray_data import PatchCutter
 
     class TimedPatchCutter(PatchCutter):
-        def __init__(self, *args: Any) -> None:
-            *cutter_args, self.clock = args
-            super().__init__(*cutter_args)
+        def __init__(self, *args: Any, clock: Any) -> None:
+            super().__init__(*args)
+            self.clock = clock
 
         def __call__(self, batch: dict) -> dict:
             start = time.time()
@@ -74,12 +74,10 @@ def patch_pool(images: ray.data.Dataset, patches: PatchConfig, image_size: int,
     """The training stream's augmentation stage over `images`, on `actors` 1-CPU actors."""
     from empssl_ray.ray_data import PatchCutter, exact_tensors
 
-    cutter: type = PatchCutter
-    args: tuple[Any, ...] = ()
-    if clock is not None:  # PatchCutter's faults, fault_dir, counter and carry, then the clock
-        cutter, args = timed_cutter(), (None, ".", None, (), clock)
+    timed = clock is not None
     return exact_tensors(images.map_batches(
-        cutter, fn_constructor_args=(patches, image_size, 0, *args), batch_size=batch,
+        timed_cutter() if timed else PatchCutter, fn_constructor_args=(patches, image_size, 0),
+        fn_constructor_kwargs={"clock": clock} if timed else None, batch_size=batch,
         compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors), num_cpus=1))
 
 
@@ -99,9 +97,10 @@ def augment_rate(images: ray.data.Dataset, patches: PatchConfig, image_size: int
     return ray.get(clock.steady_rate.remote())
 
 
-def bytes_per_patch(images: ray.data.Dataset, patches: PatchConfig, image_size: int) -> float:
+def bytes_per_patch(images: ray.data.Dataset, patches: PatchConfig, image_size: int,
+                    batch: int) -> float:
     """Object-store bytes of the training stream's blocks, per patch (what travels to trainers)."""
-    done = patch_pool(images, patches, image_size, 1, 64).materialize()
+    done = patch_pool(images, patches, image_size, 1, batch).materialize()
     return done.size_bytes() / (done.count() * patches.num_patches)
 
 
@@ -166,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         rate = augment_rate(images, patches, info.image_size, actors, args.batch_size)
         rates.setdefault(actors, []).append(rate)
     best = {k: max(v) for k, v in rates.items()}
-    per_patch = bytes_per_patch(images.limit(2000), patches, info.image_size)
+    per_patch = bytes_per_patch(images.limit(2000), patches, info.image_size, args.batch_size)
     wire = info.channels * args.size * args.size
     print(f"augmentation, {rows} images x {args.patches} patches of {args.size}x{args.size}, "
           "while every actor works, best of 2 passes:")
