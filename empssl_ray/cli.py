@@ -1,4 +1,4 @@
-"""What every job entrypoint shares: joining or starting Ray, and one-line user errors."""
+"""What every job entrypoint shares: joining or starting Ray, preflight checks, one-line errors."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import contextlib
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
-# Exceptions a user causes (config, data, divergence): one line, not a traceback from Ray.
-_USER_ERRORS = ("DatasetError", "NonFiniteLossError", "ConfigError", "FileNotFoundError",
-                "ValueError")
+from empssl_ray.config import PretrainConfig
+from empssl_ray.errors import UserError, find_user_error
+
+# Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint.
+JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def init_ray(address: str | None, quiet: bool = True) -> None:
@@ -33,22 +36,43 @@ def init_ray(address: str | None, quiet: bool = True) -> None:
         ctx.enable_progress_bars = sys.stderr.isatty()  # bars on a terminal, not in job logs
 
 
+def preflight(cfg: PretrainConfig, outputs: dict[str, str] | None = None) -> None:
+    """Config values and storage locations checked in the driver, before any task starts.
+
+    Args:
+        outputs: where the job writes, by config key; default {"run.storage_path": ...}.
+    """
+    import ray
+
+    from empssl_ray.config_checks import check_locations, validate
+
+    validate(cfg)
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    check_locations(cfg, nodes, JOB_ENV_VAR in os.environ, outputs)
+
+
+def _user_error_names() -> list[str]:
+    names, todo = [], [UserError]
+    while todo:
+        cls = todo.pop()
+        names.append(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
 def user_error_line(exc: BaseException) -> str | None:
-    """The one-line message of a user-caused error, also when Ray wrapped it in its own errors."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if type(exc).__name__ in _USER_ERRORS:
-            return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return None
-
-
-def _line_in_text(text: str) -> str | None:
-    """Ray ships remote errors as text: find our error's line inside it."""
-    names = "|".join(_USER_ERRORS[:3])
-    found = re.findall(rf"((?:{names}): .+)", text)
-    return found[-1].strip() if found else None
+    """The one-line message of a user-caused error, or None for anything else (a bug)."""
+    found = find_user_error(exc)
+    if found is not None:
+        message = str(found).splitlines()[0] if str(found) else ""
+        # A RayTaskError subclass carries the original's name beside its own.
+        name = next((c.__name__ for c in type(found).__mro__
+                     if c.__name__ in _user_error_names()), type(found).__name__)
+        return f"{name}: {message}"
+    # Ray ships some remote errors as text only: find our error's line inside it.
+    names = "|".join(_user_error_names())
+    lines = re.findall(rf"\b((?:{names}): .+)", str(exc))
+    return lines[-1].strip() if lines else None
 
 
 @contextlib.contextmanager
@@ -57,8 +81,20 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - deliberately broad: we re-raise what isn't ours
-        line = user_error_line(exc) or _line_in_text(str(exc))
+        line = user_error_line(exc)
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run_job(main: Callable[[Any], Any], cfg: Any, schema: type) -> None:
+    """The body of every job's Hydra entrypoint: preset check, typed config, one-line errors."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from empssl_ray.config import to_dataclass
+    from empssl_ray.config_checks import check_preset
+
+    with user_errors():
+        check_preset(HydraConfig.get().runtime.choices.get("experiment"))
+        main(to_dataclass(cfg, schema))

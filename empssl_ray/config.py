@@ -11,6 +11,12 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from empssl_ray.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A config a user wrote that cannot work; the message says which field and how to fix it."""
+
 
 @dataclass
 class DataConfig:
@@ -134,7 +140,12 @@ class RunConfig:
     name: str = (
         "empssl"  # run name; rerunning with the same name resumes from its latest checkpoint
     )
-    storage_path: str = "runs"  # where runs live: a local dir (made absolute) or a URI (s3://...)
+    # where runs live: a local dir (made absolute) or a URI (s3://..., gs://...). On a cluster of
+    # several nodes, or under `ray job submit`, a URI unless shared_filesystem is set
+    storage_path: str = "runs"
+    # local paths in data.root / storage paths are on a filesystem every node mounts (NFS, EFS,
+    # Filestore): lets a multi-node job use them
+    shared_filesystem: bool = False
     seed: int = 0  # seeds model init and patch randomness
     log_every_steps: int = 10  # report metrics every N steps (and at each epoch's end)
     evaluate: bool = True  # run the bag-of-features evaluation after pretraining
@@ -163,8 +174,6 @@ class EvaluateConfig(PretrainConfig):
     output: str | None = None  # metrics JSON path; None = <run dir>/eval.json
 
 
-class ConfigError(ValueError):
-    """A config a user wrote that cannot work; the message says which field and how to fix it."""
 
 
 @dataclass
@@ -201,6 +210,19 @@ class TuneJobConfig(PretrainConfig):
         return PretrainConfig(**{f.name: getattr(self, f.name) for f in fields(PretrainConfig)})
 
 
+@dataclass
+class PrepareConfig:
+    rows_per_file: int = 10_000  # images per part-NNNNN.parquet file
+    progress: bool = True  # progress bar per split
+
+
+@dataclass
+class PrepareJobConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    out: str | None = None  # folder or URI (s3://bucket/name) the Parquet dataset goes to
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+
+
 def register_configs() -> None:
     """Registers the schemas with Hydra's ConfigStore (called by the jobs, never at import)."""
     from hydra.core.config_store import ConfigStore  # lazy: the core runs without hydra
@@ -209,6 +231,7 @@ def register_configs() -> None:
     cs.store(name="pretrain_schema", node=PretrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="tune_schema", node=TuneJobConfig)
+    cs.store(name="prepare_schema", node=PrepareJobConfig)
 
 
 def to_dataclass(cfg: Any, cls: type) -> Any:

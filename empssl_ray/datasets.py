@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from empssl_ray import image_decode as fmt
+from empssl_ray import storage
 from empssl_ray.config import DataConfig
 from empssl_ray.image_decode import DatasetError, check_on_bad, decode_images
 
@@ -312,7 +313,8 @@ def _open_imagefolder(cfg: DataConfig, split: str, name: str, root: str) -> Imag
 # ---- parquet: a column of encoded images, a column of integer labels ------------------------
 def _parquet_sources(root: str, split: str) -> tuple[list[str], bool]:
     """-> the split's *.parquet files (paths or URIs, sorted), and whether root has split dirs."""
-    fs, path, prefix = fmt.arrow_filesystem(root)
+    fs, path = storage.filesystem(root)
+    prefix = storage.uri_prefix(root)
     kind = fs.get_file_info(path).type
     if kind == pafs.FileType.File:
         return [prefix + path], False
@@ -350,7 +352,8 @@ class _ParquetDataset(ImageDataset):
         s, a, b = chunk.source, chunk.start, chunk.stop
         blobs, labels = fmt.read_parquet_rows(s, a, b, self.starts[s], self.columns)
         where = [f"{s} row {r}" for r in range(a, b)]
-        images, keep = decode_images(blobs, where, 3, self.info.image_size, self.on_bad)
+        images, keep = decode_images(blobs, where, self.info.channels, self.info.image_size,
+                                     self.on_bad)
         return images, labels[keep], int((~keep).sum())
 
 
@@ -370,10 +373,10 @@ def _open_parquet(cfg: DataConfig, split: str, name: str, root: str) -> ImageDat
             if split == "train" or not has_splits
             else {s: fmt.scan_parquet(s, *columns) for s in _parquet_sources(root, "train")[0]}
         )
-        num_classes = 1 + max(int(lab.max(initial=-1)) for _, lab in train.values())
+        num_classes = 1 + max(int(lab.max(initial=-1)) for _, lab, _ in train.values())
     starts: dict[str, list[int]] = {}
     chunks: list[Chunk] = []
-    for s, (sizes, labels) in scans.items():
+    for s, (sizes, labels, _) in scans.items():
         _check_labels(labels, num_classes, s, "set data.num_classes, or fix the label")
         starts[s] = [0, *np.cumsum(sizes, dtype=np.int64).tolist()]
         chunks += [Chunk(s, a, b) for a, b in zip(starts[s], starts[s][1:], strict=False) if b > a]
@@ -386,7 +389,8 @@ def _open_parquet(cfg: DataConfig, split: str, name: str, root: str) -> ImageDat
             zip(blobs, (f"{c.source} row {r}" for r in range(c.start, stop)), strict=False),
             cfg.on_bad_image,
         )
-    info = DatasetInfo(name, num_classes, size or 0, 3)
+    channels = next(iter(scans.values()))[2]
+    info = DatasetInfo(name, num_classes, size or 0, channels)
     return _ParquetDataset(info, split, chunks, starts, columns, cfg.on_bad_image)
 
 
@@ -437,6 +441,11 @@ def open_dataset(cfg: DataConfig, split: str) -> ImageDataset:
     root = root or (download_root() if spec.downloadable else None)
     if root is None:
         raise DatasetError(f"{name} has no default location: set data.root to its directory/URI")
+    if storage.is_uri(root) and name != "parquet":
+        raise DatasetError(
+            f"{name} reads local files only, but data.root={root} is a URI: convert it once with "
+            f"`python jobs/prepare.py data={name} out={root}` and pass data=parquet "
+            f"data.root={root}")
     ds = spec.opener(cfg, split, name, root)
     if len(ds) == 0:
         raise DatasetError(f"{name} at {root}: the {split} split holds no rows")

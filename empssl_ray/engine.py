@@ -18,12 +18,13 @@ from torch import nn
 
 from empssl_ray.augment import multi_patch, to_model_input
 from empssl_ray.config import PretrainConfig
+from empssl_ray.errors import UserError
 from empssl_ray.loss import EMPSSLLoss, Gather
 from empssl_ray.models import EMPSSLModel, build_model
 from empssl_ray.optim import build_optimizer
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is left untouched."""
 
 
@@ -194,5 +195,3 @@ class Trainer:
         if "generator" in state:
             self.generator.set_state(state["generator"].cpu())
 
-
-CHECKPOINT_FILE = "checkpoint.pt"

@@ -9,13 +9,17 @@ fault fire once per run, so the restarted process carries on.
 - EMPSSL_FAULT_NAN_AT_EPOCH=N: the model's weights turn NaN from epoch N on (every rank).
 - EMPSSL_FAULT_SLOW_AUGMENT_S=X: every augmentation batch takes X seconds longer (tiny test
   data then keeps an actor pool busy long enough to grow, as real images do).
-- EMPSSL_FAULT_DIR: where the markers go (a directory every node sees; default: the run dir).
+- EMPSSL_FAULT_DIR: where the markers go (a local directory every node sees; default: the run
+  dir when it is local, else a folder under this machine's temporary directory).
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+
+from empssl_ray.storage import is_uri
 
 ENV_PREFIX = "EMPSSL_FAULT_"
 
@@ -23,6 +27,16 @@ ENV_PREFIX = "EMPSSL_FAULT_"
 def faults_from_env() -> dict[str, str]:
     """The EMPSSL_FAULT_* variables of this (driver) process."""
     return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+
+
+def fault_dir(faults: dict[str, str], run_dir: str) -> str:
+    """Where fault markers go: EMPSSL_FAULT_DIR, else the run dir or (object storage has no
+    atomic create-if-absent) a local folder named after it."""
+    if ENV_PREFIX + "DIR" in faults:
+        return faults[ENV_PREFIX + "DIR"]
+    if not is_uri(run_dir):
+        return run_dir
+    return os.path.join(tempfile.gettempdir(), "empssl-faults", run_dir.replace("://", "/"))
 
 
 def maybe_die(faults: dict[str, str], name: str, count: int, default_dir: str) -> None:

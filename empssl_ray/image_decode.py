@@ -12,7 +12,6 @@ import bisect
 import functools
 import gzip
 import io
-import os
 import pickle
 import struct
 import zlib
@@ -21,9 +20,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
+
+from empssl_ray import storage
+from empssl_ray.errors import UserError
 
 ON_BAD_CHOICES = ("error", "skip")
 
@@ -41,7 +42,7 @@ _DECODE_ERRORS = (
 )
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A problem with the user's data or data config; its message says what and how to fix it."""
 
 
@@ -226,23 +227,6 @@ def probe_size(candidates: Iterable[tuple[bytes | None, str]], on_bad: str) -> i
     raise DatasetError(f"none of {', '.join(tried)} decodes as an image: fix the data")
 
 
-def arrow_filesystem(location: str) -> tuple[pafs.FileSystem, str, str]:
-    """-> pyarrow filesystem, the path inside it, and the prefix that turns such paths into URIs."""
-    if "://" not in location:
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location)), ""
-    try:
-        fs, path = pafs.FileSystem.from_uri(location)
-    except (OSError, ValueError) as e:
-        raise DatasetError(
-            f"pyarrow cannot open {location} ({e}): check the URI, that its "
-            "filesystem is supported, and the credentials"
-        ) from e
-    # s3://bucket/dir -> path "bucket/dir", prefix "s3://": sources stay URIs the user recognises.
-    head, tail = location.rstrip("/"), path.rstrip("/")
-    keep = tail and head.endswith(tail)
-    return fs, path, head[: len(head) - len(tail)] if keep else location.split("://")[0] + "://"
-
-
 def _is_image_column(kind: pa.DataType) -> bool:
     # A struct with a "bytes" field is how Hugging Face datasets store an Image feature.
     return (
@@ -252,13 +236,19 @@ def _is_image_column(kind: pa.DataType) -> bool:
     )
 
 
-def scan_parquet(source: str, image_column: str, label_column: str) -> tuple[list[int], np.ndarray]:
+CHANNELS_KEY = b"empssl.channels"  # schema metadata jobs/prepare.py writes: 1 for grayscale
+
+
+def scan_parquet(
+    source: str, image_column: str, label_column: str
+) -> tuple[list[int], np.ndarray, int]:
     """Checks a parquet file's columns and reads its labels.
 
     Returns:
-        The row count of each row group, and the labels int64 (N,).
+        The row count of each row group, the labels int64 (N,), and the image channels (the
+        file's `empssl.channels` metadata, else 3).
     """
-    fs, path, _ = arrow_filesystem(source)
+    fs, path = storage.filesystem(source)
     try:
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
@@ -287,7 +277,8 @@ def scan_parquet(source: str, image_column: str, label_column: str) -> tuple[lis
     if labels.null_count:
         row = np.flatnonzero(pc.is_null(labels).to_numpy())[0]
         raise DatasetError(f"{source} row {row} has a null {label_column!r}: label it or drop it")
-    return sizes, labels.to_numpy().astype(np.int64)
+    channels = int((schema.metadata or {}).get(CHANNELS_KEY, b"3"))
+    return sizes, labels.to_numpy().astype(np.int64), channels
 
 
 def read_parquet_rows(
@@ -305,7 +296,7 @@ def read_parquet_rows(
     g = bisect.bisect_right(starts, start) - 1
     if not starts[g] <= start < stop <= starts[g + 1]:
         raise ValueError(f"rows {start}..{stop} of {source} are not inside one row group")
-    fs, path, _ = arrow_filesystem(source)
+    fs, path = storage.filesystem(source)
     try:
         with fs.open_input_file(path) as f:
             table = pq.ParquetFile(f).read_row_group(g, columns=columns)

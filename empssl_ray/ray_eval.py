@@ -6,7 +6,6 @@ driver, where the (N, D) features end up.
 
 from __future__ import annotations
 
-import glob
 import os
 from typing import Any
 
@@ -15,8 +14,14 @@ import ray
 import torch
 from tqdm.auto import tqdm
 
-from empssl_ray.config import DataConfig, EvalConfig, ModelConfig, PatchConfig, RayConfig
-from empssl_ray.engine import CHECKPOINT_FILE
+from empssl_ray.config import (
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    PatchConfig,
+    PretrainConfig,
+    RayConfig,
+)
 from empssl_ray.evaluate import embed_images, evaluate_features
 from empssl_ray.models import build_model
 from empssl_ray.ray_data import read_images
@@ -69,23 +74,6 @@ def embed_split(
     return torch.cat(feats), torch.cat(labels)
 
 
-def latest_checkpoint(run_dir: str) -> str:
-    """Path of the newest checkpoint file of a run (Train names checkpoint dirs by time)."""
-    found = sorted(glob.glob(os.path.join(run_dir, "checkpoint_*", CHECKPOINT_FILE)))
-    if not found:
-        raise FileNotFoundError(f"no checkpoint under {run_dir}: pretrain first, or pass "
-                                "checkpoint=<dir with checkpoint.pt>")
-    return found[-1]
-
-
-def load_encoder_state(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model state_dict, run config dict) of a checkpoint file or directory."""
-    if os.path.isdir(path):
-        path = os.path.join(path, CHECKPOINT_FILE)
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return state["model"], state["config"]
-
-
 def random_init_state(model_cfg: ModelConfig, in_channels: int, seed: int) -> dict[str, Any]:
     """A freshly initialised encoder's weights: the baseline every result is compared to."""
     torch.manual_seed(seed)
@@ -105,3 +93,31 @@ def evaluate_encoder(
                                 probe_batch_size=cfg.probe_batch_size, progress=progress)
     metrics["eval_patches"] = cfg.num_patches
     return metrics
+
+
+def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None,
+                        with_random_init: bool = False) -> dict[str, dict[str, float]]:
+    """What both jobs report: the checkpoint's encoder and/or a random-init one, same protocol.
+
+    Args:
+        cfg: data, patches, eval and Ray settings of the evaluation.
+        checkpoint: checkpoint file or folder (local or URI); None evaluates random init only.
+        with_random_init: also evaluate a random-init encoder of the same architecture.
+
+    Returns:
+        {"pretrained": metrics, "random init": metrics}, each row present when asked for.
+    """
+    from empssl_ray.checkpoints import load_encoder_state
+    from empssl_ray.datasets import open_dataset
+
+    model_cfg, states = cfg.model, {}
+    if checkpoint is not None:
+        state, run_cfg = load_encoder_state(checkpoint)
+        model_cfg = ModelConfig(**run_cfg["model"])  # the architecture it was trained with
+        states["pretrained"] = state
+    if checkpoint is None or with_random_init:
+        channels = open_dataset(cfg.data, "train").info.channels
+        states["random init"] = random_init_state(model_cfg, channels, cfg.run.seed)
+    return {name: evaluate_encoder(state, model_cfg, cfg.data, cfg.patches, cfg.eval, cfg.ray,
+                                   cfg.run.seed, cfg.run.progress)
+            for name, state in states.items()}

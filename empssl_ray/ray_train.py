@@ -8,8 +8,8 @@ a checkpoint every epoch, resume from the latest one, and restarts after worker 
 from __future__ import annotations
 
 import contextlib
-import os
 import pickle
+import posixpath
 import tempfile
 from dataclasses import asdict
 from typing import Any
@@ -27,26 +27,20 @@ from ray.train import (
 )
 from ray.train.torch import TorchTrainer
 
+from empssl_ray import storage
+from empssl_ray.checkpoints import latest_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
 from empssl_ray.config import PretrainConfig
 from empssl_ray.datasets import DatasetInfo
 from empssl_ray.distributed import gather_batch
-from empssl_ray.engine import CHECKPOINT_FILE, Trainer
-from empssl_ray.faults import faults_from_env, maybe_die
+from empssl_ray.engine import Trainer
+from empssl_ray.errors import find_user_error
+from empssl_ray.faults import fault_dir, faults_from_env, maybe_die
 from empssl_ray.monitor import KnnMonitor
 from empssl_ray.prefetch import EpochPrefetcher
 from empssl_ray.ray_data import RowCounter, patch_stream
-from empssl_ray.ray_eval import latest_checkpoint
 from empssl_ray.tracking import MetricsLogger
 
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node one of this resource
-
-
-def run_dir_of(cfg: PretrainConfig) -> str:
-    """Where a run's checkpoints, metrics and plots live: <storage_path>/<name>."""
-    storage = cfg.run.storage_path
-    if "://" not in storage:
-        storage = os.path.abspath(os.path.expanduser(storage))
-    return os.path.join(storage, cfg.run.name)
 
 
 def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
@@ -71,22 +65,18 @@ def resume_state(run_dir: str) -> dict[str, Any] | None:
     `ray.train.report`, but a worker that dies right after it can do so before the controller
     has taken the report in, and resuming from the registered one would redo a finished epoch.
     """
-    def load(path: str) -> dict[str, Any]:
-        return torch.load(path, map_location="cpu", weights_only=False)
-
     states, registered = [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
-        registered = os.path.normpath(checkpoint.path)
+        registered = posixpath.basename(checkpoint.path.rstrip("/"))  # checkpoint_<time>
         with checkpoint.as_directory() as d:
-            states.append(load(os.path.join(d, CHECKPOINT_FILE)))
-    if "://" not in run_dir:
-        # None on storage (FileNotFoundError), or one cut off mid-write by the failure: the
-        # registered checkpoint stands.
-        with contextlib.suppress(OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-            newest = latest_checkpoint(run_dir)
-            if os.path.dirname(newest) != registered:  # not the same file twice
-                states.append(load(newest))
+            states.append(load_checkpoint(d))
+    # None on storage (FileNotFoundError), or one cut off mid-write by the failure: the
+    # registered checkpoint stands.
+    with contextlib.suppress(OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+        newest = latest_checkpoint(run_dir)
+        if posixpath.basename(posixpath.dirname(newest)) != registered:  # not the same one twice
+            states.append(load_checkpoint(newest))
     return max(states, key=lambda state: state["step"], default=None)
 
 
@@ -118,7 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def on_step(metrics: dict[str, float]) -> None:
         if lead:
-            maybe_die(faults, "KILL_TRAINER_AT_STEP", trainer.step, run_dir)
+            maybe_die(faults, "KILL_TRAINER_AT_STEP", trainer.step, config["fault_dir"])
         if logger:
             logger.log("step", metrics)
         ray.train.report({**metrics, "kind": "step"})  # every rank: report is a barrier
@@ -153,12 +143,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             saved = None
             if lead:
-                torch.save(trainer.state_dict(), os.path.join(tmp, CHECKPOINT_FILE))
+                save_checkpoint(trainer.state_dict(), tmp)
                 saved = Checkpoint.from_directory(tmp)
                 if logger:
                     logger.log("epoch", metrics)
-                    logger.close()  # CSV and PNG stay current after every epoch
+                    logger.flush()  # CSV, PNG and TensorBoard on storage after every epoch
             ray.train.report(metrics, checkpoint=saved)
+    if logger:
+        logger.close()
 
 
 def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTrainer:
@@ -171,7 +163,7 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
         resources={HEAD_NODE_RESOURCE: 0.001}, scheduling_strategy="DEFAULT").remote()
     faults = faults_from_env()
     ds, info, rows = patch_stream(cfg.data, cfg.patches, cfg.ray, cfg.run.seed, faults,
-                                  faults.get("EMPSSL_FAULT_DIR", run_dir), counter)
+                                  fault_dir(faults, run_dir), counter)
     # The stream runs in a coordinator actor whose bars would only fill the logs.
     ray.data.DataContext.get_current().enable_progress_bars = False
     per_epoch = steps_per_epoch(rows, cfg)
@@ -182,12 +174,14 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": asdict(cfg), "info": info, "steps_per_epoch": per_epoch,
-                           "run_dir": run_dir, "faults": faults, "counter": counter},
+                           "run_dir": run_dir, "faults": faults, "counter": counter,
+                           "fault_dir": fault_dir(faults, run_dir)},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name=cfg.run.name, storage_path=os.path.dirname(run_dir),
-            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            name=cfg.run.name, storage_path=storage.resolve(cfg.run.storage_path),
+            # Restarts happen in `pretrain`, which ends at once on errors a rerun would repeat.
+            failure_config=FailureConfig(max_failures=0),
             # Not a log line per report per rank. (mypy sees Train V1's RunConfig stub.)
             logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -197,5 +191,24 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
 
 
 def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> ray.train.Result:
-    """Fits the run (resuming it if its name has checkpoints) and returns Ray Train's Result."""
-    return build_trainer(cfg, callbacks).fit()
+    """Fits the run (resuming it if its name has checkpoints) and returns Ray Train's Result.
+
+    A worker or node that fails is restarted from the latest checkpoint, up to
+    `ray.max_failures` times. A user error (a non-finite loss, a bad image) ends the run at once:
+    a restart would meet it again.
+    """
+    failures = 0
+    while True:
+        try:
+            return build_trainer(cfg, callbacks).fit()
+        except ray.train.TrainingFailedError as exc:
+            user_error = find_user_error(exc)
+            if user_error is not None:
+                raise user_error from None
+            if failures >= cfg.ray.max_failures:
+                raise
+            failures += 1
+            reason = str(exc).strip().splitlines()[-1][:200]
+            print(f"empssl-ray: a training worker failed ({reason}); restarting from the latest "
+                  f"checkpoint, restart {failures} of ray.max_failures={cfg.ray.max_failures}",
+                  flush=True)

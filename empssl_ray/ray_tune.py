@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import copy
 import math
-import os
+import posixpath
 from dataclasses import asdict
 from typing import Any
 
 from ray import tune
 
+from empssl_ray import storage
 from empssl_ray.config import ConfigError, PretrainConfig, SearchParam, TuneJobConfig, to_dataclass
 
 TUNABLE = (
@@ -108,14 +109,14 @@ def run_trial(config: dict[str, Any]) -> None:
     """Tune function: one TorchTrainer run with this trial's parameters; metrics go to Tune."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from empssl_ray.ray_train import build_trainer
+    from empssl_ray.ray_train import pretrain
 
     cfg = apply_overrides(to_dataclass(config["base"], PretrainConfig), config["params"])
     cfg.run.name = f"trial-{tune.get_context().get_trial_id()}"
     cfg.run.storage_path = config["trials_dir"]
     cfg.run.evaluate = False
     cfg.run.log_every_steps = 0  # Tune sees epoch reports only: every one carries the objective
-    build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+    pretrain(cfg, callbacks=[TuneReportCallback()])
 
 
 def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
@@ -130,10 +131,8 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
         raise ConfigError(f"sweep.scheduler {sweep.scheduler!r}; choose asha or fifo")
     if cfg.eval.monitor_test <= 0:
         raise ConfigError("sweeps rank trials by the online kNN: set eval.monitor_test > 0")
-    storage = sweep.storage_path
-    if "://" not in storage:
-        storage = os.path.abspath(os.path.expanduser(storage))
-    sweep_dir = os.path.join(storage, sweep.name)
+    root = storage.resolve(sweep.storage_path)
+    sweep_dir = storage.join(root, sweep.name)
     trainable = tune.with_resources(run_trial, {"CPU": sweep.trial_cpus})
     if tune.Tuner.can_restore(sweep_dir):
         # Finished trials keep their results; unfinished and errored ones run again.
@@ -154,7 +153,7 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
         param_space={
             "params": to_tune_space(sweep.space),
             "base": asdict(base),
-            "trials_dir": os.path.join(sweep_dir, "trials"),
+            "trials_dir": storage.join(sweep_dir, "trials"),
         },
         tune_config=tune.TuneConfig(
             metric=sweep.objective,
@@ -163,7 +162,7 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
             num_samples=sweep.num_samples,
             max_concurrent_trials=sweep.max_concurrent_trials,
         ),
-        run_config=tune.RunConfig(name=sweep.name, storage_path=storage, verbose=1),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=root, verbose=1),
     )
     return tuner, sweep_dir
 
@@ -183,7 +182,7 @@ def trial_table(results: tune.ResultGrid, objective: str) -> list[dict[str, Any]
                 "time_s": m.get("time_total_s", math.nan),
                 "loss": m.get("loss", math.nan),
                 "error": None if r.error is None else type(r.error).__name__,
-                "trial": os.path.basename(r.path) if r.path else "",
+                "trial": posixpath.basename(r.path) if r.path else "",
             }
         )
     return sorted(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
+import posixpath
 from typing import Any
 
+from empssl_ray import storage
+
 # Header that makes best.yaml a primary config for jobs/pretrain.py:
-#   python jobs/pretrain.py --config-dir <sweep dir> --config-name best
+#   python jobs/pretrain.py --config-dir <folder holding best.yaml> --config-name best
 _BEST_HEADER = """\
 # Best trial of sweep {sweep}: {objective} = {value:.4g}
-# Run it:  python jobs/pretrain.py --config-dir {sweep_dir} --config-name best
+# Run it:  python jobs/pretrain.py --config-dir {sweep_dir} --config-name best{fetch}
 defaults:
   - pretrain_schema
   - _self_
@@ -25,33 +28,31 @@ hydra:
 """
 
 
-def write_results_csv(rows: list[dict[str, Any]], path: str) -> None:
-    """The trial table, best first, with the compute each trial used."""
+def write_results_csv(rows: list[dict[str, Any]], location: str) -> None:
+    """The trial table, best first, with the compute each trial used (local path or URI)."""
     import pandas as pd
 
-    pd.DataFrame(rows).to_csv(path, index=False)
+    storage.write_text(location, pd.DataFrame(rows).to_csv(index=False))
 
 
-def write_best_yaml(best_cfg: Any, sweep: str, objective: str, value: float, path: str) -> None:
+def write_best_yaml(best_cfg: Any, sweep: str, objective: str, value: float,
+                    location: str) -> None:
     """The winning trial's full PretrainConfig as a YAML jobs/pretrain.py starts from."""
     from dataclasses import asdict
 
     from omegaconf import OmegaConf
 
     body = OmegaConf.to_yaml(OmegaConf.create(asdict(best_cfg)))
-    with open(path, "w") as f:
-        f.write(
-            _BEST_HEADER.format(
-                sweep=sweep,
-                objective=objective,
-                value=value,
-                sweep_dir=os.path.dirname(os.path.abspath(path)),
-            )
-        )
-        f.write(body)
+    remote = storage.is_uri(location)
+    header = _BEST_HEADER.format(
+        sweep=sweep, objective=objective, value=value,
+        sweep_dir="DIR" if remote else posixpath.dirname(location),
+        # Hydra reads config folders from local disk only.
+        fetch=f"\n#   after copying {location} into a local folder DIR" if remote else "")
+    storage.write_text(location, header + body)
 
 
-def plot_sweep(rows: list[dict[str, Any]], objective: str, path: str) -> str:
+def plot_sweep(rows: list[dict[str, Any]], objective: str, location: str) -> str:
     """Two panels: objective vs num_patches, objective vs compute (patch-forwards)."""
     import matplotlib
 
@@ -78,6 +79,8 @@ def plot_sweep(rows: list[dict[str, Any]], objective: str, path: str) -> str:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{len(ok)} trials (colour: epochs run before the end or an early stop)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90)
     plt.close(fig)
-    return path
+    storage.write_bytes(location, png.getvalue())
+    return location

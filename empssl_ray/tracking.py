@@ -1,4 +1,7 @@
-"""Run outputs people look at: metrics.jsonl / metrics.csv, TensorBoard events, curves.png."""
+"""Run outputs people look at: metrics.jsonl / metrics.csv, TensorBoard events, curves.png.
+
+They are written locally and copied to the run dir, which may be on object storage.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ import math
 import os
 from typing import Any
 
+from empssl_ray import storage
+from empssl_ray.storage import LocalMirror
+
+METRICS_FILE = "metrics.jsonl"
 CURVES = ("loss", "tcr", "invariance", "knn_acc", "lr", "patches_per_s", "data_wait_frac")
 
 
@@ -14,18 +21,19 @@ class MetricsLogger:
     """Appends metric records to `<run_dir>/metrics.jsonl` and TensorBoard; redraws the PNG.
 
     Each record carries `kind` ("step" or "epoch"), `step` and `epoch`. Appending (not
-    rewriting) keeps a resumed run's history in one file.
+    rewriting) keeps a resumed run's history in one file. The files are written into a local
+    mirror of the run dir and copied up by `flush` when the run dir is on object storage.
     """
 
     def __init__(self, run_dir: str, tensorboard: bool = True) -> None:
-        os.makedirs(run_dir, exist_ok=True)
-        self.run_dir = run_dir
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.mirror = LocalMirror(run_dir)
+        self.mirror.pull(METRICS_FILE)  # a resumed run continues its history
+        self.path = os.path.join(self.mirror.path, METRICS_FILE)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            self.writer = SummaryWriter(os.path.join(self.mirror.path, "tensorboard"))
 
     def log(self, kind: str, record: dict[str, Any]) -> None:
         record = {"kind": kind, **record}
@@ -35,34 +43,41 @@ class MetricsLogger:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                     self.writer.add_scalar(f"{kind}/{key}", value, record.get("step", 0))
+
+    def flush(self) -> None:
+        """Writes the CSV and the curves PNG, and copies new files to the run dir (each epoch)."""
+        if self.writer is not None:
             self.writer.flush()
+        write_csv_and_plot(self.mirror.path)
+        self.mirror.push()
 
     def close(self) -> None:
-        """Writes the CSV and the curves PNG from everything logged so far."""
         if self.writer is not None:
             self.writer.close()
-        write_csv_and_plot(self.run_dir)
+        self.flush()
+        self.mirror.close()
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:
-    """Every record of `<run_dir>/metrics.jsonl`, in order ([] when there is none)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.exists(path):
+    """Every record of `<run_dir>/metrics.jsonl` (local or URI), in order ([] if there is none)."""
+    try:
+        text = storage.read_text(storage.join(run_dir, METRICS_FILE))
+    except FileNotFoundError:
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def write_csv_and_plot(run_dir: str) -> str | None:
-    """metrics.csv (one row per record) and curves.png (one panel per metric). Returns the PNG."""
-    records = read_metrics(run_dir)
+def write_csv_and_plot(folder: str) -> str | None:
+    """metrics.csv (one row per record) and curves.png (one panel per metric) in a local folder
+    holding metrics.jsonl. Returns the PNG's path."""
+    records = read_metrics(folder)
     if not records:
         return None
     import pandas as pd
 
     frame = pd.DataFrame(records)
-    frame.to_csv(os.path.join(run_dir, "metrics.csv"), index=False)
-    return plot_curves(frame, os.path.join(run_dir, "curves.png"))
+    frame.to_csv(os.path.join(folder, "metrics.csv"), index=False)
+    return plot_curves(frame, os.path.join(folder, "curves.png"))
 
 
 def plot_curves(frame: Any, path: str) -> str:

@@ -1,15 +1,15 @@
 """Distributed EMP-SSL pretraining, then bag-of-features evaluation.
 
     python jobs/pretrain.py experiment=smoke                 # embedded local Ray
-    ray job submit --working-dir . -- python jobs/pretrain.py data=cifar10 ray.use_gpu=true
+    ray job submit --working-dir . -- python jobs/pretrain.py data=parquet \
+        data.root=s3://bucket/cifar10 run.storage_path=s3://bucket/runs ray.use_gpu=true
 
-Rerunning with the same run.name resumes from that run's latest checkpoint.
+Rerunning with the same run.name and run.storage_path resumes from that run's latest checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -22,35 +22,29 @@ from omegaconf import DictConfig
 # The repo root, so `python jobs/x.py` imports empssl_ray also under `ray job submit`.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from empssl_ray.cli import init_ray, user_errors  # noqa: E402
-from empssl_ray.config import ModelConfig, PretrainConfig, register_configs, to_dataclass  # noqa: E402
+from empssl_ray.cli import init_ray, preflight, run_job  # noqa: E402
+from empssl_ray.config import PretrainConfig, register_configs  # noqa: E402
+
+EVAL_COLUMNS = ["probe_acc", "knn_acc", "num_train", "num_test", "eval_patches"]
 
 
-def evaluate_run(cfg: PretrainConfig, checkpoint_dir: str, run_dir: str) -> dict[str, Any]:
-    """Evaluates the trained encoder (and a random-init one if asked); writes eval.json."""
-    from empssl_ray.ray_eval import evaluate_encoder, load_encoder_state, random_init_state
-    from empssl_ray.tracking import format_table
+def write_eval(location: str, checkpoint: str, results: dict[str, Any]) -> None:
+    """eval.json: which checkpoint, and one metrics row per encoder evaluated."""
+    from empssl_ray import storage
 
-    state, run_cfg = load_encoder_state(checkpoint_dir)
-    model_cfg = ModelConfig(**run_cfg["model"])
-    args = (model_cfg, cfg.data, cfg.patches, cfg.eval, cfg.ray, cfg.run.seed, cfg.run.progress)
-    results = {"pretrained": evaluate_encoder(state, *args)}
-    if cfg.run.compare_random_init:
-        in_channels = state["backbone.stem.0.weight"].shape[1]
-        results["random init"] = evaluate_encoder(
-            random_init_state(model_cfg, in_channels, cfg.run.seed), *args)
-    with open(os.path.join(run_dir, "eval.json"), "w") as f:
-        json.dump({"checkpoint": checkpoint_dir, **results}, f, indent=2)
-    print(format_table(results, ["probe_acc", "knn_acc", "num_train", "num_test", "eval_patches"]))
-    return results
+    storage.write_text(location, json.dumps({"checkpoint": checkpoint, **results}, indent=2))
 
 
 def main(cfg: PretrainConfig) -> dict[str, Any]:
     """Pretrains (resuming if the run exists), evaluates, and returns a summary."""
-    from empssl_ray.ray_train import pretrain, run_dir_of
-    from empssl_ray.tracking import write_csv_and_plot
+    from empssl_ray import storage
+    from empssl_ray.checkpoints import latest_checkpoint, run_dir_of
+    from empssl_ray.ray_eval import evaluate_checkpoint
+    from empssl_ray.ray_train import pretrain
+    from empssl_ray.tracking import format_table
 
     init_ray(cfg.ray.address)
+    preflight(cfg)
     run_dir = run_dir_of(cfg)
     print(f"empssl-ray: run {cfg.run.name} -> {run_dir}", flush=True)
     start = time.perf_counter()
@@ -61,21 +55,21 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
     print(f"pretraining done in {summary['train_time_s']:.0f} s: "
           f"loss {final.get('loss', float('nan')):.3f}, "
           f"kNN {100 * final.get('knn_acc', float('nan')):.1f}%", flush=True)
-    if "://" not in run_dir:
-        png = write_csv_and_plot(run_dir)
-        print(f"curves: {png}")
+    print(f"curves: {storage.join(run_dir, 'curves.png')}", flush=True)
     if cfg.run.evaluate and result.checkpoint is not None:
-        with result.checkpoint.as_directory() as ckpt:
-            summary["eval"] = evaluate_run(cfg, ckpt, run_dir)
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump({**summary, "config": asdict(cfg)}, f, indent=2, default=str)
+        checkpoint = latest_checkpoint(run_dir)
+        results = evaluate_checkpoint(cfg, checkpoint, cfg.run.compare_random_init)
+        write_eval(storage.join(run_dir, "eval.json"), checkpoint, results)
+        print(format_table(results, EVAL_COLUMNS))
+        summary["eval"] = results
+    storage.write_text(storage.join(run_dir, "summary.json"),
+                       json.dumps({**summary, "config": asdict(cfg)}, indent=2, default=str))
     return summary
 
 
 @hydra.main(config_path="../empssl_ray/conf", config_name="pretrain", version_base=None)
 def cli(cfg: DictConfig) -> None:
-    with user_errors():
-        main(to_dataclass(cfg, PretrainConfig))
+    run_job(main, cfg, PretrainConfig)
 
 
 if __name__ == "__main__":

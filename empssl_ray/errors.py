@@ -1,0 +1,37 @@
+"""The one base class of errors a user causes and can fix (config, data, divergence, storage).
+
+Job entrypoints print such an error as one line and exit with code 2; the Ray adapters end a run
+at once on one instead of retrying it, since a rerun would meet it again. Anything else is a bug
+or a machine failure and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UserError(Exception):
+    """An error whose message says what is wrong and how to fix it, in one line."""
+
+
+class StorageError(UserError, OSError):
+    """A location (local folder or s3:// / gs:// URI) that cannot be read or written."""
+
+
+def find_user_error(exc: BaseException | None) -> UserError | None:
+    """Our user-caused error inside `exc`, also when Ray wrapped it (a worker's error arrives as
+    a RayTaskError that is an instance of the original class, inside Train's WorkerGroupError)."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)  # RayTaskError: the exception the remote code raised
+        if isinstance(e, UserError) and not isinstance(cause, UserError):
+            return e
+        # Ray Train wraps a worker's exception (`_base_exc`) and collects them by rank.
+        todo += [e.__cause__, e.__context__, cause, getattr(e, "_base_exc", None),
+                 *getattr(e, "worker_failures", {}).values()]
+    return None

@@ -1,0 +1,46 @@
+"""Turns a registered dataset into sharded Parquet, locally or on object storage, so that every
+node of a cluster can stream it.
+
+    python jobs/prepare.py data=fashion-mnist out=s3://bucket/fashion-mnist
+    python jobs/prepare.py data=cifar10 out=gs://bucket/cifar10 prepare.rows_per_file=5000
+    python jobs/pretrain.py data=parquet data.root=s3://bucket/fashion-mnist ...   # reads it
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+# The repo root, so `python jobs/x.py` imports empssl_ray also under `ray job submit`.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from empssl_ray.cli import run_job  # noqa: E402
+from empssl_ray.config import ConfigError, PrepareJobConfig, register_configs  # noqa: E402
+
+
+def main(cfg: PrepareJobConfig) -> dict[str, Any]:
+    """Writes <out>/train and <out>/test; returns the rows per split."""
+    from empssl_ray.prepare import prepare
+
+    if not cfg.out:
+        raise ConfigError("out is not set: pass out=DIR or out=s3://bucket/name")
+    if cfg.prepare.rows_per_file < 1:
+        raise ConfigError(f"prepare.rows_per_file={cfg.prepare.rows_per_file} must be >= 1")
+    rows = prepare(cfg.data, cfg.out, cfg.prepare.rows_per_file, cfg.prepare.progress)
+    print(f"wrote {rows['train']} train and {rows['test']} test images to {cfg.out}; read them "
+          f"with data=parquet data.root={cfg.out}")
+    return rows
+
+
+@hydra.main(config_path="../empssl_ray/conf", config_name="prepare", version_base=None)
+def cli(cfg: DictConfig) -> None:
+    run_job(main, cfg, PrepareJobConfig)
+
+
+if __name__ == "__main__":
+    register_configs()
+    cli()
