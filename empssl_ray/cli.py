@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from empssl_ray.config import PretrainConfig
-from empssl_ray.errors import UserError, find_user_error
+from empssl_ray.errors import user_error_line
 
 # Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint.
 JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
@@ -49,30 +48,6 @@ def preflight(cfg: PretrainConfig, outputs: dict[str, str] | None = None) -> Non
     validate(cfg)
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     check_locations(cfg, nodes, JOB_ENV_VAR in os.environ, outputs)
-
-
-def _user_error_names() -> list[str]:
-    names, todo = [], [UserError]
-    while todo:
-        cls = todo.pop()
-        names.append(cls.__name__)
-        todo += cls.__subclasses__()
-    return names
-
-
-def user_error_line(exc: BaseException) -> str | None:
-    """The one-line message of a user-caused error, or None for anything else (a bug)."""
-    found = find_user_error(exc)
-    if found is not None:
-        message = str(found).splitlines()[0] if str(found) else ""
-        # A RayTaskError subclass carries the original's name beside its own.
-        name = next((c.__name__ for c in type(found).__mro__
-                     if c.__name__ in _user_error_names()), type(found).__name__)
-        return f"{name}: {message}"
-    # Ray ships some remote errors as text only: find our error's line inside it.
-    names = "|".join(_user_error_names())
-    lines = re.findall(rf"\b((?:{names}): .+)", str(exc))
-    return lines[-1].strip() if lines else None
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ or a machine failure and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -35,3 +36,29 @@ def find_user_error(exc: BaseException | None) -> UserError | None:
         todo += [e.__cause__, e.__context__, cause, getattr(e, "_base_exc", None),
                  *getattr(e, "worker_failures", {}).values()]
     return None
+
+
+def _user_error_names() -> list[str]:
+    names, todo = [], [UserError]
+    while todo:
+        cls = todo.pop()
+        names.append(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+def user_error_line(exc: BaseException) -> str | None:
+    """The one-line message of a user-caused error, or None for anything else (a bug)."""
+    found = find_user_error(exc)
+    if type(found) is UserError:  # a line found in a remote error's text, re-raised as is
+        return str(found)
+    if found is not None:
+        message = str(found).splitlines()[0] if str(found) else ""
+        # A RayTaskError subclass carries the original's name beside its own.
+        name = next((c.__name__ for c in type(found).__mro__
+                     if c.__name__ in _user_error_names()), type(found).__name__)
+        return f"{name}: {message}"
+    # Ray ships some remote errors as text only: find our error's line inside it.
+    names = "|".join(_user_error_names())
+    lines = re.findall(rf"\b((?:{names}): .+)", str(exc))
+    return lines[-1].strip() if lines else None

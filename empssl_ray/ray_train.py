@@ -33,7 +33,7 @@ from empssl_ray.config import PretrainConfig
 from empssl_ray.datasets import DatasetInfo
 from empssl_ray.distributed import gather_batch
 from empssl_ray.engine import Trainer
-from empssl_ray.errors import find_user_error
+from empssl_ray.errors import UserError, find_user_error, user_error_line
 from empssl_ray.faults import fault_dir, faults_from_env, maybe_die
 from empssl_ray.monitor import KnnMonitor
 from empssl_ray.prefetch import EpochPrefetcher
@@ -202,9 +202,10 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> ray.train.Re
         try:
             return build_trainer(cfg, callbacks).fit()
         except ray.train.TrainingFailedError as exc:
-            user_error = find_user_error(exc)
-            if user_error is not None:
-                raise user_error from None
+            # Ray Data's errors reach here as text only: the line is all there is to keep.
+            line = user_error_line(exc)
+            if line is not None:
+                raise find_user_error(exc) or UserError(line) from None
             if failures >= cfg.ray.max_failures:
                 raise
             failures += 1

@@ -18,6 +18,10 @@ import pyarrow.fs as pafs
 
 from empssl_ray.errors import StorageError
 
+__all__ = ["LocalMirror", "StorageError", "copy_file", "exists", "filesystem", "is_dir", "is_uri",
+           "join", "list_dir", "modified_ns", "read_bytes", "read_text", "resolve", "uri_prefix",
+           "write_bytes", "write_text"]
+
 
 def is_uri(location: str) -> bool:
     """True for s3://, gs://, file://... locations; False for local paths."""

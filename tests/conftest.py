@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +20,59 @@ SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar1
 
 
 @pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """A fresh local Ray (never a stale /tmp/ray cluster), shut down after the last test."""
+def s3() -> Iterator[str]:
+    """A loopback S3 endpoint (moto's server) for the whole run; yields a bucket URI.
+
+    Reached through the standard AWS_* variables, which pyarrow, boto3 and Ray's workers (started
+    later from this environment) read: nothing in the project names the server.
+    """
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
+                               "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                boto3.client("s3").create_bucket(Bucket="empssl-test")
+                break
+            except Exception:  # connection refused while the server starts
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.2)
+        yield "s3://empssl-test"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def s3_keys(uri: str) -> list[str]:
+    """Every object key under an s3:// prefix (through boto3, beside the code under test)."""
+    import boto3
+
+    bucket, _, prefix = uri[len("s3://"):].partition("/")
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                         Prefix=prefix)
+    return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3: str) -> Iterator[None]:
+    """A fresh local Ray (never a stale /tmp/ray cluster), shut down after the last test. It
+    starts after the S3 endpoint so that its workers see the AWS_* variables."""
     import ray
 
     if not ray.is_initialized():

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from empssl_ray import storage
 from empssl_ray.tracking import read_metrics
-from tests.conftest import compose, write_image_parquet
+from tests.conftest import compose, s3_keys, write_image_parquet
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -26,68 +27,83 @@ def epoch_records(run_dir: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(ray_session, tmp_path_factory):  # type: ignore[no-untyped-def]
+def smoke_run(ray_session, s3, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The smoke preset with its data and every output on the loopback S3 endpoint."""
+    from empssl_ray.config import DataConfig
+    from empssl_ray.prepare import prepare
     from jobs.pretrain import main
 
-    storage = tmp_path_factory.mktemp("runs")
-    cfg = compose(
-        "pretrain",
-        [
-            "experiment=smoke",
-            f"run.storage_path={storage}",
-            "run.progress=false",
-        ],
-    )
-    # Rank 0 dies abruptly at step 10, in the middle of epoch 2 (8 steps per epoch).
-    os.environ["EMPSSL_FAULT_KILL_TRAINER_AT_STEP"] = "10"
+    data = f"{s3}/pipeline/fashion-mnist"
+    prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data,
+            rows_per_file=200, progress=False)
+    work = tmp_path_factory.mktemp("work")
+    cfg = compose("pretrain", ["experiment=smoke", "data=parquet", f"data.root={data}",
+                               f"run.storage_path={s3}/pipeline/runs", "run.progress=false"])
+    # Rank 0 dies abruptly at step 10, in the middle of epoch 2 (8 steps per epoch). Fault
+    # markers need a local folder (object stores have no atomic create-if-absent).
+    os.environ.update(EMPSSL_FAULT_KILL_TRAINER_AT_STEP="10", EMPSSL_FAULT_DIR=str(work))
+    cwd = os.getcwd()
+    os.chdir(work)  # a relative "s3:" folder written by mistake would appear here
     try:
         summary = main(cfg)
     finally:
-        del os.environ["EMPSSL_FAULT_KILL_TRAINER_AT_STEP"]
-    return cfg, summary, str(storage / "smoke")
+        os.chdir(cwd)
+        del os.environ["EMPSSL_FAULT_KILL_TRAINER_AT_STEP"], os.environ["EMPSSL_FAULT_DIR"]
+    return cfg, summary, f"{s3}/pipeline/runs/smoke", work
 
 
-def test_run_survives_a_killed_trainer_without_redoing_epochs(smoke_run) -> None:  # type: ignore[no-untyped-def]
-    _, summary, run_dir = smoke_run
-    assert os.path.exists(os.path.join(run_dir, "fault-kill_trainer_at_step.fired"))
+def test_run_on_s3_survives_a_killed_trainer_without_redoing_epochs(smoke_run) -> None:  # type: ignore[no-untyped-def]
+    from empssl_ray.checkpoints import latest_checkpoint, load_checkpoint
+
+    _, summary, run_dir, work = smoke_run
+    assert (work / "fault-kill_trainer_at_step.fired").exists()
     assert epoch_records(run_dir) == [1, 2]  # epoch 1 was not redone after the restart
     assert summary["final"]["epoch"] == 2 and summary["final"]["step"] == 16
-    state = torch.load(
-        sorted(glob.glob(f"{run_dir}/checkpoint_*/checkpoint.pt"))[-1], weights_only=False
-    )
+    state = load_checkpoint(latest_checkpoint(run_dir))
     assert state["epoch"] == 2 and state["step"] == 16 and state["config"]["run"]["name"] == "smoke"
     assert {"model", "optimizer", "scheduler"} <= set(state)
 
 
-def test_run_writes_metrics_curves_and_evaluation(smoke_run) -> None:  # type: ignore[no-untyped-def]
-    _, summary, run_dir = smoke_run
+def test_run_writes_everything_to_the_bucket_and_nothing_local(smoke_run) -> None:  # type: ignore[no-untyped-def]
+    _, summary, run_dir, work = smoke_run
+    keys = s3_keys(run_dir)
+    for name in ("metrics.jsonl", "metrics.csv", "curves.png", "summary.json", "eval.json"):
+        assert f"pipeline/runs/smoke/{name}" in keys, name
+    assert any("/tensorboard/events.out.tfevents." in k for k in keys)
+    assert any(k.endswith("/checkpoint.pt") for k in keys)
+    assert not list(work.rglob("s3:*")) and not list(Path.cwd().glob("s3:*"))
     records = read_metrics(run_dir)
     epochs = [r for r in records if r["kind"] == "epoch"]
-    for key in (
-        "loss",
-        "tcr",
-        "invariance",
-        "lr",
-        "patches_per_s",
-        "data_wait_frac",
-        "knn_acc",
-        "skipped_images",
-    ):
+    for key in ("loss", "tcr", "invariance", "lr", "patches_per_s", "data_wait_frac", "knn_acc",
+                "skipped_images"):
         assert key in epochs[-1], key
     assert 0 <= epochs[-1]["data_wait_frac"] <= 1 and epochs[-1]["skipped_images"] == 0
     assert any(r["kind"] == "step" for r in records)
-    for name in ("metrics.csv", "curves.png", "summary.json", "eval.json"):
-        assert os.path.getsize(os.path.join(run_dir, name)) > 0, name
-    assert glob.glob(f"{run_dir}/tensorboard/events.out.tfevents.*")
-    m = json.loads(Path(run_dir, "eval.json").read_text())["pretrained"]
+    written = json.loads(storage.read_text(f"{run_dir}/eval.json"))
+    assert written["checkpoint"].startswith(f"{run_dir}/checkpoint_")
+    m = written["pretrained"]
     assert 0.0 <= m["probe_acc"] <= 1.0 and 0.0 <= m["knn_acc"] <= 1.0
     assert m["num_train"] == 512 and m["num_test"] == 256
+
+
+def test_evaluate_job_reevaluates_the_run_from_s3(smoke_run) -> None:  # type: ignore[no-untyped-def]
+    from jobs.evaluate import main
+
+    cfg, _, run_dir, _ = smoke_run
+    ev = compose("evaluate", ["experiment=smoke", "data=parquet", f"data.root={cfg.data.root}",
+                              f"run.storage_path={cfg.run.storage_path}", "run.progress=false",
+                              "eval.probe_epochs=5", f"output={run_dir}/eval-again.json"])
+    results = main(ev)
+    written = json.loads(storage.read_text(f"{run_dir}/eval-again.json"))
+    assert written["checkpoint"].startswith(f"{run_dir}/checkpoint_")
+    assert written["pretrained"]["probe_acc"] == results["pretrained"]["probe_acc"]
+    assert results["pretrained"]["num_test"] == 256
 
 
 def test_rerun_with_the_same_name_resumes(smoke_run) -> None:  # type: ignore[no-untyped-def]
     from jobs.pretrain import main
 
-    cfg, _, run_dir = smoke_run
+    cfg, _, run_dir, _ = smoke_run
     cfg.optim.epochs, cfg.run.evaluate = 3, False
     summary = main(cfg)
     assert epoch_records(run_dir) == [1, 2, 3]  # only the new epoch ran
@@ -107,21 +123,12 @@ def test_evaluate_job_on_a_random_init_encoder(tmp_path: Path) -> None:
             "eval.probe_epochs=5",
         ],
     )
-    metrics = main(ev)
+    results = main(ev)
     written = json.loads((tmp_path / "e.json").read_text())
-    assert written["checkpoint"] == "random init" and written["probe_acc"] == metrics["probe_acc"]
-    assert metrics["num_train"] == 512 and metrics["num_test"] == 256
-
-
-def test_latest_checkpoint_is_the_newest(tmp_path: Path) -> None:
-    from empssl_ray.ray_eval import latest_checkpoint
-
-    for name in ("checkpoint_2026-11-30_00-21-06.9", "checkpoint_2026-11-30_00-21-21.2"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "checkpoint.pt").write_bytes(b"")
-    assert latest_checkpoint(str(tmp_path)).endswith("00-21-21.2/checkpoint.pt")
-    with pytest.raises(FileNotFoundError, match="pretrain first"):
-        latest_checkpoint(str(tmp_path / "none"))
+    assert written["checkpoint"] == "random init"
+    assert written["random init"]["probe_acc"] == results["random init"]["probe_acc"]
+    assert results["random init"]["num_train"] == 512
+    assert results["random init"]["num_test"] == 256
 
 
 def local_cfg(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]
@@ -139,7 +146,7 @@ def local_cfg(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]
             f"run.storage_path={tmp_path / 'runs'}",
             "run.name=local",
             "ray.num_workers=1",
-            "ray.max_failures=0",
+            "ray.max_failures=2",  # user errors must end the run anyway, at the first attempt
             "optim.batch_size=16",
             "patches.size=16",
             "run.progress=false",
@@ -175,8 +182,10 @@ def test_skips_bad_images_then_stops_on_nan_keeping_the_checkpoint(
     cfg = local_cfg(tmp_path, "optim.epochs=2", "data.on_bad_image=skip")
     with pytest.raises(SystemExit), user_errors():
         main(cfg)
-    err = capsys.readouterr().err.strip().splitlines()
+    out = capsys.readouterr()
+    err = out.err.strip().splitlines()
     assert err[-1].startswith("error: NonFiniteLossError: loss is nan"), err[-1]
+    assert "restarting" not in out.out  # ended after one attempt, with max_failures=2
     run_dir = str(tmp_path / "runs/local")
     assert [r["skipped_images"] for r in read_metrics(run_dir) if r["kind"] == "epoch"] == [1]
     ckpts = glob.glob(f"{run_dir}/checkpoint_*/checkpoint.pt")
@@ -184,6 +193,19 @@ def test_skips_bad_images_then_stops_on_nan_keeping_the_checkpoint(
     state = torch.load(ckpts[0], weights_only=False)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_bad_image_in_training_ends_the_run_at_once(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from empssl_ray.cli import user_errors
+    from jobs.pretrain import main
+
+    cfg = local_cfg(tmp_path, "optim.epochs=1")  # data.on_bad_image=error, max_failures=2
+    with pytest.raises(SystemExit), user_errors():
+        main(cfg)
+    out = capsys.readouterr()
+    last = out.err.strip().splitlines()[-1]
+    assert last.startswith("error: DatasetError:") and "part-0.parquet" in last, last
+    assert "restarting" not in out.out
 
 
 def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
