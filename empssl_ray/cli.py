@@ -36,16 +36,15 @@ def init_ray(address: str | None, quiet: bool = True) -> None:
 
 
 def preflight(cfg: PretrainConfig, outputs: dict[str, str] | None = None) -> None:
-    """Config values and storage locations checked in the driver, before any task starts.
+    """Storage locations checked in the driver once Ray is up, before any task starts.
 
     Args:
         outputs: where the job writes, by config key; default {"run.storage_path": ...}.
     """
     import ray
 
-    from empssl_ray.config_checks import check_locations, validate
+    from empssl_ray.config_checks import check_locations
 
-    validate(cfg)
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     check_locations(cfg, nodes, JOB_ENV_VAR in os.environ, outputs)
 
@@ -68,8 +67,11 @@ def run_job(main: Callable[[Any], Any], cfg: Any, schema: type) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from empssl_ray.config import to_dataclass
-    from empssl_ray.config_checks import check_preset
+    from empssl_ray.config_checks import check_preset, validate
 
     with user_errors():
         check_preset(HydraConfig.get().runtime.choices.get("experiment"))
-        main(to_dataclass(cfg, schema))
+        typed = to_dataclass(cfg, schema)
+        if isinstance(typed, PretrainConfig):  # before Ray starts: a typo costs a second
+            validate(typed)
+        main(typed)

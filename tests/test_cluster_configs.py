@@ -231,12 +231,27 @@ def _docs_target(section: str) -> list[NodeKind]:
     raise AssertionError(f"docs section {section!r} runs jobs/pretrain.py but names no cluster")
 
 
+def _assert_preflight_passes(cfg: Any) -> None:
+    """What the job's driver checks first on a multi-node cluster under `ray job submit`."""
+    from empssl_ray.config_checks import check_locations, validate
+
+    validate(cfg)
+    check_locations(cfg, nodes=3, under_job=True)
+
+
+def _readme_commands() -> list[str]:
+    """Every `ray job submit ... jobs/pretrain.py` command in the README's code blocks."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    return [line for line in text.splitlines()
+            if "ray job submit" in line and "jobs/pretrain.py" in line]
+
+
 def _assert_job_fits(cfg: Any, kinds: list[NodeKind]) -> None:
     trainer, actor = _trainer_demand(cfg), _actor_demand(cfg)
     assert _capacity(trainer, kinds) >= cfg.ray.num_workers, (
         f"{cfg.ray.num_workers} training workers asking {trainer} do not fit in {kinds}"
     )
-    assert 0 <= cfg.ray.aug_min_actors <= cfg.ray.aug_max_actors
+    assert 1 <= cfg.ray.aug_min_actors <= cfg.ray.aug_max_actors
     assert _capacity(actor, kinds) >= cfg.ray.aug_max_actors, (
         f"{cfg.ray.aug_max_actors} augmentation actors asking {actor} do not fit in {kinds}"
     )
@@ -575,6 +590,7 @@ def test_rayjob_entrypoint_is_valid_and_fits() -> None:
     assert cfg.ray.use_gpu is True
     assert set(cfg.ray.trainer_resources) == {"trainer"}
     assert set(cfg.ray.aug_resources) == {"augment"}
+    _assert_preflight_passes(cfg)
     _assert_job_fits(cfg, _kuberay_node_kinds(spec["rayClusterSpec"]))
 
 
@@ -630,7 +646,35 @@ def test_docs_pretrain_command_is_valid_and_fits(section: str, command: str) -> 
     assert set(cfg.ray.trainer_resources) == {"trainer"}
     assert set(cfg.ray.aug_resources) == {"augment"}
     assert "://" in cfg.run.storage_path, "a multi-node run needs shared storage"
+    _assert_preflight_passes(cfg)
     _assert_job_fits(cfg, _docs_target(section))
+
+
+def test_readme_cluster_commands_pass_the_preflight() -> None:
+    commands = _readme_commands()
+    assert len(commands) >= 2, commands
+    for command in commands:
+        _assert_preflight_passes(_apply_overrides(_pretrain_overrides(command)))
+
+
+def test_preflight_refuses_what_a_cluster_cannot_run() -> None:
+    """The check the documented commands pass is live: local data or storage, a relative path
+    under `ray job submit`, and an empty actor pool are refused in one line."""
+    from empssl_ray.config import ConfigError
+
+    base = ["data=parquet", "data.root=s3://b/data", "run.storage_path=s3://b/runs"]
+    _assert_preflight_passes(_apply_overrides(base))
+    for overrides, message in [
+        (["run.storage_path=/mnt/runs"], "run.storage_path=/mnt/runs is on this machine's disk"),
+        (["data.root=/data/cifar"], "data.root=/data/cifar is on this machine's disk"),
+        (["data=cifar10", "data.root=null"], "jobs/prepare.py data=cifar10"),
+        (["run.storage_path=runs"], "run.storage_path=runs is relative"),
+        (["ray.aug_min_actors=0"], "ray.aug_min_actors=0 cannot work"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            _assert_preflight_passes(_apply_overrides([*base, *overrides]))
+    shared = _apply_overrides(["run.storage_path=/mnt/runs", "run.shared_filesystem=true"])
+    _assert_preflight_passes(shared)  # the flag says every node mounts it
 
 
 def test_fit_check_rejects_oversized_jobs() -> None:
