@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from typing import Any
 
 from empssl_ray import storage
 from empssl_ray.storage import LocalMirror
 
 METRICS_FILE = "metrics.jsonl"
+PUSH_EVERY_S = 30.0  # step records reach object storage at least this often, not only per epoch
 CURVES = ("loss", "tcr", "invariance", "knn_acc", "lr", "patches_per_s", "data_wait_frac")
 
 
@@ -29,6 +31,7 @@ class MetricsLogger:
         self.mirror = LocalMirror(run_dir)
         self.mirror.pull(METRICS_FILE)  # a resumed run continues its history
         self.path = os.path.join(self.mirror.path, METRICS_FILE)
+        self.pushed_at = time.monotonic()
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -43,6 +46,9 @@ class MetricsLogger:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                     self.writer.add_scalar(f"{kind}/{key}", value, record.get("step", 0))
+        if self.mirror.remote and time.monotonic() - self.pushed_at > PUSH_EVERY_S:
+            self.mirror.push()  # someone may be watching the run on object storage
+            self.pushed_at = time.monotonic()
 
     def flush(self) -> None:
         """Writes the CSV and the curves PNG, and copies new files to the run dir (each epoch)."""
@@ -50,6 +56,7 @@ class MetricsLogger:
             self.writer.flush()
         write_csv_and_plot(self.mirror.path)
         self.mirror.push()
+        self.pushed_at = time.monotonic()
 
     def close(self) -> None:
         if self.writer is not None:

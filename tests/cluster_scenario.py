@@ -1,13 +1,18 @@
 """A multi-node Ray cluster on loopback, driven through the jobs API; run as a subprocess.
 
-Head (no CPUs, jobs API, token auth) + an "augment" node + a "trainer" node. It submits
-jobs/pretrain.py with `ray job submit`, adds a second augment node once training has started,
-waits until the actor pool runs on both augment nodes, removes the first one, waits for the job,
-and prints one JSON line of what it saw. Every process it starts belongs to the Cluster object
-and is stopped in `finally` (also on Ctrl-C / SIGINT). The token is a file in the work dir, so
-~/.ray is left alone.
+Head (no CPUs, jobs API, token auth) + an "augment" node + a "trainer" node; data and outputs
+on S3 (the AWS_* variables of this process point every node at the same endpoint), so no node
+reads another's disk. Phases, each a `ray job submit`:
+1. a run with a local storage path: refused in seconds, before any training worker starts;
+2. the run on S3: a second augment node joins once training has started, the actor pool grows
+   onto it, the first node leaves, and the job still finishes every epoch;
+3. local paths with run.shared_filesystem=true: they run;
+4. a sweep (jobs/tune.py), two trials at once, each with its own augmentation actor pool;
+then the best trial's YAML starts a run. It prints one JSON line of what it saw. Every process
+it starts belongs to the Cluster object and is stopped in `finally` (also on Ctrl-C / SIGINT).
+The token is a file in the work dir, so ~/.ray is left alone.
 
-    python tests/cluster_scenario.py <work dir>
+    python tests/cluster_scenario.py <work dir> <s3:// data> <s3:// storage>
 """
 
 from __future__ import annotations
@@ -60,13 +65,6 @@ def submit_when_ready(*args: str, attempts: int = 10) -> str:
     return ray_cli(*args)
 
 
-def epochs_done(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return 0
-    return sum(1 for line in path.read_text().splitlines() if '"kind": "epoch"' in line)
-
-
 T0 = time.time()
 
 
@@ -85,7 +83,19 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
     raise TimeoutError(f"timed out waiting for {what}")
 
 
-def main(work: Path) -> dict:
+def submit(address: str, *args: str, env: dict[str, str] | None = None) -> str:
+    """`ray job submit --no-wait` of `args` with the repo as working dir; returns the job id."""
+    extra = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
+    out = submit_when_ready("job", "submit", "--address", address, "--working-dir", str(REPO),
+                            "--no-wait", *extra, "--", "python", *args)
+    job_id = re.findall(r"raysubmit_[A-Za-z0-9]+", out)[0]
+    log(f"submitted {job_id}: {' '.join(args[:2])}")
+    return job_id
+
+
+def main(work: Path, data: str, store: str) -> dict:
+    """Runs every phase against one cluster; `data` and `store` are s3:// URIs (the AWS_*
+    variables of this process reach every node it starts)."""
     # Token auth on every process, and the venv's python for the job's entrypoint.
     token = work / "auth_token"
     token.write_text(uuid.uuid4().hex)
@@ -96,6 +106,9 @@ def main(work: Path) -> dict:
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
+    from empssl_ray import storage
+    from empssl_ray.tracking import read_metrics
+
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
         "dashboard_port": DASHBOARD_PORT})
@@ -105,28 +118,61 @@ def main(work: Path) -> dict:
         trainer = cluster.add_node(num_cpus=1, resources={"trainer": 2})
         ray.init(address=cluster.address, logging_level="ERROR")
         address = f"http://127.0.0.1:{DASHBOARD_PORT}"
-        run_dir = work / "runs" / "cluster"
-        # The SDK for everything but the submit under test: a `ray` CLI process costs seconds of
-        # CPU here, and on success the CLI's status line says "succeeded", on stderr.
-        # The head's dashboard comes up a few seconds after the head: wait for it.
+        names = {aug_a.node_id: "augment-a", trainer.node_id: "trainer",
+                 cluster.head_node.node_id: "head"}
+
+        def actors(class_name: str, **filters: str) -> list:
+            found = list_actors(filters=[(k, "=", v) for k, v in filters.items()], limit=10_000)
+            return [a for a in found if a.class_name == class_name and a.node_id]
+
+        def nodes_of(class_name: str, **filters: str) -> list[str]:
+            # An actor that never started has no node.
+            return sorted({names.get(a.node_id, a.node_id) for a in actors(class_name, **filters)})
+
+        # The SDK for everything but the submits under test: a `ray` CLI process costs seconds
+        # of CPU here, and on success the CLI's status line says "succeeded", on stderr.
         wait_for(lambda: job_client(address) is not None, 60, "the jobs API")
         client = job_client(address)
-        # Each augmentation batch of 2 images takes 0.15 s longer (256 an epoch, in 16 blocks): the
-        # pool's demand then outlasts an actor's start-up, as it does with real images.
-        slow = json.dumps({"env_vars": {"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.15"}})
-        submit = submit_when_ready(
-            "job", "submit", "--address", address, "--working-dir", str(REPO), "--no-wait",
-            "--runtime-env-json", slow,
-            "--", "python", "jobs/pretrain.py", "experiment=smoke", "run.name=cluster",
-            f"run.storage_path={work / 'runs'}", "run.evaluate=false", f"optim.epochs={EPOCHS}",
-            "++ray.trainer_resources={trainer: 1}", "++ray.aug_resources={augment: 1}",
-            "ray.aug_min_actors=1", "ray.aug_max_actors=2", "ray.aug_cpus_per_actor=0.5",
-            "ray.aug_batch_size=2", "eval.monitor_test=0")
-        job_id = re.findall(r"raysubmit_[A-Za-z0-9]+", submit)[0]
-        log(f"submitted {job_id}")
+
+        def wait_job(job_id: str, timeout: float) -> str:
+            try:
+                wait_for(lambda: client.get_job_status(job_id).is_terminal(), timeout,
+                         f"job {job_id} to end")
+            except TimeoutError:
+                print(client.get_job_logs(job_id)[-6000:], flush=True)
+                raise
+            return str(client.get_job_status(job_id).value)
+
+        s3_data = ["data=parquet", f"data.root={data}"]
+        placement = ["++ray.trainer_resources={trainer: 1}", "++ray.aug_resources={augment: 1}"]
+
+        # 1. A local storage path on a multi-node cluster: refused before any worker starts.
+        start = time.time()
+        job_id = submit(address, "jobs/pretrain.py", "experiment=smoke", *s3_data, *placement,
+                        f"run.storage_path={work / 'local-runs'}")
+        seen["refused_status"] = wait_job(job_id, 120)
+        seen["refused_after_s"] = time.time() - start
+        seen["refused_logs"] = client.get_job_logs(job_id)[-3000:]
+        seen["trainers_before_main_job"] = len(actors("RayTrainWorker"))
+
+        # 2. The run on S3: node B joins, the pool grows onto it, node A leaves.
+        run_dir = f"{store}/runs/cluster"
+        # Each augmentation batch of 2 images takes 0.15 s longer (256 an epoch, in 16 blocks):
+        # the pool's demand then outlasts an actor's start-up, as it does with real images.
+        job_id = submit(
+            address, "jobs/pretrain.py", "experiment=smoke", "run.name=cluster", *s3_data,
+            f"run.storage_path={store}/runs", "run.evaluate=false", f"optim.epochs={EPOCHS}",
+            *placement, "ray.aug_min_actors=1", "ray.aug_max_actors=2",
+            "ray.aug_cpus_per_actor=0.5", "ray.aug_batch_size=2", "eval.monitor_test=0",
+            env={"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.15"})
         seen["job_id"] = job_id
+
+        def epochs_done() -> int:
+            return sum(1 for r in read_metrics(run_dir) if r["kind"] == "epoch")
+
         try:
-            wait_for(lambda: (run_dir / "metrics.jsonl").exists(), 200, "the first step")
+            wait_for(lambda: actors("RayTrainWorker", state="ALIVE") and actors(CUTTER,
+                     state="ALIVE"), 200, "training to start")
         except TimeoutError:
             print(client.get_job_logs(job_id)[-6000:], flush=True)
             raise
@@ -134,45 +180,94 @@ def main(work: Path) -> dict:
         # leaves, A's actor restarts here (on a cloud the autoscaler would add a node instead).
         log("adding augment node B")
         aug_b = cluster.add_node(num_cpus=1, resources={"augment": 2})
-        seen["b_joined_during_epoch"] = epochs_done(run_dir) + 1
-
-        names = {aug_a.node_id: "augment-a", aug_b.node_id: "augment-b",
-                 trainer.node_id: "trainer", cluster.head_node.node_id: "head"}
-
-        def nodes_of(class_name: str, **filters: str) -> list[str]:
-            actors = list_actors(filters=[(k, "=", v) for k, v in filters.items()], limit=10_000)
-            # An actor that never started has no node.
-            return sorted({names.get(a.node_id, a.node_id) for a in actors
-                           if a.class_name == class_name and a.node_id})
+        names[aug_b.node_id] = "augment-b"
+        seen["b_joined_during_epoch"] = epochs_done() + 1
 
         def pool_on_both() -> bool:
             seen["augment_nodes_at_peak"] = nodes_of(CUTTER, state="ALIVE")
             return {"augment-a", "augment-b"} <= set(seen["augment_nodes_at_peak"])
 
         wait_for(pool_on_both, 120, "augmentation actors on both augment nodes at once")
-        seen["pool_on_both_during_epoch"] = epochs_done(run_dir) + 1
+        seen["pool_on_both_during_epoch"] = epochs_done() + 1
         log("removing augment node A")
         cluster.remove_node(aug_a)  # leaves mid-run: its actors die with it
-        seen["removed_during_epoch"] = epochs_done(run_dir) + 1
-
-        try:
-            wait_for(lambda: client.get_job_status(job_id).is_terminal(), 180, "the job to end")
-        except TimeoutError:
-            print(client.get_job_logs(job_id)[-6000:], flush=True)
-            raise
-        seen["status"] = str(client.get_job_status(job_id).value)
+        seen["removed_during_epoch"] = epochs_done() + 1
+        seen["status"] = wait_job(job_id, 180)
         # Where they ran, dead ones included (a restarted actor shows its latest node).
         seen["augment_nodes"] = nodes_of(CUTTER)
         seen["trainer_nodes"] = nodes_of("RayTrainWorker")
-        records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        seen["epoch_records"] = [r for r in records if r["kind"] == "epoch"]
+        seen["epoch_records"] = [r for r in read_metrics(run_dir) if r["kind"] == "epoch"]
         seen["expected_epochs"] = EPOCHS
+        seen["run_files"] = [e.name for e in storage.list_dir(run_dir)]
         seen["logs_tail"] = client.get_job_logs(job_id)[-1500:]
+
+        # 3. The same local paths run once the user says every node mounts them.
+        shared = work / "shared-runs"
+        job_id = submit(address, "jobs/evaluate.py", "experiment=smoke", "random_init=true",
+                        "run.shared_filesystem=true", f"run.storage_path={shared}",
+                        f"output={shared / 'eval.json'}", "eval.probe_epochs=2", *placement,
+                        "ray.aug_cpus_per_actor=0.5")
+        seen["shared_status"] = wait_job(job_id, 180)
+        seen["shared_eval_written"] = (shared / "eval.json").exists()
+
+        # 4. A sweep as users run it: two trials at once, each cutting its patches on its own
+        # actor pool on the augment node; sweep and trial runs on S3.
+        sweep_dir = f"{store}/sweeps/cluster-sweep"
+        job_id = submit(
+            address, "jobs/tune.py", "experiment=tune-demo", "sweep.name=cluster-sweep",
+            f"sweep.storage_path={store}/sweeps", "sweep.num_samples=1", *s3_data, *placement,
+            "ray.patches_on_trainer=false", "ray.aug_min_actors=1", "ray.aug_max_actors=1",
+            "ray.aug_cpus_per_actor=0.25", "ray.cpus_per_worker=0.25", "ray.read_cpus=0.1",
+            "sweep.trial_cpus=0.05")
+        peak = {"cutters": 0, "trainers": 0}
+
+        def sweep_ended() -> bool:
+            peak["cutters"] = max(peak["cutters"], len(actors(CUTTER, state="ALIVE")))
+            peak["trainers"] = max(peak["trainers"], len(actors("RayTrainWorker", state="ALIVE")))
+            return client.get_job_status(job_id).is_terminal()
+
+        try:
+            wait_for(sweep_ended, 300, "the sweep job to end")
+        except TimeoutError:
+            print(client.get_job_logs(job_id)[-6000:], flush=True)
+            raise
+        seen["sweep_status"] = str(client.get_job_status(job_id).value)
+        seen["sweep_logs_tail"] = client.get_job_logs(job_id)[-1500:]
+        seen["sweep_peak"] = peak
+        seen["sweep_augment_nodes"] = nodes_of(CUTTER)
+        seen["sweep_results"] = storage.read_text(f"{sweep_dir}/results.csv")
+
+        # 5. The best trial's YAML starts a run (Ray Train's local mode, data still on S3).
+        best = work / "best"
+        best.mkdir()
+        (best / "best.yaml").write_text(storage.read_text(f"{sweep_dir}/best.yaml"))
+        seen["best_epochs"] = run_best(best, f"{store}/best-runs")
     finally:
         ray.shutdown()
         cluster.shutdown()
     return seen
 
 
+def run_best(folder: Path, storage_path: str) -> list[int]:
+    """jobs/pretrain.py's main on the best trial's YAML; returns the epochs it recorded."""
+    from hydra import compose, initialize_config_dir
+
+    from empssl_ray.checkpoints import run_dir_of
+    from empssl_ray.config import PretrainConfig, register_configs, to_dataclass
+    from empssl_ray.tracking import read_metrics
+    from jobs.pretrain import main as pretrain_main
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(folder), version_base=None):
+        raw = compose(config_name="best", overrides=[
+            f"run.storage_path={storage_path}", "optim.epochs=1", "run.evaluate=false",
+            "ray.num_workers=0", "run.progress=false"])
+    cfg = to_dataclass(raw, PretrainConfig)
+    pretrain_main(cfg)
+    return [r["epoch"] for r in read_metrics(run_dir_of(cfg)) if r["kind"] == "epoch"]
+
+
 if __name__ == "__main__":
-    print("SCENARIO " + json.dumps(main(Path(sys.argv[1])), default=str), flush=True)
+    sys.path.insert(0, str(REPO))
+    result = main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    print("SCENARIO " + json.dumps(result, default=str), flush=True)
