@@ -7,8 +7,10 @@ the fraction of time spent waiting on data measured around the iterator.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -41,6 +43,16 @@ def resolve_patch_size(cfg: PretrainConfig, image_size: int) -> int:
     return cfg.patches.size or image_size
 
 
+def patch_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Seed of rank `rank`'s patch generator from optimiser step `step` on.
+
+    A hash, not arithmetic like seed * 1000 + rank: every (seed, rank, step) gets its own stream,
+    so a rank reseeded at a resume never replays another rank's or its own earlier patches.
+    """
+    digest = hashlib.blake2b(f"{seed}:{rank}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # manual_seed takes up to 2**64 - 1; keep 63
+
+
 class Trainer:
     """Model + EMP-SSL loss + LARS + cosine schedule, stepping on uint8 patch batches.
 
@@ -52,6 +64,7 @@ class Trainer:
         device: where the model trains.
         gather: cross-worker gather for TCR (None on one process).
         wrap: wraps the model for data parallelism (e.g. Ray's prepare_model); identity if None.
+        rank: this worker's rank: ranks draw different patches, also after a resume.
     """
 
     def __init__(
@@ -63,6 +76,7 @@ class Trainer:
         device: torch.device | str = "cpu",
         gather: Gather | None = None,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
+        rank: int = 0,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
@@ -76,7 +90,9 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken
         self.autocast = cfg.optim.bf16 and self.device.type == "cuda"
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.run.seed)
+        self.rank = rank
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(patch_seed(cfg.run.seed, rank))
 
     def patches_from_images(self, images: torch.Tensor) -> torch.Tensor:
         """Cuts training patches on this device: (B, C, H, W) uint8 -> (B, n, C, S, S) uint8."""
@@ -183,16 +199,37 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "generator": self.generator.get_state(),
+            "generator_rank": self.rank,  # whose stream `generator` is (only one rank saves)
             "config": asdict(self.cfg),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores a `state_dict`; the patch generator continues, or is reseeded.
+
+        The saved generator is the saving rank's (rank 0's): that rank continues its stream
+        exactly; every other rank reseeds from (seed, rank, step), or all ranks would draw the
+        same patches from here on. A state of another device type (CPU generators hold 5,056
+        bytes, CUDA ones 16) cannot be restored at all: the run continues reseeded, with a
+        warning, instead of failing every retry.
+        """
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        if "generator" in state:
-            self.generator.set_state(state["generator"].cpu())
+        saved = state.get("generator")
+        current = self.generator.get_state()
+        if saved is not None and saved.numel() != current.numel():
+            warnings.warn(
+                f"patch generator state of {saved.numel()} bytes does not fit this "
+                f"{self.device.type} generator ({current.numel()} bytes; the checkpoint comes "
+                f"from another device type): patches continue reseeded at step {self.step}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        elif saved is not None and int(state.get("generator_rank", 0)) == self.rank:
+            self.generator.set_state(saved.cpu())
+            return
+        self.generator.manual_seed(patch_seed(self.cfg.run.seed, self.rank, self.step))
 
 
 CHECKPOINT_FILE = "checkpoint.pt"
