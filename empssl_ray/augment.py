@@ -246,8 +246,11 @@ def multi_patch(
         )
     b, c, h, w = images.shape
     crop = crop_side(h, w, crop_scale)
-    params = sample_patch_params(b, num_patches, h, w, crop, generator, images.device)
-    x = render_patches(images, params, crop, size, interpolation)
+    # Always float32: under a caller's bf16 autocast the blur's convolution would run in bf16
+    # and move pixels by up to 2 grey levels.
+    with torch.autocast(images.device.type, enabled=False):
+        params = sample_patch_params(b, num_patches, h, w, crop, generator, images.device)
+        x = render_patches(images, params, crop, size, interpolation)
     return x.view(b, num_patches, c, size, size)
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from empssl_ray.augment import multi_patch, to_model_input
+from empssl_ray.devices import to_device
 
 
 @torch.no_grad()
@@ -26,6 +27,7 @@ def embed_images(
     generator: torch.Generator | None = None,
     channels_last: bool = False,
     crop_scale: float = 0.25,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """Bag-of-features: the mean pre-feature h over `num_patches` training-style patches.
 
@@ -37,12 +39,16 @@ def embed_images(
         generator: for reproducible patches (on images' device).
         channels_last: feed the model NHWC tensors.
         crop_scale: fraction of the image area each crop covers.
+        bf16: run the model (only the model) under bf16 autocast on images' device.
 
     Returns:
         (B, prefeature_dim) float32 embeddings.
     """
+    # Patches are cut in float32 whatever the caller's autocast (multi_patch turns it off):
+    # the same patches as training's, not bf16-blurred ones.
     patches = multi_patch(images, num_patches, patch_size, generator, crop_scale)  # (B, T, C, S, S)
-    h = model.encode(to_model_input(patches, channels_last))  # type: ignore[operator]
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        h = model.encode(to_model_input(patches, channels_last))  # type: ignore[operator]
     return h.float().view(images.shape[0], num_patches, -1).mean(dim=1)
 
 
@@ -68,8 +74,8 @@ def embed_dataset(
 ) -> torch.Tensor:
     """`embed_images` over uint8 images (N, C, H, W) in batches -> (N, D) float32 on out_device.
 
-    Images may already sit on `device` (the GPU script keeps everything there); bf16 autocast
-    applies on CUDA only.
+    Images may already sit on `device` (the GPU script keeps everything there); host images
+    bound for a GPU travel pinned. bf16 autocast applies on CUDA only, to the model only.
     """
     from tqdm.auto import tqdm
 
@@ -80,9 +86,9 @@ def embed_dataset(
     out = []
     for sl in tqdm(list(iterate_batches(len(images), batch_size)), desc=progress,
                    disable=progress is None, leave=False):
-        batch = torch.as_tensor(images[sl]).to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            emb = embed_images(model, batch, num_patches, patch_size, generator, channels_last)
+        batch = to_device(torch.as_tensor(images[sl]), device)
+        emb = embed_images(model, batch, num_patches, patch_size, generator, channels_last,
+                           bf16=autocast)
         out.append(emb.to(out_device))
     return torch.cat(out)
 

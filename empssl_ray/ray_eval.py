@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from empssl_ray.config import DataConfig, EvalConfig, ModelConfig, PatchConfig, RayConfig
+from empssl_ray.devices import device_for_reserved_gpus
 from empssl_ray.engine import CHECKPOINT_FILE
 from empssl_ray.evaluate import embed_images, evaluate_features
 from empssl_ray.models import build_model
@@ -29,7 +30,8 @@ class Embedder:
                  cfg: EvalConfig, patch_size: int, seed: int) -> None:
         cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(cpus)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # The GPU Ray reserved, if any: a CPU-reserved actor on a GPU node stays off the GPU.
+        self.device = device_for_reserved_gpus(ray.get_gpu_ids(), torch.cuda.is_available())
         self.model = build_model(model_cfg, in_channels).to(self.device)
         self.model.load_state_dict(state)
         self.model.eval()

@@ -39,3 +39,37 @@ def test_bag_of_features_averages_patch_embeddings() -> None:
     assert emb.shape == (6, 8)
     all_at_once = embed_dataset(model, images.numpy(), 3, 16, batch_size=4)
     assert all_at_once.shape == (6, 8) and torch.isfinite(all_at_once).all()
+
+
+class InputRecorder(torch.nn.Module):
+    """Wraps a model's encode and keeps every input it sees."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.clone())
+        return self.model.encode(x)  # type: ignore[operator]
+
+
+def test_bf16_autocast_leaves_the_evaluation_patches_float32_exact() -> None:
+    cfg = ModelConfig(backbone="resnet-narrow", width=4, prefeature_dim=8, hidden_dim=8, proj_dim=4)
+    model = build_model(cfg, 3).eval()
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    plain, simulated = InputRecorder(model), InputRecorder(model)
+    embed_dataset(plain, images.numpy(), 20, 32, batch_size=4, seed=3)
+    # CPU autocast stands in for CUDA's: it runs conv2d (the blur's op) in bf16 too.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embed_dataset(simulated, images.numpy(), 20, 32, batch_size=4, seed=3)
+    for a, b in zip(plain.inputs, simulated.inputs, strict=True):
+        assert torch.equal(a, b)
+    # bf16=True runs the model in bf16 (other embeddings) on the same float32-exact patches.
+    def first_batch(bf16: bool) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(3)  # embed_dataset's generator for its first batch
+        return embed_images(simulated, images[:4], 20, 32, gen, bf16=bf16)
+
+    low, full = first_batch(bf16=True), first_batch(bf16=False)
+    assert torch.equal(simulated.inputs[-2], plain.inputs[0])
+    assert low.dtype == torch.float32 and not torch.equal(low, full)
