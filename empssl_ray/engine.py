@@ -31,9 +31,11 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class StepResult:
-    loss: float
-    tcr: float
-    invariance: float
+    """One step's loss parts, left on the device (0-d, detached) until a report reads them."""
+
+    loss: torch.Tensor
+    tcr: torch.Tensor
+    invariance: torch.Tensor
     lr: float
     patches: int  # patches this worker processed in the step
 
@@ -91,6 +93,9 @@ class Trainer:
         self.step = 0  # optimiser steps taken
         self.autocast = cfg.optim.bf16 and self.device.type == "cuda"
         self.rank = rank
+        # Cut patches on the path that never waits for the device (see augment.render_patches):
+        # the default off the CPU; tests switch it on to run the GPU path on a CPU.
+        self.sync_free_patches = self.device.type != "cpu"
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(patch_seed(cfg.run.seed, rank))
 
@@ -103,10 +108,15 @@ class Trainer:
             self.generator,
             self.cfg.patches.crop_scale,
             self.cfg.patches.interpolation,
+            self.sync_free_patches,
         )
 
     def train_step(self, patches: torch.Tensor) -> StepResult:
-        """One optimiser step on (B, n, C, S, S) uint8 patches of B images."""
+        """One optimiser step on (B, n, C, S, S) uint8 patches of B images.
+
+        Reads nothing back from the device: a GPU runs ahead of the host until the next report
+        (`run_epoch` checks the loss is finite there).
+        """
         self.net.train()
         patches = patches.to(self.device, non_blocking=True)
         b, n = patches.shape[:2]
@@ -115,11 +125,6 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             z = self.net(x).z
         loss, parts = self.loss_fn(z.float().view(n, b, -1))
-        if not math.isfinite(parts["loss"]):
-            raise NonFiniteLossError(
-                f"loss is {parts['loss']} at step {self.step} (epoch {self.epoch}); the last "
-                "checkpoint is kept: lower optim.lr or raise loss.eps, then rerun to resume"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -136,9 +141,14 @@ class Trainer:
     ) -> dict[str, float]:
         """Trains on every batch of one epoch; `batches` yield {"patches"} or raw {"image"} tensors.
 
+        Every `log_every` steps (and at the end) the loss parts are read from the device, once,
+        checked to be finite and passed to `on_step`; in between nothing waits for the device.
+        A non-finite loss therefore stops the epoch up to `log_every` steps after it appeared,
+        before any checkpoint of the epoch is written.
+
         Returns the epoch's mean loss parts, patches/s and data-wait fraction.
         """
-        sums = {"loss": 0.0, "tcr": 0.0, "invariance": 0.0}
+        sums = torch.zeros(3, device=self.device)  # loss, tcr, invariance over the epoch's steps
         steps = patches = 0
         wait = 0.0
         start = window_start = time.perf_counter()
@@ -156,39 +166,58 @@ class Trainer:
             else:
                 chunk = self.patches_from_images(batch["image"])
             result = self.train_step(chunk)
-            steps, patches, window_patches = (
-                steps + 1,
-                patches + result.patches,
-                window_patches + result.patches,
-            )
-            for key in sums:
-                sums[key] += getattr(result, key)
-            if on_step and (self.step % log_every == 0):
+            parts = torch.stack([result.loss, result.tcr, result.invariance])
+            sums += parts
+            steps, patches = steps + 1, patches + result.patches
+            window_patches += result.patches
+            if self.step % log_every == 0:
+                last = self._read_finite(torch.cat([parts, sums]))
                 now = time.perf_counter()
-                on_step(
-                    {
-                        **asdict(result),
-                        "step": self.step,
-                        "epoch": self.epoch,
-                        "patches_per_s": window_patches / (now - window_start),
-                        "data_wait_frac": window_wait / (now - window_start),
-                    }
-                )
+                if on_step:
+                    on_step(
+                        {
+                            "loss": last[0],
+                            "tcr": last[1],
+                            "invariance": last[2],
+                            "lr": result.lr,
+                            "patches": result.patches,
+                            "step": self.step,
+                            "epoch": self.epoch,
+                            "patches_per_s": window_patches / (now - window_start),
+                            "data_wait_frac": window_wait / (now - window_start),
+                        }
+                    )
                 window_start, window_patches, window_wait = now, 0, 0.0
         if steps == 0:
             raise RuntimeError(
                 "the epoch had no batches: the dataset is empty or smaller than one batch"
             )
+        means = [v / steps for v in self._read_finite(sums)]
         elapsed = time.perf_counter() - start
         self.epoch += 1
         return {
-            **{k: v / steps for k, v in sums.items()},
+            **dict(zip(("loss", "tcr", "invariance"), means, strict=True)),
             "steps": steps,
             "lr": self.optimizer.param_groups[0]["lr"],
             "patches_per_s": patches / elapsed,
             "data_wait_frac": wait / elapsed,
             "epoch_time_s": elapsed,
         }
+
+    def _read_finite(self, values: torch.Tensor) -> list[float]:
+        """The one host read of a report: loss parts (and sums) as floats, checked finite.
+
+        A NaN or inf in any step since the epoch began stays in the epoch's sums, so a check
+        that includes them sees every step. Raises NonFiniteLossError otherwise.
+        """
+        floats: list[float] = values.tolist()
+        bad = [v for v in floats if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(
+                f"loss is {bad[0]} at or before step {self.step} (epoch {self.epoch}); the last "
+                "checkpoint is kept: lower optim.lr or raise loss.eps, then rerun to resume"
+            )
+        return floats
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs: model, optimiser, schedule, counters and the config."""

@@ -141,3 +141,39 @@ def test_fresh_ranks_draw_different_patches() -> None:
     images = batches(1)[0]["image"]
     p0, p1 = (Trainer(tiny_config(), 3, 32, 4, rank=r).patches_from_images(images) for r in (0, 1))
     assert not torch.equal(p0, p1)
+
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every call of a tensor method that makes the host wait for a GPU's results."""
+    calls: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(host_reads: list[str]) -> None:
+    trainer = Trainer(tiny_config(), 3, 32, steps_total=8)
+    trainer.sync_free_patches = True  # the GPU's patch path, run on the CPU
+    images = batches(1)[0]["image"]
+    host_reads.clear()
+    trainer.train_step(trainer.patches_from_images(images))
+    assert host_reads == []
+    # An epoch of 6 steps reporting every 3: one read per report and one at the end.
+    logged: list[dict] = []
+    trainer.run_epoch(batches(6), on_step=logged.append, log_every=3)
+    assert len(logged) == 2 and host_reads == ["tolist"] * 3
+    # The counter sees reads: the grouped CPU path reads its group sizes on the host.
+    trainer.sync_free_patches = False
+    host_reads.clear()
+    trainer.patches_from_images(images)
+    assert "tolist" in host_reads
