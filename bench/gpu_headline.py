@@ -1,10 +1,10 @@
 """The paper's headline on one GPU with the core alone: EMP-SSL, CIFAR-10, 20 patches, 1 epoch.
 
-Pretrains ResNet-18-CIFAR (LARS lr 0.3, batch 100, bf16, channels-last; the defaults of
-`empssl_ray/config.py`) on CIFAR-10 read from a Parquet directory, then evaluates the
-bag-of-features embedding (mean pre-feature h over T patches) with a linear probe (last epoch
-reported) and a weighted kNN. The paper reports 80.6% linear-probe accuracy for this setting
-(with T = 128; `--eval-patches 128` to match).
+Pretrains ResNet-18-CIFAR (LARS lr 0.3, batch 100, float32 as the reference or `--bf16`,
+channels-last; the defaults of `empssl_ray/config.py`) on CIFAR-10 read from a Parquet
+directory, then evaluates the bag-of-features embedding (mean pre-feature h over T = 128
+patches) with the jobs' linear probe (the reference's protocol, last epoch reported) and
+weighted kNN. The paper reports 80.6% linear-probe accuracy for this setting.
 
 The data path stays on the GPU: all JPEGs are decoded once up-front by a process pool, the uint8
 images are uploaded once, and each step's patches are cut on the GPU from a shuffled index. Every
@@ -14,7 +14,7 @@ reports its steady-state patches/s (between its first and last report) beside th
 figure. No Ray anywhere: a box with torch, torchvision, pyarrow, pillow, numpy and tqdm runs it.
 
     python bench/gpu_headline.py                      # the headline (GPU, ~minutes)
-    python bench/gpu_headline.py --eval-patches 128   # the paper's evaluation
+    python bench/gpu_headline.py --bf16               # the same under bf16 autocast
     python bench/gpu_headline.py --quick --device cpu # a CPU smoke run (tiny data and model)
 """
 
@@ -53,11 +53,7 @@ from empssl_ray.config import (  # noqa: E402
 from empssl_ray.datasets import open_dataset  # noqa: E402
 from empssl_ray.devices import to_device  # noqa: E402
 from empssl_ray.engine import Trainer  # noqa: E402
-from empssl_ray.evaluate import (  # noqa: E402
-    embed_dataset,
-    knn_accuracy,
-    linear_probe,
-)
+from empssl_ray.evaluate import embed_dataset, knn_accuracy, probe  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
 PAPER_PROBE_ACC = 0.806  # CIFAR-10, 1 epoch, 20 patches, ResNet-18, T = 128 (spec's table)
@@ -371,29 +367,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with Clock(device) as clock:
             feats[split] = embed_dataset(
                 model, split_images, t, trainer.patch_size, cfg.eval.batch_size, device, seed,
-                desc, cfg.model.channels_last, cfg.optim.bf16, out_device=device)
+                desc, cfg.model.channels_last, cfg.optim.bf16, out_device=device,
+                patches=cfg.patches)
         report(Stage(f"embed {split}", clock.seconds, len(split_images) * t, "patches"),
                f" (T={t})")
 
     # ---- linear probe and kNN on the device, where the features are ----------------------
     e = cfg.eval
-    with Clock(device) as clock:
-        probe = linear_probe(
-            feats["train"],
-            train_y,
-            feats["test"],
-            test_y,
-            e.probe_epochs,
-            e.probe_lr,
-            e.probe_batch_size,
-            seed=cfg.run.seed,
-            progress="linear probe" if args.progress else None,
-        )
+    with Clock(device) as clock:  # the jobs' probe, with the run's eval config (no copy)
+        result_probe = probe(feats["train"], train_y, feats["test"], test_y, e, cfg.run.seed,
+                             args.progress)
     samples = len(train_y) * e.probe_epochs
     report(
-        Stage("linear probe", clock.seconds, samples, "samples", probe["probe_acc"]),
+        Stage("linear probe", clock.seconds, samples, "samples", result_probe["probe_acc"]),
         f" ({e.probe_epochs} epochs; last-epoch train accuracy "
-        f"{100 * probe['probe_train_acc']:.2f}%)",
+        f"{100 * result_probe['probe_train_acc']:.2f}%)",
     )
     with Clock(device) as clock:
         knn = knn_accuracy(
@@ -404,8 +392,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     total = time.perf_counter() - t_start
     print_table(stages, total)
     print(
-        f"linear probe {100 * probe['probe_acc']:.2f}% (paper {100 * PAPER_PROBE_ACC:.1f}% with "
-        f"T=128), kNN {100 * knn:.2f}%, total {total:.1f} s",
+        f"linear probe {100 * result_probe['probe_acc']:.2f}% (T={t}; paper "
+        f"{100 * PAPER_PROBE_ACC:.1f}% with T=128), kNN {100 * knn:.2f}%, total {total:.1f} s",
         flush=True,
     )
     train_stages = [s for s in stages if s.name.startswith("train")]
@@ -428,8 +416,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         # Between the epochs' first and last reports: no start-up, no epoch tail.
         "train_steady_patches_per_s": sum(steady) / len(steady) if steady else None,
         "warmup_steps": args.warmup_steps,
-        "probe_acc": probe["probe_acc"],
-        "probe_train_acc": probe["probe_train_acc"],
+        "probe_acc": result_probe["probe_acc"],
+        "probe_train_acc": result_probe["probe_train_acc"],
         "knn_acc": knn,
         "paper_probe_acc": PAPER_PROBE_ACC,
         "total_s": total,

@@ -27,6 +27,8 @@ from empssl_ray.colour import (
     quantise,
     unit_float,
 )
+from empssl_ray.config import PatchConfig
+from empssl_ray.crop_boxes import resample_boxes, sample_boxes
 from empssl_ray.devices import device_constant
 
 P_FLIP, P_JITTER, P_GRAY, P_BLUR, P_SOLARIZE = 0.5, 0.8, 0.2, 0.1, 0.1
@@ -261,6 +263,7 @@ def multi_patch(
     crop_scale: float = 0.25,
     interpolation: str = "bilinear",
     sync_free: bool | None = None,
+    aspect_ratio: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
     """Cuts `num_patches` independently augmented patches from every image.
 
@@ -273,6 +276,9 @@ def multi_patch(
         interpolation: "bilinear" or "bicubic" resize of the crop to S.
         sync_free: the path that never waits for the device (see `render_patches`); None picks
             it on any device but the CPU. Tests force either path on the CPU.
+        aspect_ratio: (min, max) width/height of the crops, drawn log-uniformly per patch;
+            (1, 1) cuts square crops as row copies, anything else resamples boxes
+            (`crop_boxes`), after which the same flip/colour/blur/solarize ops follow.
 
     Returns:
         (B, n, C, S, S) uint8.
@@ -282,13 +288,56 @@ def multi_patch(
             f"multi_patch expects uint8 (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
         )
     b, c, h, w = images.shape
-    crop = crop_side(h, w, crop_scale)
     # Always float32: under a caller's bf16 autocast the blur's convolution would run in bf16
     # and move pixels by up to 2 grey levels.
     with torch.autocast(images.device.type, enabled=False):
-        params = sample_patch_params(b, num_patches, h, w, crop, generator, images.device)
-        x = render_patches(images, params, crop, size, interpolation, sync_free)
+        if tuple(aspect_ratio) == (1.0, 1.0):
+            crop = crop_side(h, w, crop_scale)
+            params = sample_patch_params(b, num_patches, h, w, crop, generator, images.device)
+            x = render_patches(images, params, crop, size, interpolation, sync_free)
+        else:
+            ratio = (float(aspect_ratio[0]), float(aspect_ratio[1]))
+            boxes = sample_boxes(b * num_patches, h, w, crop_scale, ratio, generator,
+                                 images.device)
+            crops = resample_boxes(images, boxes, num_patches, size, interpolation)
+            # The boxes are the crops: the rest runs on them as whole S x S "images".
+            params = sample_patch_params(b * num_patches, 1, size, size, size, generator,
+                                         images.device)
+            x = render_patches(crops, params, size, size, interpolation, sync_free)
     return x.view(b, num_patches, c, size, size)
+
+
+def cut_patches(
+    images: torch.Tensor,
+    cfg: PatchConfig,
+    size: int,
+    generator: torch.Generator | None = None,
+    num_patches: int | None = None,
+    sync_free: bool | None = None,
+) -> torch.Tensor:
+    """`multi_patch` with a run's patch settings: training and evaluation cut patches alike.
+
+    Args:
+        images: (B, C, H, W) uint8.
+        cfg: crop scale, aspect ratio, interpolation (and n, unless `num_patches` is given).
+        size: S (the run's resolved patch size).
+        generator: on images' device.
+        num_patches: n; None = cfg.num_patches (evaluation passes its own T).
+        sync_free: see `multi_patch`.
+
+    Returns:
+        (B, n, C, S, S) uint8.
+    """
+    return multi_patch(
+        images,
+        num_patches or cfg.num_patches,
+        size,
+        generator,
+        cfg.crop_scale,
+        cfg.interpolation,
+        sync_free,
+        (cfg.aspect_ratio[0], cfg.aspect_ratio[1]),
+    )
 
 
 def to_model_input(patches: torch.Tensor, channels_last: bool = False) -> torch.Tensor:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from empssl_ray.augment import multi_patch, to_model_input
+from empssl_ray.augment import cut_patches, to_model_input
 from empssl_ray.config import PretrainConfig
 from empssl_ray.loss import EMPSSLLoss, Gather
 from empssl_ray.models import EMPSSLModel, build_model
@@ -55,6 +55,18 @@ def patch_seed(seed: int, rank: int, step: int = 0) -> int:
     return int.from_bytes(digest, "little") >> 1  # manual_seed takes up to 2**64 - 1; keep 63
 
 
+def sync_batchnorm(model: EMPSSLModel, device: torch.device) -> EMPSSLModel:
+    """`model` with every batch norm synchronised across the data-parallel workers.
+
+    Each worker otherwise normalises over its own B/k images x n patches; the reference, on one
+    GPU, over all B x n. SyncBatchNorm has only GPU kernels for the synchronisation.
+    """
+    if device.type == "cpu":
+        raise ValueError("model.sync_batchnorm=true needs GPU workers (ray.use_gpu=true): "
+                         "SyncBatchNorm does not synchronise CPU tensors")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[return-value]
+
+
 class Trainer:
     """Model + EMP-SSL loss + LARS + cosine schedule, stepping on uint8 patch batches.
 
@@ -84,6 +96,8 @@ class Trainer:
         self.device = torch.device(device)
         self.patch_size = resolve_patch_size(cfg, image_size)
         self.model: EMPSSLModel = build_model(cfg.model, in_channels).to(self.device)
+        if cfg.model.sync_batchnorm and wrap is not None:
+            self.model = sync_batchnorm(self.model, self.device)
         self.net = wrap(self.model) if wrap else self.model  # DDP wrapper or the model itself
         self.loss_fn = EMPSSLLoss(
             cfg.loss.invariance_weight, cfg.loss.tcr_weight, cfg.loss.eps, gather
@@ -101,14 +115,12 @@ class Trainer:
 
     def patches_from_images(self, images: torch.Tensor) -> torch.Tensor:
         """Cuts training patches on this device: (B, C, H, W) uint8 -> (B, n, C, S, S) uint8."""
-        return multi_patch(
+        return cut_patches(
             images.to(self.device, non_blocking=True),
-            self.cfg.patches.num_patches,
+            self.cfg.patches,
             self.patch_size,
             self.generator,
-            self.cfg.patches.crop_scale,
-            self.cfg.patches.interpolation,
-            self.sync_free_patches,
+            sync_free=self.sync_free_patches,
         )
 
     def train_step(self, patches: torch.Tensor) -> StepResult:

@@ -113,7 +113,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = MetricsLogger(run_dir) if lead else None
     monitor = None
     if lead and cfg.eval.monitor_test > 0:
-        monitor = KnnMonitor(cfg.data, cfg.eval, trainer.patch_size, cfg.run.seed)
+        monitor = KnnMonitor(cfg.data, cfg.eval, trainer.patch_size, cfg.run.seed, cfg.patches)
     shard = ray.train.get_dataset_shard("train")
 
     def on_step(metrics: dict[str, float]) -> None:
