@@ -13,7 +13,6 @@ Gaussian blur(0.1, sigma ~ U(0.1, 2)) -> solarize(0.1, threshold 128/255).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +27,7 @@ from empssl_ray.colour import (
     unit_float,
 )
 from empssl_ray.config import PatchConfig
-from empssl_ray.crop_boxes import resample_boxes, sample_boxes
+from empssl_ray.crops import crop_and_flip, crop_rows, crop_side, resample_boxes, sample_boxes
 from empssl_ray.devices import device_constant
 
 P_FLIP, P_JITTER, P_GRAY, P_BLUR, P_SOLARIZE = 0.5, 0.8, 0.2, 0.1, 0.1
@@ -54,11 +53,6 @@ class PatchParams:
     blur: torch.Tensor  # (N,) bool
     sigma: torch.Tensor  # (N,) float: blur sigma in pixels
     solarize: torch.Tensor  # (N,) bool
-
-
-def crop_side(height: int, width: int, scale: float) -> int:
-    """Side of the square crop covering `scale` of the image area (never larger than the image)."""
-    return max(1, min(height, width, round(math.sqrt(scale * height * width))))
 
 
 def sample_patch_params(
@@ -123,7 +117,7 @@ def render_patches(
     """
     if sync_free is None:
         sync_free = images.device.type != "cpu"
-    rows = _crop_rows(images, crop)
+    rows = crop_rows(images, crop)
     n, c = params.image.numel(), images.shape[1]
     if sync_free:
         every = torch.arange(n, device=images.device)
@@ -153,7 +147,7 @@ def _render(
     size: int,
     interpolation: str,
 ) -> torch.Tensor:
-    """Renders patches `idx` from `_crop_rows` of images of `shape`; returns (M, C, S, S) uint8.
+    """Renders patches `idx` from `crop_rows` of images of `shape`; returns (M, C, S, S) uint8.
 
     `group` holds the jitter groups of `idx` (sorted) on the grouped path, None on the
     sync-free path. Colour jitter and grayscale are per-pixel maps, so they run at the smaller
@@ -167,7 +161,7 @@ def _render(
     their sigma and threshold are defined on the output patch.
     """
     blend = group is None
-    x = _crop_and_flip(rows, shape, params, idx, crop)  # (M, C, crop, crop) uint8, channels-last
+    x = crop_and_flip(rows, shape, params, idx, crop)  # (M, C, crop, crop) uint8, channels-last
     if crop > size:
         x = _resize(x, size, interpolation, in_float=blend)
     x = unit_float(x)
@@ -224,37 +218,6 @@ def _resize(x: torch.Tensor, size: int, interpolation: str, in_float: bool) -> t
     return out if out.dtype == torch.uint8 else out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _crop_rows(images: torch.Tensor, crop: int) -> torch.Tensor:
-    """Every run of `crop` pixels in the images and their mirror images, as one overlapping view.
-
-    Args: images (B, C, H, W) uint8. Returns (2*B*H*W - crop + 1, crop*C) uint8: row k holds the
-    `crop` whole pixels (channels interleaved) from flat pixel k on. A crop is then `crop` rows
-    of this view, which `index_select` copies with one memcpy each: 6x faster than gathering
-    single bytes.
-    """
-    c = images.shape[1]
-    both = torch.cat([images, images.flip(-1)])  # flipped crops read the mirror image
-    flat = both.permute(0, 2, 3, 1).contiguous().view(-1)
-    return flat.as_strided((flat.numel() // c - crop + 1, crop * c), (c, 1))
-
-
-def _crop_and_flip(
-    rows: torch.Tensor, shape: torch.Size, params: PatchParams, idx: torch.Tensor, crop: int
-) -> torch.Tensor:
-    """Copies the crops of patches `idx` out of `_crop_rows` of images of `shape` (B, C, H, W).
-
-    Returns (M, C, crop, crop) uint8 in channels-last layout.
-    """
-    b, c, h, w = shape
-    flip = params.flip[idx]
-    image = params.image[idx] + b * flip  # the mirror of image i is image b + i
-    left = torch.where(flip, w - crop - params.left[idx], params.left[idx])
-    offs = torch.arange(crop, device=rows.device) * w
-    first = ((image * h + params.top[idx]) * w + left)[:, None] + offs  # (M, crop) flat pixels
-    x = rows.index_select(0, first.view(-1)).view(-1, crop, crop, c)
-    return x.permute(0, 3, 1, 2)
-
-
 def multi_patch(
     images: torch.Tensor,
     num_patches: int,
@@ -278,7 +241,7 @@ def multi_patch(
             it on any device but the CPU. Tests force either path on the CPU.
         aspect_ratio: (min, max) width/height of the crops, drawn log-uniformly per patch;
             (1, 1) cuts square crops as row copies, anything else resamples boxes
-            (`crop_boxes`), after which the same flip/colour/blur/solarize ops follow.
+            (`crops`), after which the same flip/colour/blur/solarize ops follow.
 
     Returns:
         (B, n, C, S, S) uint8.

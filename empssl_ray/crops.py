@@ -1,20 +1,61 @@
-"""Crops of any aspect ratio (torchvision's RandomResizedCrop boxes), resampled to S x S.
+"""Crops: square ones as copies of whole pixel rows, boxes of any aspect ratio resampled.
 
-The square crops of `augment` (the paper's CIFAR setting) are copies of whole pixel rows. Crops
-whose width/height ratio varies per patch (the paper's ImageNet setting: ratio from 3/4 to 4/3)
-have no common shape to copy, so each is resampled straight from its image with `grid_sample`,
-all patches of a chunk of images in one call and with no data-dependent control flow.
+Square crops (the paper's CIFAR setting) all have one shape: each is `crop` row copies out of
+one overlapping view of the images. Crops whose width/height ratio varies per patch (the paper's
+ImageNet setting: ratio from 3/4 to 4/3, torchvision's RandomResizedCrop boxes) have no common
+shape to copy, so each is resampled straight from its image with `grid_sample`, all patches of a
+chunk of images in one call and with no data-dependent control flow.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from empssl_ray.augment import PatchParams
+
 BOX_CHUNK_BYTES = 256 << 20  # float pixels resampled per grid_sample call (bounds the buffer)
+
+
+def crop_side(height: int, width: int, scale: float) -> int:
+    """Side of the square crop covering `scale` of the image area (never larger than the image)."""
+    return max(1, min(height, width, round(math.sqrt(scale * height * width))))
+
+
+def crop_rows(images: torch.Tensor, crop: int) -> torch.Tensor:
+    """Every run of `crop` pixels in the images and their mirror images, as one overlapping view.
+
+    Args: images (B, C, H, W) uint8. Returns (2*B*H*W - crop + 1, crop*C) uint8: row k holds the
+    `crop` whole pixels (channels interleaved) from flat pixel k on. A crop is then `crop` rows
+    of this view, which `index_select` copies with one memcpy each: 6x faster than gathering
+    single bytes.
+    """
+    c = images.shape[1]
+    both = torch.cat([images, images.flip(-1)])  # flipped crops read the mirror image
+    flat = both.permute(0, 2, 3, 1).contiguous().view(-1)
+    return flat.as_strided((flat.numel() // c - crop + 1, crop * c), (c, 1))
+
+
+def crop_and_flip(
+    rows: torch.Tensor, shape: torch.Size, params: PatchParams, idx: torch.Tensor, crop: int
+) -> torch.Tensor:
+    """Copies the crops of patches `idx` out of `crop_rows` of images of `shape` (B, C, H, W).
+
+    Returns (M, C, crop, crop) uint8 in channels-last layout.
+    """
+    b, c, h, w = shape
+    flip = params.flip[idx]
+    image = params.image[idx] + b * flip  # the mirror of image i is image b + i
+    left = torch.where(flip, w - crop - params.left[idx], params.left[idx])
+    offs = torch.arange(crop, device=rows.device) * w
+    first = ((image * h + params.top[idx]) * w + left)[:, None] + offs  # (M, crop) flat pixels
+    x = rows.index_select(0, first.view(-1)).view(-1, crop, crop, c)
+    return x.permute(0, 3, 1, 2)
 
 
 @dataclass
