@@ -13,11 +13,22 @@ Gaussian blur(0.1, sigma ~ U(0.1, 2)) -> solarize(0.1, threshold 128/255).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from empssl_ray.colour import (
+    gaussian_blur,
+    gray,
+    jitter_blended,
+    jitter_in_order,
+    quantise,
+    unit_float,
+)
+from empssl_ray.config import PatchConfig
+from empssl_ray.crops import crop_and_flip, crop_rows, crop_side, resample_boxes, sample_boxes
+from empssl_ray.devices import device_constant
 
 P_FLIP, P_JITTER, P_GRAY, P_BLUR, P_SOLARIZE = 0.5, 0.8, 0.2, 0.1, 0.1
 JITTER = (0.4, 0.4, 0.4, 0.2)  # brightness, contrast, saturation, hue
@@ -25,7 +36,6 @@ SIGMA = (0.1, 2.0)  # Gaussian blur sigma range, pixels
 SOLARIZE_AT = 128  # uint8 level at and above which solarize inverts
 CHUNK_BYTES = 2 << 20  # float pixels rendered at a time on CPU (cache-sized)
 _NO_JITTER = 256  # sort key of patches without colour jitter (after the 24 op orders)
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's grayscale
 
 
 @dataclass
@@ -45,11 +55,6 @@ class PatchParams:
     solarize: torch.Tensor  # (N,) bool
 
 
-def crop_side(height: int, width: int, scale: float) -> int:
-    """Side of the square crop covering `scale` of the image area (never larger than the image)."""
-    return max(1, min(height, width, round(math.sqrt(scale * height * width))))
-
-
 def sample_patch_params(
     num_images: int,
     num_patches: int,
@@ -65,8 +70,9 @@ def sample_patch_params(
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator, device=device)
 
-    lo = torch.tensor([1 - JITTER[0], 1 - JITTER[1], 1 - JITTER[2], -JITTER[3]], device=device)
-    hi = torch.tensor([1 + JITTER[0], 1 + JITTER[1], 1 + JITTER[2], JITTER[3]], device=device)
+    device = torch.device(device)
+    lo = device_constant((1 - JITTER[0], 1 - JITTER[1], 1 - JITTER[2], -JITTER[3]), device)
+    hi = device_constant((1 + JITTER[0], 1 + JITTER[1], 1 + JITTER[2], JITTER[3]), device)
     return PatchParams(
         image=torch.arange(num_images, device=device).repeat_interleave(num_patches),
         top=(rand(n) * (height - crop + 1)).long(),
@@ -83,88 +89,125 @@ def sample_patch_params(
 
 
 def render_patches(
-    images: torch.Tensor, params: PatchParams, crop: int, size: int, interpolation: str = "bilinear"
+    images: torch.Tensor,
+    params: PatchParams,
+    crop: int,
+    size: int,
+    interpolation: str = "bilinear",
+    sync_free: bool | None = None,
 ) -> torch.Tensor:
     """Applies drawn parameters. Args: images (B, C, H, W) uint8. Returns (N, C, S, S) uint8.
 
-    Patches are processed sorted by their jitter op order (24 permutations, plus "no jitter"), so
-    every jitter op runs on a contiguous slice instead of a scattered subset. On CPU the sorted
-    patches go through in chunks of about CHUNK_BYTES of float pixels: a chunk stays in cache
-    across the dozen passes of colour jitter, and its buffers are small enough for the allocator
-    to reuse, where one 60 MB buffer per pass is fresh memory and pays a page fault per 4 KiB.
+    Two paths, picked by `sync_free` (None: sync-free on any device but the CPU):
+
+    - grouped (CPU): patches are processed sorted by their jitter op order (24 permutations,
+      plus "no jitter"), so every jitter op runs on a contiguous slice, and in chunks of about
+      CHUNK_BYTES of float pixels: a chunk stays in cache across the dozen passes of colour
+      jitter, and its buffers are small enough for the allocator to reuse, where one 60 MB
+      buffer per pass is fresh memory and pays a page fault per 4 KiB. The group sizes and the
+      masked subsets are read on the host: free on a CPU, a stall on a GPU.
+    - sync-free (GPU): every op runs on all patches at once, masks blended with `torch.where`
+      (see `colour.jitter_blended`), resizing in float: nothing waits for the device.
+
+    The same parameters give the same patches on both paths up to the resize: identical with
+    no resize; float resizing rounds once where the CPU's uint8 kernel rounds (and clamps) after
+    each of its two passes, so bilinear 2x upsampling moves about a quarter of the values by one
+    grey level and none by more; bicubic's overshoots, clamped between the uint8 passes, move a
+    few values by up to 6 levels on photo-like images (tests/test_augment.py holds both).
     """
-    order_code = (params.order * torch.tensor([64, 16, 4, 1], device=params.order.device)).sum(1)
+    if sync_free is None:
+        sync_free = images.device.type != "cpu"
+    rows = crop_rows(images, crop)
+    n, c = params.image.numel(), images.shape[1]
+    if sync_free:
+        every = torch.arange(n, device=images.device)
+        return _render(rows, images.shape, params, every, None, crop, size, interpolation)
+    weights = device_constant((64, 16, 4, 1), params.order.device, torch.int64)
+    order_code = (params.order * weights).sum(1)
     group = torch.where(params.jitter, order_code, torch.full_like(order_code, _NO_JITTER))
     perm = group.argsort()
-    n, c = perm.numel(), images.shape[1]
     rendered = torch.empty((n, c, size, size), dtype=torch.uint8, device=images.device)
-    # GPUs want one big launch per op; CPUs want cache-sized work.
     side = min(crop, size)
-    step = n if images.device.type != "cpu" else max(1, CHUNK_BYTES // (4 * c * side * side))
-    rows = _crop_rows(images, crop)
+    step = max(1, CHUNK_BYTES // (4 * c * side * side))
     for start in range(0, n, step):
         idx = perm[start : start + step]
-        rendered[start : start + step] = _render_sorted(
+        rendered[start : start + step] = _render(
             rows, images.shape, params, idx, group[idx], crop, size, interpolation
         )
     return rendered.index_select(0, perm.argsort())  # back to the caller's order
 
 
-def _render_sorted(
+def _render(
     rows: torch.Tensor,
     shape: torch.Size,
     params: PatchParams,
     idx: torch.Tensor,
-    group: torch.Tensor,
+    group: torch.Tensor | None,
     crop: int,
     size: int,
     interpolation: str,
 ) -> torch.Tensor:
-    """Renders patches `idx` (sorted by jitter `group`) from `_crop_rows` of images of `shape`.
+    """Renders patches `idx` from `crop_rows` of images of `shape`; returns (M, C, S, S) uint8.
 
-    Colour jitter and grayscale are per-pixel maps, so they run at the smaller of the crop and
-    the output side: before an upsampling resize, after a downsampling one. EMP-SSL upsamples
-    (a quarter-area crop back to full size), so this is 4x fewer pixels for the costliest ops.
-    Running them before a bilinear upsample changes pixels only where a non-linear map (clamp,
-    hue) meets an edge: on CIFAR-10 test images, 0.54 grey levels on average, less than the
-    choice of bilinear over bicubic resizing changes (2.7). tests/test_augment_reference.py
-    holds every op to torchvision's at full resolution, and this reordering to under one level.
-    Blur and solarize keep their place after the resize: their sigma and threshold are defined
-    on the output patch.
-
-    Returns (M, C, S, S) uint8.
+    `group` holds the jitter groups of `idx` (sorted) on the grouped path, None on the
+    sync-free path. Colour jitter and grayscale are per-pixel maps, so they run at the smaller
+    of the crop and the output side: before an upsampling resize, after a downsampling one.
+    EMP-SSL upsamples (a quarter-area crop back to full size), so this is 4x fewer pixels for
+    the costliest ops. Running them before a bilinear upsample changes pixels only where a
+    non-linear map (clamp, hue) meets an edge: on CIFAR-10 test images, 0.54 grey levels on
+    average, less than the choice of bilinear over bicubic resizing changes (2.7).
+    tests/test_augment_reference.py holds every op to torchvision's at full resolution, and
+    this reordering to under one level. Blur and solarize keep their place after the resize:
+    their sigma and threshold are defined on the output patch.
     """
-    x = _crop_and_flip(rows, shape, params, idx, crop)  # (M, C, crop, crop) uint8, channels-last
+    blend = group is None
+    x = crop_and_flip(rows, shape, params, idx, crop)  # (M, C, crop, crop) uint8, channels-last
     if crop > size:
-        x = _resize(x, size, interpolation)
-    x = _unit_float(x)
+        x = _resize(x, size, interpolation, in_float=blend)
+    x = unit_float(x)
+    if blend:
+        x = jitter_blended(x, params.order[idx], params.factors[idx], params.jitter[idx])
+    else:
+        _jitter_groups(x, group, params.factors[idx])  # type: ignore[arg-type]
+    if x.shape[1] == 3:
+        _apply_to(x, params.gray[idx], lambda p, i: gray(p).expand_as(p), blend)
+    x = quantise(x)
+    if crop < size:
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = _resize(x, size, interpolation, in_float=blend)
+    x = x.contiguous()  # NCHW: the subsets below and the caller's copy move whole patches
+    sigma = params.sigma[idx]
+    _apply_to(
+        x,
+        params.blur[idx],
+        lambda p, i: quantise(gaussian_blur(unit_float(p), sigma[i], SIGMA[1])),
+        blend,
+    )
+    solarize = lambda p, i: torch.where(p >= SOLARIZE_AT, 255 - p, p)  # noqa: E731
+    _apply_to(x, params.solarize[idx], solarize, blend)
+    return x
+
+
+def _jitter_groups(x: torch.Tensor, group: torch.Tensor, factors: torch.Tensor) -> None:
+    """Jitters sorted patches x (M, C, S, S) in place, one op order per contiguous group."""
     codes, counts = torch.unique_consecutive(group, return_counts=True)
     start = 0
     for code, count in zip(codes.tolist(), counts.tolist(), strict=True):
         if code != _NO_JITTER:
             ops = [(code >> shift) & 3 for shift in (6, 4, 2, 0)]
             part = x[start : start + count]
-            part.copy_(_jitter(part, ops, params.factors[idx[start : start + count]]))
+            part.copy_(jitter_in_order(part, ops, factors[start : start + count]))
         start += count
-    if x.shape[1] == 3:
-        _apply_to(x, params.gray[idx], lambda p, i: _gray(p).expand_as(p))
-    x = _quantise(x)
-    if crop < size:
-        x = _resize(x.contiguous(memory_format=torch.channels_last), size, interpolation)
-    x = x.contiguous()  # NCHW: the subsets below and the caller's copy move whole patches
-    sigma = params.sigma[idx]
-    _apply_to(x, params.blur[idx], lambda p, i: _quantise(_gaussian_blur(_unit_float(p), sigma[i])))
-    _apply_to(x, params.solarize[idx], lambda p, i: torch.where(p >= SOLARIZE_AT, 255 - p, p))
-    return x
 
 
-def _resize(x: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
+def _resize(x: torch.Tensor, size: int, interpolation: str, in_float: bool) -> torch.Tensor:
     """(M, C, s, s) uint8 -> (M, C, size, size) uint8, antialiased when shrinking.
 
     uint8 channels-last has a vectorised CPU kernel (3-5x faster than float NCHW) and rounds like
-    PIL's resize; CUDA has no uint8 kernel, so it resizes in float there.
+    PIL's resize; CUDA has no uint8 kernel, so it resizes in float there (and `in_float` asks
+    for that path anywhere).
     """
-    src = x if x.device.type == "cpu" else x.float()
+    src = x.float() if in_float or x.device.type != "cpu" else x
     out = F.interpolate(
         src,
         size=(size, size),
@@ -175,50 +218,6 @@ def _resize(x: torch.Tensor, size: int, interpolation: str) -> torch.Tensor:
     return out if out.dtype == torch.uint8 else out.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _unit_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float in [0, 1], NCHW: the inverse of `_quantise`.
-
-    One pass changes layout and dtype; NCHW keeps every op after it on contiguous planes.
-    """
-    return x.to(torch.float32, memory_format=torch.contiguous_format).mul_(1 / 255)
-
-
-def _quantise(x: torch.Tensor) -> torch.Tensor:
-    """Float pixels in [0, 1] -> uint8, rounding to the nearest level (in place on x first)."""
-    return x.mul_(255).round_().to(torch.uint8)
-
-
-def _crop_rows(images: torch.Tensor, crop: int) -> torch.Tensor:
-    """Every run of `crop` pixels in the images and their mirror images, as one overlapping view.
-
-    Args: images (B, C, H, W) uint8. Returns (2*B*H*W - crop + 1, crop*C) uint8: row k holds the
-    `crop` whole pixels (channels interleaved) from flat pixel k on. A crop is then `crop` rows
-    of this view, which `index_select` copies with one memcpy each: 6x faster than gathering
-    single bytes.
-    """
-    c = images.shape[1]
-    both = torch.cat([images, images.flip(-1)])  # flipped crops read the mirror image
-    flat = both.permute(0, 2, 3, 1).contiguous().view(-1)
-    return flat.as_strided((flat.numel() // c - crop + 1, crop * c), (c, 1))
-
-
-def _crop_and_flip(
-    rows: torch.Tensor, shape: torch.Size, params: PatchParams, idx: torch.Tensor, crop: int
-) -> torch.Tensor:
-    """Copies the crops of patches `idx` out of `_crop_rows` of images of `shape` (B, C, H, W).
-
-    Returns (M, C, crop, crop) uint8 in channels-last layout.
-    """
-    b, c, h, w = shape
-    flip = params.flip[idx]
-    image = params.image[idx] + b * flip  # the mirror of image i is image b + i
-    left = torch.where(flip, w - crop - params.left[idx], params.left[idx])
-    offs = torch.arange(crop, device=rows.device) * w
-    first = ((image * h + params.top[idx]) * w + left)[:, None] + offs  # (M, crop) flat pixels
-    x = rows.index_select(0, first.view(-1)).view(-1, crop, crop, c)
-    return x.permute(0, 3, 1, 2)
-
-
 def multi_patch(
     images: torch.Tensor,
     num_patches: int,
@@ -226,6 +225,8 @@ def multi_patch(
     generator: torch.Generator | None = None,
     crop_scale: float = 0.25,
     interpolation: str = "bilinear",
+    sync_free: bool | None = None,
+    aspect_ratio: tuple[float, float] = (1.0, 1.0),
 ) -> torch.Tensor:
     """Cuts `num_patches` independently augmented patches from every image.
 
@@ -236,6 +237,11 @@ def multi_patch(
         generator: a torch.Generator on images' device, for reproducible patches.
         crop_scale: fraction of the image area each crop covers.
         interpolation: "bilinear" or "bicubic" resize of the crop to S.
+        sync_free: the path that never waits for the device (see `render_patches`); None picks
+            it on any device but the CPU. Tests force either path on the CPU.
+        aspect_ratio: (min, max) width/height of the crops, drawn log-uniformly per patch;
+            (1, 1) cuts square crops as row copies, anything else resamples boxes
+            (`crops`), after which the same flip/colour/blur/solarize ops follow.
 
     Returns:
         (B, n, C, S, S) uint8.
@@ -245,10 +251,56 @@ def multi_patch(
             f"multi_patch expects uint8 (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
         )
     b, c, h, w = images.shape
-    crop = crop_side(h, w, crop_scale)
-    params = sample_patch_params(b, num_patches, h, w, crop, generator, images.device)
-    x = render_patches(images, params, crop, size, interpolation)
+    # Always float32: under a caller's bf16 autocast the blur's convolution would run in bf16
+    # and move pixels by up to 2 grey levels.
+    with torch.autocast(images.device.type, enabled=False):
+        if tuple(aspect_ratio) == (1.0, 1.0):
+            crop = crop_side(h, w, crop_scale)
+            params = sample_patch_params(b, num_patches, h, w, crop, generator, images.device)
+            x = render_patches(images, params, crop, size, interpolation, sync_free)
+        else:
+            ratio = (float(aspect_ratio[0]), float(aspect_ratio[1]))
+            boxes = sample_boxes(b * num_patches, h, w, crop_scale, ratio, generator,
+                                 images.device)
+            crops = resample_boxes(images, boxes, num_patches, size, interpolation)
+            # The boxes are the crops: the rest runs on them as whole S x S "images".
+            params = sample_patch_params(b * num_patches, 1, size, size, size, generator,
+                                         images.device)
+            x = render_patches(crops, params, size, size, interpolation, sync_free)
     return x.view(b, num_patches, c, size, size)
+
+
+def cut_patches(
+    images: torch.Tensor,
+    cfg: PatchConfig,
+    size: int,
+    generator: torch.Generator | None = None,
+    num_patches: int | None = None,
+    sync_free: bool | None = None,
+) -> torch.Tensor:
+    """`multi_patch` with a run's patch settings: training and evaluation cut patches alike.
+
+    Args:
+        images: (B, C, H, W) uint8.
+        cfg: crop scale, aspect ratio, interpolation (and n, unless `num_patches` is given).
+        size: S (the run's resolved patch size).
+        generator: on images' device.
+        num_patches: n; None = cfg.num_patches (evaluation passes its own T).
+        sync_free: see `multi_patch`.
+
+    Returns:
+        (B, n, C, S, S) uint8.
+    """
+    return multi_patch(
+        images,
+        num_patches or cfg.num_patches,
+        size,
+        generator,
+        cfg.crop_scale,
+        cfg.interpolation,
+        sync_free,
+        (cfg.aspect_ratio[0], cfg.aspect_ratio[1]),
+    )
 
 
 def to_model_input(patches: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -260,79 +312,16 @@ def to_model_input(patches: torch.Tensor, channels_last: bool = False) -> torch.
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _apply_to(x: torch.Tensor, mask: torch.Tensor, fn) -> None:  # type: ignore[no-untyped-def]
-    """x[mask] = fn(x[mask], indices) in place, touching only the selected patches."""
+def _apply_to(x: torch.Tensor, mask: torch.Tensor, fn, blend: bool) -> None:  # type: ignore[no-untyped-def]
+    """x[mask] = fn(x[mask], indices) in place.
+
+    The grouped path touches only the selected patches (the subset's size is read on the host);
+    `blend` runs fn on every patch and keeps the selected ones with `torch.where`.
+    """
+    if blend:
+        every = torch.arange(len(x), device=x.device)
+        x.copy_(torch.where(mask[:, None, None, None], fn(x, every), x))
+        return
     idx = mask.nonzero().squeeze(1)
     if idx.numel():
         x.index_copy_(0, idx, fn(x.index_select(0, idx), idx))
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 1, H, W) luma."""
-    r, g, b = x.unbind(1)
-    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(1)
-
-
-def _jitter(x: torch.Tensor, ops: list[int], factors: torch.Tensor) -> torch.Tensor:
-    """ColorJitter on patches sharing one op order. Args: x (M, C, S, S), factors (M, 4)."""
-    for op in ops:
-        if op < 2 or x.shape[1] == 3:  # saturation and hue leave one channel unchanged
-            x = _JITTER_OPS[op](x, factors[:, op])
-    return x
-
-
-def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    return (x * f[:, None, None, None]).clamp_(0, 1)
-
-
-def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    mean = (_gray(x) if x.shape[1] == 3 else x).mean(dim=(1, 2, 3), keepdim=True)
-    f = f[:, None, None, None]
-    return (f * x + (1 - f) * mean).clamp_(0, 1)
-
-
-def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    f = f[:, None, None, None]
-    return (f * x + (1 - f) * _gray(x)).clamp_(0, 1)
-
-
-def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Rotates hue by `shift` turns: RGB -> HSV, h += shift, HSV -> RGB, branch-free.
-
-    Hue h6 is in sixths of a turn, in [0, 6). HSV -> RGB is, for channel k, v - chroma *
-    clamp(2 - d_k, 0, 1), with d_k the circular distance from h6 to the hue where channel k is
-    lowest (3, 5 and 1 for r, g, b). Branches become lerps with 0/1 weights: torch.where has no
-    vectorised CPU kernel.
-    """
-    maxc, minc = x.amax(dim=1), x.amin(dim=1)
-    delta = maxc - minc
-    # Grey pixels (delta 0) get hue 0 instead of NaN; their output ignores the hue anyway.
-    inv = delta.clamp_min(1e-12).reciprocal_()
-    r, g, b = x.unbind(1)
-    hue6 = torch.lerp((r - g).mul_(inv).add_(4), (b - r).mul_(inv).add_(2), (g == maxc).float())
-    hue6 = torch.lerp(hue6, (g - b).mul_(inv), (r == maxc).float())  # red wins ties, as HSV does
-    hue6 = torch.remainder(hue6.add_(6 * shift[:, None, None]), 6)
-    dist = (hue6[:, None] - _HUE_CENTRES.to(x.device)).abs_()
-    dist = torch.minimum(dist, 6 - dist)  # circular distance, in sixths of a turn
-    return dist.neg_().add_(2).clamp_(0, 1).mul_(delta[:, None]).neg_().add_(maxc[:, None])
-
-
-_HUE_CENTRES = torch.tensor([3.0, 5.0, 1.0])[None, :, None, None]  # h6 where r, g, b are lowest
-_JITTER_OPS = (_brightness, _contrast, _saturation, _hue)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-patch sigma. Args: x (M, C, S, S), sigma (M,)."""
-    m, c, s, _ = x.shape
-    radius = min(math.ceil(3 * SIGMA[1]), s - 1)  # covers +-3 sigma of the widest blur
-    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
-    kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma[:, None] ** 2))
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, dim=0)  # (M*C, k)
-    flat = x.reshape(1, m * c, s, s)
-    flat = F.conv2d(
-        F.pad(flat, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=m * c
-    )
-    flat = F.conv2d(
-        F.pad(flat, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=m * c
-    )
-    return flat.view(m, c, s, s)

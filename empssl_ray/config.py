@@ -56,6 +56,9 @@ class PatchConfig:
     interpolation: str = (
         "bilinear"  # resize of the crop to S: bilinear, or bicubic (paper's ImageNet)
     )
+    # [min, max] width/height ratio of the crops, drawn log-uniformly per patch as torchvision's
+    # RandomResizedCrop does; [1, 1] = square crops (paper's CIFAR), [0.75, 1.333] its ImageNet
+    aspect_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])
 
 
 @dataclass
@@ -67,6 +70,9 @@ class ModelConfig:
     hidden_dim: int = 4096  # hidden width of projector g
     proj_dim: int = 1024  # d: output of projector g, the space the loss lives in
     channels_last: bool = False  # NHWC memory format: faster convolutions on recent GPUs
+    # batch norm over all workers' patches (the reference's one GPU sees all n x B) instead of
+    # each worker's share; used only with several GPU workers (SyncBatchNorm needs CUDA)
+    sync_batchnorm: bool = False
 
 
 @dataclass
@@ -89,18 +95,24 @@ class OptimConfig:
     weight_decay: float = 1e-4  # L2 on weights; bias and norm parameters are excluded
     lars_eta: float = 0.005  # LARS trust coefficient; trust ratio clipped at 1
     warmup_steps: int = 0  # linear warm-up steps before the cosine (reference: 0)
-    bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    # bf16 autocast of the model on GPU (ignored on CPU); False = float32, as the reference
+    # trains. The loss and TCR run in float32 either way.
+    bf16: bool = False
 
 
 @dataclass
 class EvalConfig:
-    num_patches: int = 16  # T: patches averaged per image for bag-of-features (paper: 128)
+    num_patches: int = 128  # T: patches averaged per image for bag-of-features (paper: 128)
     batch_size: int = 256  # images per embedding batch
     knn_k: int = 20  # neighbours in the weighted kNN
     knn_temperature: float = 0.07  # temperature of the kNN's exp(similarity / T) weights
     probe_epochs: int = 100  # epochs of the linear probe
-    probe_lr: float = 0.03  # linear probe SGD learning rate (cosine to 0)
-    probe_batch_size: int = 512  # images per linear probe step
+    probe_lr: float = 0.03  # linear probe SGD learning rate (cosine to 0, stepped per epoch)
+    probe_weight_decay: float = 5e-5  # linear probe SGD weight decay (reference: 5e-5)
+    # images per linear probe step; the last partial batch of an epoch is dropped (reference)
+    probe_batch_size: int = 100
+    # standardise features with the training set's mean/std before the probe (reference: no)
+    probe_standardize: bool = False
     monitor_train: int = 1000  # online kNN: labelled training images used as the memory bank
     monitor_test: int = 500  # online kNN: test images scored each epoch (0 disables the monitor)
     monitor_patches: int = 4  # online kNN: patches per image (few: it runs every epoch)

@@ -23,15 +23,18 @@ class _GatherBatch(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, z: torch.Tensor, uneven: bool) -> torch.Tensor:  # type: ignore[override]
         world = dist.get_world_size()
-        sizes = torch.tensor([z.shape[1]], device=z.device)
-        all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
-        dist.all_gather(all_sizes, sizes)
-        ctx.sizes = [int(s.item()) for s in all_sizes]
+        if uneven:
+            # Slice sizes from every rank: reading them makes the host wait for the device.
+            sizes = torch.tensor([z.shape[1]], device=z.device)
+            all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
+            dist.all_gather(all_sizes, sizes)
+            ctx.sizes = [int(s.item()) for s in all_sizes]
+        else:
+            ctx.sizes = [z.shape[1]] * world
         ctx.rank = dist.get_rank()
-        # Uneven last batches happen (drop_last is off in evaluation): pad to the largest slice.
-        biggest = max(ctx.sizes)
+        biggest = max(ctx.sizes)  # uneven slices are padded to the largest
         padded = z.new_zeros(z.shape[0], biggest, *z.shape[2:])
         padded[:, : z.shape[1]] = z
         parts = [torch.empty_like(padded) for _ in range(world)]
@@ -39,22 +42,27 @@ class _GatherBatch(torch.autograd.Function):
         return torch.cat([p[:, :s] for p, s in zip(parts, ctx.sizes, strict=True)], dim=1)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = sum(ctx.sizes[: ctx.rank])
-        return grad[:, start : start + ctx.sizes[ctx.rank]]
+        return grad[:, start : start + ctx.sizes[ctx.rank]], None
 
 
-def gather_batch(z: torch.Tensor) -> torch.Tensor:
+def gather_batch(z: torch.Tensor, uneven: bool = False) -> torch.Tensor:
     """Concatenates every rank's z along the batch dim, keeping gradients.
+
+    Training gives every rank batch_size // world images (the last partial batch is dropped),
+    so by default the slices are taken to be equal and nothing is read on the host; a rank
+    whose slice differs then fails in the collective. `uneven=True` exchanges the sizes first.
 
     Args:
         z: (n, B_local, d) on this rank.
+        uneven: ranks may hold different B_local.
 
     Returns:
         (n, B_global, d), ranks in order; identity when torch.distributed is not running.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z
-    return _GatherBatch.apply(z)  # type: ignore[no-any-return]
+    return _GatherBatch.apply(z, uneven)  # type: ignore[no-any-return]

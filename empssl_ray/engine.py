@@ -7,8 +7,10 @@ the fraction of time spent waiting on data measured around the iterator.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from empssl_ray.augment import multi_patch, to_model_input
+from empssl_ray.augment import cut_patches, to_model_input
 from empssl_ray.config import PretrainConfig
 from empssl_ray.errors import UserError
 from empssl_ray.loss import EMPSSLLoss, Gather
@@ -30,9 +32,11 @@ class NonFiniteLossError(UserError, RuntimeError):
 
 @dataclass
 class StepResult:
-    loss: float
-    tcr: float
-    invariance: float
+    """One step's loss parts, left on the device (0-d, detached) until a report reads them."""
+
+    loss: torch.Tensor
+    tcr: torch.Tensor
+    invariance: torch.Tensor
     lr: float
     patches: int  # patches this worker processed in the step
 
@@ -40,6 +44,28 @@ class StepResult:
 def resolve_patch_size(cfg: PretrainConfig, image_size: int) -> int:
     """S: the configured patch size, else the dataset's image size (the paper's choice)."""
     return cfg.patches.size or image_size
+
+
+def patch_seed(seed: int, rank: int, step: int = 0) -> int:
+    """Seed of rank `rank`'s patch generator from optimiser step `step` on.
+
+    A hash, not arithmetic like seed * 1000 + rank: every (seed, rank, step) gets its own stream,
+    so a rank reseeded at a resume never replays another rank's or its own earlier patches.
+    """
+    digest = hashlib.blake2b(f"{seed}:{rank}:{step}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # manual_seed takes up to 2**64 - 1; keep 63
+
+
+def sync_batchnorm(model: EMPSSLModel, device: torch.device) -> EMPSSLModel:
+    """`model` with every batch norm synchronised across the data-parallel workers.
+
+    Each worker otherwise normalises over its own B/k images x n patches; the reference, on one
+    GPU, over all B x n. SyncBatchNorm has only GPU kernels for the synchronisation.
+    """
+    if device.type == "cpu":
+        raise ValueError("model.sync_batchnorm=true needs GPU workers (ray.use_gpu=true): "
+                         "SyncBatchNorm does not synchronise CPU tensors")
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[return-value]
 
 
 class Trainer:
@@ -53,6 +79,7 @@ class Trainer:
         device: where the model trains.
         gather: cross-worker gather for TCR (None on one process).
         wrap: wraps the model for data parallelism (e.g. Ray's prepare_model); identity if None.
+        rank: this worker's rank: ranks draw different patches, also after a resume.
     """
 
     def __init__(
@@ -64,11 +91,14 @@ class Trainer:
         device: torch.device | str = "cpu",
         gather: Gather | None = None,
         wrap: Callable[[nn.Module], nn.Module] | None = None,
+        rank: int = 0,
     ) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.patch_size = resolve_patch_size(cfg, image_size)
         self.model: EMPSSLModel = build_model(cfg.model, in_channels).to(self.device)
+        if cfg.model.sync_batchnorm and wrap is not None:
+            self.model = sync_batchnorm(self.model, self.device)
         self.net = wrap(self.model) if wrap else self.model  # DDP wrapper or the model itself
         self.loss_fn = EMPSSLLoss(
             cfg.loss.invariance_weight, cfg.loss.tcr_weight, cfg.loss.eps, gather
@@ -77,21 +107,29 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken
         self.autocast = cfg.optim.bf16 and self.device.type == "cuda"
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.run.seed)
+        self.rank = rank
+        # Cut patches on the path that never waits for the device (see augment.render_patches):
+        # the default off the CPU; tests switch it on to run the GPU path on a CPU.
+        self.sync_free_patches = self.device.type != "cpu"
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(patch_seed(cfg.run.seed, rank))
 
     def patches_from_images(self, images: torch.Tensor) -> torch.Tensor:
         """Cuts training patches on this device: (B, C, H, W) uint8 -> (B, n, C, S, S) uint8."""
-        return multi_patch(
+        return cut_patches(
             images.to(self.device, non_blocking=True),
-            self.cfg.patches.num_patches,
+            self.cfg.patches,
             self.patch_size,
             self.generator,
-            self.cfg.patches.crop_scale,
-            self.cfg.patches.interpolation,
+            sync_free=self.sync_free_patches,
         )
 
     def train_step(self, patches: torch.Tensor) -> StepResult:
-        """One optimiser step on (B, n, C, S, S) uint8 patches of B images."""
+        """One optimiser step on (B, n, C, S, S) uint8 patches of B images.
+
+        Reads nothing back from the device: a GPU runs ahead of the host until the next report
+        (`run_epoch` checks the loss is finite there).
+        """
         self.net.train()
         patches = patches.to(self.device, non_blocking=True)
         b, n = patches.shape[:2]
@@ -100,11 +138,6 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             z = self.net(x).z
         loss, parts = self.loss_fn(z.float().view(n, b, -1))
-        if not math.isfinite(parts["loss"]):
-            raise NonFiniteLossError(
-                f"loss is {parts['loss']} at step {self.step} (epoch {self.epoch}); the last "
-                "checkpoint is kept: lower optim.lr or raise loss.eps, then rerun to resume"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         lr = self.optimizer.param_groups[0]["lr"]
@@ -121,9 +154,14 @@ class Trainer:
     ) -> dict[str, float]:
         """Trains on every batch of one epoch; `batches` yield {"patches"} or raw {"image"} tensors.
 
+        Every `log_every` steps (and at the end) the loss parts are read from the device, once,
+        checked to be finite and passed to `on_step`; in between nothing waits for the device.
+        A non-finite loss therefore stops the epoch up to `log_every` steps after it appeared,
+        before any checkpoint of the epoch is written.
+
         Returns the epoch's mean loss parts, patches/s and data-wait fraction.
         """
-        sums = {"loss": 0.0, "tcr": 0.0, "invariance": 0.0}
+        sums = torch.zeros(3, device=self.device)  # loss, tcr, invariance over the epoch's steps
         steps = patches = 0
         wait = 0.0
         start = window_start = time.perf_counter()
@@ -141,39 +179,58 @@ class Trainer:
             else:
                 chunk = self.patches_from_images(batch["image"])
             result = self.train_step(chunk)
-            steps, patches, window_patches = (
-                steps + 1,
-                patches + result.patches,
-                window_patches + result.patches,
-            )
-            for key in sums:
-                sums[key] += getattr(result, key)
-            if on_step and (self.step % log_every == 0):
+            parts = torch.stack([result.loss, result.tcr, result.invariance])
+            sums += parts
+            steps, patches = steps + 1, patches + result.patches
+            window_patches += result.patches
+            if self.step % log_every == 0:
+                last = self._read_finite(torch.cat([parts, sums]))
                 now = time.perf_counter()
-                on_step(
-                    {
-                        **asdict(result),
-                        "step": self.step,
-                        "epoch": self.epoch,
-                        "patches_per_s": window_patches / (now - window_start),
-                        "data_wait_frac": window_wait / (now - window_start),
-                    }
-                )
+                if on_step:
+                    on_step(
+                        {
+                            "loss": last[0],
+                            "tcr": last[1],
+                            "invariance": last[2],
+                            "lr": result.lr,
+                            "patches": result.patches,
+                            "step": self.step,
+                            "epoch": self.epoch,
+                            "patches_per_s": window_patches / (now - window_start),
+                            "data_wait_frac": window_wait / (now - window_start),
+                        }
+                    )
                 window_start, window_patches, window_wait = now, 0, 0.0
         if steps == 0:
             raise RuntimeError(
                 "the epoch had no batches: the dataset is empty or smaller than one batch"
             )
+        means = [v / steps for v in self._read_finite(sums)]
         elapsed = time.perf_counter() - start
         self.epoch += 1
         return {
-            **{k: v / steps for k, v in sums.items()},
+            **dict(zip(("loss", "tcr", "invariance"), means, strict=True)),
             "steps": steps,
             "lr": self.optimizer.param_groups[0]["lr"],
             "patches_per_s": patches / elapsed,
             "data_wait_frac": wait / elapsed,
             "epoch_time_s": elapsed,
         }
+
+    def _read_finite(self, values: torch.Tensor) -> list[float]:
+        """The one host read of a report: loss parts (and sums) as floats, checked finite.
+
+        A NaN or inf in any step since the epoch began stays in the epoch's sums, so a check
+        that includes them sees every step. Raises NonFiniteLossError otherwise.
+        """
+        floats: list[float] = values.tolist()
+        bad = [v for v in floats if not math.isfinite(v)]
+        if bad:
+            raise NonFiniteLossError(
+                f"loss is {bad[0]} at or before step {self.step} (epoch {self.epoch}); the last "
+                "checkpoint is kept: lower optim.lr or raise loss.eps, then rerun to resume"
+            )
+        return floats
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resume needs: model, optimiser, schedule, counters and the config."""
@@ -184,14 +241,35 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "generator": self.generator.get_state(),
+            "generator_rank": self.rank,  # whose stream `generator` is (only one rank saves)
             "config": asdict(self.cfg),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores a `state_dict`; the patch generator continues, or is reseeded.
+
+        The saved generator is the saving rank's (rank 0's): that rank continues its stream
+        exactly; every other rank reseeds from (seed, rank, step), or all ranks would draw the
+        same patches from here on. A state of another device type (CPU generators hold 5,056
+        bytes, CUDA ones 16) cannot be restored at all: the run continues reseeded, with a
+        warning, instead of failing every retry.
+        """
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-        if "generator" in state:
-            self.generator.set_state(state["generator"].cpu())
+        saved = state.get("generator")
+        current = self.generator.get_state()
+        if saved is not None and saved.numel() != current.numel():
+            warnings.warn(
+                f"patch generator state of {saved.numel()} bytes does not fit this "
+                f"{self.device.type} generator ({current.numel()} bytes; the checkpoint comes "
+                f"from another device type): patches continue reseeded at step {self.step}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        elif saved is not None and int(state.get("generator_rank", 0)) == self.rank:
+            self.generator.set_state(saved.cpu())
+            return
+        self.generator.manual_seed(patch_seed(self.cfg.run.seed, self.rank, self.step))
 

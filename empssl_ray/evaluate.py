@@ -6,7 +6,6 @@ evaluation job (locally or inside Ray Data actors) and the GPU script all call i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empssl_ray.augment import multi_patch, to_model_input
+from empssl_ray.augment import cut_patches, to_model_input
+from empssl_ray.config import EvalConfig, PatchConfig
+from empssl_ray.devices import to_device
 
 
 @torch.no_grad()
@@ -25,7 +26,8 @@ def embed_images(
     patch_size: int,
     generator: torch.Generator | None = None,
     channels_last: bool = False,
-    crop_scale: float = 0.25,
+    patches: PatchConfig | None = None,
+    bf16: bool = False,
 ) -> torch.Tensor:
     """Bag-of-features: the mean pre-feature h over `num_patches` training-style patches.
 
@@ -36,13 +38,19 @@ def embed_images(
         patch_size: S.
         generator: for reproducible patches (on images' device).
         channels_last: feed the model NHWC tensors.
-        crop_scale: fraction of the image area each crop covers.
+        patches: the run's patch settings (crop scale, aspect ratio, interpolation), so that
+            evaluation cuts patches as training did; None = PatchConfig's defaults. Its
+            num_patches and size are not used (T and S are the arguments).
+        bf16: run the model (only the model) under bf16 autocast on images' device.
 
     Returns:
         (B, prefeature_dim) float32 embeddings.
     """
-    patches = multi_patch(images, num_patches, patch_size, generator, crop_scale)  # (B, T, C, S, S)
-    h = model.encode(to_model_input(patches, channels_last))  # type: ignore[operator]
+    # Patches are cut in float32 whatever the caller's autocast (multi_patch turns it off):
+    # the same patches as training's, not bf16-blurred ones.
+    cut = cut_patches(images, patches or PatchConfig(), patch_size, generator, num_patches)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        h = model.encode(to_model_input(cut, channels_last))  # type: ignore[operator]
     return h.float().view(images.shape[0], num_patches, -1).mean(dim=1)
 
 
@@ -65,11 +73,12 @@ def embed_dataset(
     channels_last: bool = False,
     bf16: bool = False,
     out_device: torch.device | str = "cpu",
+    patches: PatchConfig | None = None,
 ) -> torch.Tensor:
     """`embed_images` over uint8 images (N, C, H, W) in batches -> (N, D) float32 on out_device.
 
-    Images may already sit on `device` (the GPU script keeps everything there); bf16 autocast
-    applies on CUDA only.
+    Images may already sit on `device` (the GPU script keeps everything there); host images
+    bound for a GPU travel pinned. bf16 autocast applies on CUDA only, to the model only.
     """
     from tqdm.auto import tqdm
 
@@ -80,9 +89,9 @@ def embed_dataset(
     out = []
     for sl in tqdm(list(iterate_batches(len(images), batch_size)), desc=progress,
                    disable=progress is None, leave=False):
-        batch = torch.as_tensor(images[sl]).to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            emb = embed_images(model, batch, num_patches, patch_size, generator, channels_last)
+        batch = to_device(torch.as_tensor(images[sl]), device)
+        emb = embed_images(model, batch, num_patches, patch_size, generator, channels_last,
+                           patches, bf16=autocast)
         out.append(emb.to(out_device))
     return torch.cat(out)
 
@@ -127,47 +136,56 @@ def linear_probe(
     test_y: torch.Tensor,
     epochs: int = 100,
     lr: float = 0.03,
-    batch_size: int = 512,
-    weight_decay: float = 5e-4,
+    batch_size: int = 100,
+    weight_decay: float = 5e-5,
+    standardize: bool = False,
     seed: int = 0,
     progress: str | None = None,
 ) -> dict[str, float]:
     """Linear classifier on frozen features; reports the LAST epoch's test accuracy.
 
-    Reporting the best epoch would pick a model by its test score. Features are standardised
-    with the training set's statistics, so one learning rate fits encoders of any scale.
+    The reference's protocol: SGD with momentum 0.9, batches of `batch_size` in a fresh random
+    order each epoch with the last partial batch dropped, cosine from `lr` to 0 stepped once per
+    epoch, raw features. Reporting the best epoch would pick a model by its test score.
 
     Args:
         train_x: (N, D); train_y: (N,); test_x: (M, D); test_y: (M,).
+        standardize: first scale features to zero mean, unit std with the training set's
+            statistics (not the reference's; one learning rate then fits encoders of any scale).
 
     Returns:
-        {"probe_acc": last-epoch test accuracy, "probe_train_acc": last-epoch train accuracy}.
+        {"probe_acc": last-epoch test accuracy, "probe_train_acc": last-epoch train accuracy
+        over the batches it trained on}.
     """
     from tqdm.auto import trange
 
     torch.manual_seed(seed)
     device = train_x.device  # runs wherever the features are (the GPU script keeps them there)
     train_y, test_y = train_y.to(device), test_y.to(device)
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    if standardize:
+        mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+        train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     clf = nn.Linear(train_x.shape[1], num_classes).to(device)
     opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(train_x) / batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
-    train_correct = 0
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    full = len(train_x) // batch_size * batch_size  # the last partial batch is dropped
+    if full == 0:
+        raise ValueError(f"eval.probe_batch_size={batch_size} exceeds the {len(train_x)} "
+                         "training features: lower it")
+    train_correct = torch.zeros((), device=device)
     for _ in trange(epochs, desc=progress, disable=progress is None, leave=False):
         order = torch.randperm(len(train_x), device=device)
-        train_correct = 0
-        for sl in iterate_batches(len(train_x), batch_size):
+        train_correct.zero_()
+        for sl in iterate_batches(full, batch_size):
             idx = order[sl]
             logits = clf(train_x[idx])
             loss = F.cross_entropy(logits, train_y[idx].long())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
-            train_correct += int((logits.argmax(1) == train_y[idx]).sum())
+            train_correct += (logits.argmax(1) == train_y[idx]).sum()
+        sched.step()
     with torch.no_grad():
         test_correct = sum(
             int((clf(test_x[sl]).argmax(1) == test_y[sl]).sum())
@@ -175,8 +193,25 @@ def linear_probe(
         )
     return {
         "probe_acc": test_correct / len(test_x),
-        "probe_train_acc": train_correct / len(train_x),
+        "probe_train_acc": float(train_correct) / full,
     }
+
+
+def probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    cfg: EvalConfig,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """`linear_probe` with the eval config's protocol: what the jobs and the GPU script run."""
+    return linear_probe(
+        train_x, train_y, test_x, test_y, cfg.probe_epochs, cfg.probe_lr, cfg.probe_batch_size,
+        cfg.probe_weight_decay, cfg.probe_standardize, seed,
+        progress="linear probe" if progress else None,
+    )
 
 
 def evaluate_features(
@@ -184,24 +219,13 @@ def evaluate_features(
     train_y: torch.Tensor,
     test_x: torch.Tensor,
     test_y: torch.Tensor,
-    knn_k: int = 20,
-    knn_temperature: float = 0.07,
-    probe_epochs: int = 100,
-    probe_lr: float = 0.03,
-    probe_batch_size: int = 512,
+    cfg: EvalConfig,
+    seed: int = 0,
     progress: bool = False,
 ) -> dict[str, float]:
     """kNN and linear probe on the same features: the metrics an evaluation reports."""
-    metrics = linear_probe(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        probe_epochs,
-        probe_lr,
-        probe_batch_size,
-        progress="linear probe" if progress else None,
-    )
-    metrics["knn_acc"] = knn_accuracy(train_x, train_y, test_x, test_y, knn_k, knn_temperature)
+    metrics = probe(train_x, train_y, test_x, test_y, cfg, seed, progress)
+    metrics["knn_acc"] = knn_accuracy(train_x, train_y, test_x, test_y, cfg.knn_k,
+                                      cfg.knn_temperature)
     metrics.update(num_train=len(train_x), num_test=len(test_x))
     return metrics

@@ -32,29 +32,37 @@ def total_coding_rate(z: torch.Tensor, eps: float = 0.2) -> torch.Tensor:
     """
     if z.dim() != 3:
         raise ValueError(f"total_coding_rate expects z of shape (n, B, d), got {tuple(z.shape)}")
-    # logdet in bf16/fp16 loses everything: do it in float32 at least, even under autocast.
+    # logdet in bf16/fp16 loses everything: float32 at least, and autocast off, which would
+    # otherwise run the Gram matmul in bf16 whatever z's dtype.
     z = z.float() if z.dtype not in (torch.float32, torch.float64) else z
-    _, b, d = z.shape
-    scale = d / (b * eps)
-    gram = z @ z.transpose(1, 2) if b < d else z.transpose(1, 2) @ z  # (n, m, m), m = min(B, d)
-    m = gram.shape[-1]
-    eye = torch.eye(m, dtype=z.dtype, device=z.device)
-    mat = eye + scale * gram
-    return 0.5 * _logdet_spd(mat)
+    with torch.autocast(z.device.type, enabled=False):
+        _, b, d = z.shape
+        scale = d / (b * eps)
+        gram = z @ z.transpose(1, 2) if b < d else z.transpose(1, 2) @ z  # (n, m, m), m=min(B, d)
+        m = gram.shape[-1]
+        eye = torch.eye(m, dtype=z.dtype, device=z.device)
+        mat = eye + scale * gram
+        return 0.5 * _logdet_spd(mat)
 
 
 def _logdet_spd(mat: torch.Tensor) -> torch.Tensor:
     """logdet of a batch of symmetric positive definite matrices (..., m, m) -> (...).
 
     I + c Z Z^T has every eigenvalue >= 1, so Cholesky succeeds in exact arithmetic; rounding on
-    near-collapsed inputs can still break it, and then the (slower, pivoted) LU logdet takes over.
-    It redoes the whole batch rather than the failed views: a failed factor holds NaNs, and NaNs
-    leak into the gradients of the views kept through 0 * NaN in the backward.
+    near-collapsed inputs can still break it, and then the (pivoted) LU logdet stands in for the
+    views it failed on. Nothing here reads a value on the host (a GPU would stall for it): the
+    views that factorise are found first, without gradients; then each path gets a batch in
+    which the other path's views are the identity, so neither factors a matrix it cannot, and
+    no NaN of a failed factor leaks into the gradients through 0 * NaN. Three small batched
+    factorisations (m = min(B, d), 100 in the paper) instead of one: microseconds on a GPU.
     """
-    chol, info = torch.linalg.cholesky_ex(mat)
-    if bool((info != 0).any()):
-        return torch.linalg.slogdet(mat)[1]
-    return 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    with torch.no_grad():
+        ok = (torch.linalg.cholesky_ex(mat)[1] == 0)[..., None, None]
+    eye = torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device).expand_as(mat)
+    chol = torch.linalg.cholesky_ex(torch.where(ok, mat, eye))[0]
+    by_chol = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    by_lu = torch.linalg.slogdet(torch.where(ok, eye, mat))[1]
+    return torch.where(ok[..., 0, 0], by_chol, by_lu)
 
 
 def patch_invariance(z: torch.Tensor) -> torch.Tensor:
@@ -92,12 +100,16 @@ def empssl_loss(
     Returns:
         (loss, tcr, invariance): scalars; tcr and invariance are the means over views.
     """
-    z_global = gather(z) if gather is not None else z
-    tcr = total_coding_rate(z_global, eps).mean()
-    # Invariance is a per-image quantity: the local mean, averaged by DDP over workers, is the
-    # global mean, so it needs no gather.
-    invariance = patch_invariance(z).mean()
-    loss = -tcr_weight * tcr - invariance_weight * invariance
+    # The whole loss in float32 even under the backbone's bf16 autocast (the reference trains
+    # in float32): autocast is off here, and a bf16 z is promoted.
+    z = z.float() if z.dtype not in (torch.float32, torch.float64) else z
+    with torch.autocast(z.device.type, enabled=False):
+        z_global = gather(z) if gather is not None else z
+        tcr = total_coding_rate(z_global, eps).mean()
+        # Invariance is a per-image quantity: the local mean, averaged by DDP over workers, is
+        # the global mean, so it needs no gather.
+        invariance = patch_invariance(z).mean()
+        loss = -tcr_weight * tcr - invariance_weight * invariance
     return loss, tcr, invariance
 
 
@@ -126,9 +138,13 @@ class EMPSSLLoss(nn.Module):
         self.eps = eps
         self.gather = gather
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Args: z (n, B, d). Returns the scalar loss and its parts as floats for logging."""
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Args: z (n, B, d). Returns the scalar loss and its parts for logging.
+
+        The parts stay detached 0-d tensors on z's device: turning them into floats makes the
+        host wait for the device, so the caller does it once per report, not per step.
+        """
         loss, tcr, inv = empssl_loss(
             z, self.invariance_weight, self.tcr_weight, self.eps, self.gather
         )
-        return loss, {"loss": loss.item(), "tcr": tcr.item(), "invariance": inv.item()}
+        return loss, {"loss": loss.detach(), "tcr": tcr.detach(), "invariance": inv.detach()}

@@ -1,7 +1,9 @@
 """Backbones (a small registry of ResNets), the pre-feature head h and the projector g.
 
-The CIFAR/Tiny-ImageNet stems keep resolution early on (3x3 stride-1 first conv) because 32-64
-pixel patches would otherwise be 8-16 pixels wide after the ImageNet stem.
+As the reference's models, which are torchvision's resnet18 with changes: the CIFAR stem keeps
+resolution early on (3x3 stride-1 first conv, no max-pool) because 32-pixel patches would
+otherwise be 8 pixels wide after the ImageNet stem; Tiny ImageNet and ImageNet keep torchvision's
+stem (7x7 stride 2, then max-pool). Weights start as torchvision initialises them.
 """
 
 from __future__ import annotations
@@ -43,23 +45,27 @@ class ResNet(nn.Module):
         blocks: blocks per stage (ResNet-18: 2, 2, 2, 2).
         width: channels of the first stage; doubled at each later stage.
         in_channels: image channels (1 for Fashion-MNIST).
-        stem: "cifar" (3x3 s1, no pool), "tiny" (3x3 s1 + max-pool), "imagenet" (7x7 s2 + max-pool).
+        stem: "cifar" (3x3 s1, no pool) or "imagenet" (7x7 s2 + max-pool, torchvision's).
     """
 
     def __init__(self, blocks: tuple[int, ...], width: int, in_channels: int, stem: str) -> None:
         super().__init__()
-        if stem == "imagenet":
-            conv = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
-        else:
-            conv = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        pool = nn.Identity() if stem == "cifar" else nn.MaxPool2d(3, 2, 1)
-        self.stem = nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True), pool)
+        if stem not in ("cifar", "imagenet"):
+            raise ValueError(f"unknown stem {stem!r}: cifar or imagenet")
         stages, c_in = [], width
         for i, n in enumerate(blocks):
             c_out = width * 2**i
             for j in range(n):
                 stages.append(BasicBlock(c_in, c_out, 2 if (j == 0 and i > 0) else 1))
                 c_in = c_out
+        conv = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
+        _torchvision_init(conv, *stages)
+        if stem == "cifar":
+            # The reference swaps this conv into an initialised torchvision resnet18, so it
+            # keeps PyTorch's default init (built after _torchvision_init, which it skips).
+            conv = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        pool = nn.Identity() if stem == "cifar" else nn.MaxPool2d(3, 2, 1)
+        self.stem = nn.Sequential(conv, nn.BatchNorm2d(width), nn.ReLU(inplace=True), pool)
         self.stages = nn.Sequential(*stages)
         self.out_dim = c_in
 
@@ -68,9 +74,24 @@ class ResNet(nn.Module):
         return torch.flatten(F.adaptive_avg_pool2d(self.stages(self.stem(x)), 1), 1)
 
 
+def _torchvision_init(*modules: nn.Module) -> None:
+    """torchvision's ResNet init: convs Kaiming-normal (fan-out, ReLU gain), BN weight 1, bias 0.
+
+    PyTorch's default for a conv is Kaiming-uniform with a = sqrt(5), a third of the variance.
+    """
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+
 BACKBONES: dict[str, Callable[[int, int], ResNet]] = {
     "resnet18-cifar": lambda width, c: ResNet((2, 2, 2, 2), width, c, "cifar"),
-    "resnet18-tinyimagenet": lambda width, c: ResNet((2, 2, 2, 2), width, c, "tiny"),
+    # The reference's Tiny ImageNet model is torchvision's resnet18 unchanged: ImageNet stem.
+    "resnet18-tinyimagenet": lambda width, c: ResNet((2, 2, 2, 2), width, c, "imagenet"),
     "resnet18-imagenet": lambda width, c: ResNet((2, 2, 2, 2), width, c, "imagenet"),
     # One block per stage: a quarter of the depth, for CPU tests and demos.
     "resnet-narrow": lambda width, c: ResNet((1, 1, 1, 1), width, c, "cifar"),

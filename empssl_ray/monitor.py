@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from empssl_ray.config import DataConfig, EvalConfig
+from empssl_ray.config import DataConfig, EvalConfig, PatchConfig
 from empssl_ray.datasets import open_dataset
 from empssl_ray.evaluate import embed_dataset, knn_accuracy
 
@@ -38,8 +38,10 @@ def sample_split(
 class KnnMonitor:
     """Holds a small labelled bank and query set; `__call__` scores an encoder on them."""
 
-    def __init__(self, data: DataConfig, cfg: EvalConfig, patch_size: int, seed: int = 0) -> None:
+    def __init__(self, data: DataConfig, cfg: EvalConfig, patch_size: int, seed: int = 0,
+                 patches: PatchConfig | None = None) -> None:
         self.cfg, self.patch_size, self.seed = cfg, patch_size, seed
+        self.patches = patches  # the run's patch settings: cut as training cuts
         self.train = sample_split(data, "train", cfg.monitor_train, seed)
         self.test = sample_split(data, "test", cfg.monitor_test, seed + 1)
 
@@ -48,7 +50,7 @@ class KnnMonitor:
         was_training = model.training
         feats = [
             embed_dataset(model, x, self.cfg.monitor_patches, self.patch_size,
-                          self.cfg.batch_size, device, self.seed)
+                          self.cfg.batch_size, device, self.seed, patches=self.patches)
             for x, _ in (self.train, self.test)
         ]
         model.train(was_training)

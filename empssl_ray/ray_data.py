@@ -17,7 +17,7 @@ import numpy as np
 import ray
 import torch
 
-from empssl_ray.augment import multi_patch
+from empssl_ray.augment import cut_patches
 from empssl_ray.config import DataConfig, PatchConfig, RayConfig
 from empssl_ray.datasets import Chunk, DatasetInfo, ImageDataset, decode_images, open_dataset
 from empssl_ray.faults import maybe_die, maybe_slow
@@ -169,8 +169,7 @@ class PatchCutter:
         maybe_die(self.faults, "KILL_AUGMENT_AFTER", self.batches, self.fault_dir)
         maybe_slow(self.faults, "SLOW_AUGMENT_S")
         images = torch.from_numpy(np.ascontiguousarray(np.stack(list(batch["image"]))))
-        patches = multi_patch(images, self.cfg.num_patches, self.size, self.generator,
-                              self.cfg.crop_scale, self.cfg.interpolation)
+        patches = cut_patches(images, self.cfg, self.size, self.generator)
         if self.counter is not None:
             self.counter.add.remote("augmented_images", len(images))
         return {"patches": patches.numpy(), **{k: np.asarray(batch[k]) for k in self.carry}}

@@ -22,6 +22,7 @@ from empssl_ray.config import (
     PretrainConfig,
     RayConfig,
 )
+from empssl_ray.devices import device_for_reserved_gpus
 from empssl_ray.evaluate import embed_images, evaluate_features
 from empssl_ray.models import build_model
 from empssl_ray.ray_data import read_images
@@ -31,20 +32,22 @@ class Embedder:
     """Actor body: uint8 images -> bag-of-features embeddings with a frozen encoder."""
 
     def __init__(self, state: dict[str, Any], model_cfg: ModelConfig, in_channels: int,
-                 cfg: EvalConfig, patch_size: int, seed: int) -> None:
+                 cfg: EvalConfig, patch_size: int, seed: int,
+                 patches: PatchConfig | None = None) -> None:
         cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(cpus)
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # The GPU Ray reserved, if any: a CPU-reserved actor on a GPU node stays off the GPU.
+        self.device = device_for_reserved_gpus(ray.get_gpu_ids(), torch.cuda.is_available())
         self.model = build_model(model_cfg, in_channels).to(self.device)
         self.model.load_state_dict(state)
         self.model.eval()
-        self.cfg, self.patch_size = cfg, patch_size
+        self.cfg, self.patch_size, self.patches = cfg, patch_size, patches  # training's cuts
         self.generator = torch.Generator(device=self.device).manual_seed(seed + os.getpid())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = torch.from_numpy(np.ascontiguousarray(np.stack(list(batch["image"]))))
         emb = embed_images(self.model, images.to(self.device), self.cfg.num_patches,
-                           self.patch_size, self.generator)
+                           self.patch_size, self.generator, patches=self.patches)
         return {"embedding": emb.cpu().numpy(), "label": np.asarray(batch["label"])}
 
 
@@ -57,7 +60,7 @@ def embed_split(
     ds = ds.map_batches(
         Embedder,
         fn_constructor_args=(state, model_cfg, info.channels, cfg, patches.size or info.image_size,
-                             seed),
+                             seed, patches),
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, ray_cfg.aug_max_actors)),
         num_cpus=ray_cfg.aug_cpus_per_actor,
@@ -87,10 +90,7 @@ def evaluate_encoder(
     """Bag-of-features on train and test on Ray, then linear probe (last epoch) and kNN."""
     train = embed_split(state, model_cfg, data, "train", patches, cfg, ray_cfg, seed, progress)
     test = embed_split(state, model_cfg, data, "test", patches, cfg, ray_cfg, seed + 1, progress)
-    metrics = evaluate_features(*train, *test, knn_k=cfg.knn_k,
-                                knn_temperature=cfg.knn_temperature,
-                                probe_epochs=cfg.probe_epochs, probe_lr=cfg.probe_lr,
-                                probe_batch_size=cfg.probe_batch_size, progress=progress)
+    metrics = evaluate_features(*train, *test, cfg, seed, progress)
     metrics["eval_patches"] = cfg.num_patches
     return metrics
 

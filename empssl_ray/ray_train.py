@@ -93,8 +93,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     per_epoch = config["steps_per_epoch"]
     trainer = Trainer(cfg, info.channels, info.image_size, per_epoch * cfg.optim.epochs, device,
                       gather=gather_batch if world > 1 else None,
-                      wrap=ray.train.torch.prepare_model if world > 1 else None)
-    trainer.generator.manual_seed(cfg.run.seed * 1000 + rank)  # patches differ across ranks
+                      wrap=ray.train.torch.prepare_model if world > 1 else None,
+                      rank=rank)  # patches differ across ranks, also after a resume
     run_dir, faults, counter = config["run_dir"], config["faults"], config["counter"]
     state = resume_state(run_dir)
     if state is not None:
@@ -103,7 +103,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = MetricsLogger(run_dir) if lead else None
     monitor = None
     if lead and cfg.eval.monitor_test > 0:
-        monitor = KnnMonitor(cfg.data, cfg.eval, trainer.patch_size, cfg.run.seed)
+        monitor = KnnMonitor(cfg.data, cfg.eval, trainer.patch_size, cfg.run.seed, cfg.patches)
     shard = ray.train.get_dataset_shard("train")
 
     def on_step(metrics: dict[str, float]) -> None:

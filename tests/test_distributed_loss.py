@@ -43,8 +43,9 @@ def _worker(rank: int, port: int, queue) -> None:
     loss_t = torch.tensor([loss], dtype=torch.float64)
     dist.all_reduce(loss_t)
     # An uneven split (7 + 5 images) exercises the gather's padding: TCR still sees all 12.
-    uneven = raw[:, :7] if rank == 0 else raw[:, 7:]
-    tcr = total_coding_rate(F.normalize(gather_batch(uneven) @ weight, dim=-1)).mean().item()
+    part = raw[:, :7] if rank == 0 else raw[:, 7:]
+    gathered = gather_batch(part, uneven=True)
+    tcr = total_coding_rate(F.normalize(gathered @ weight, dim=-1)).mean().item()
     # numpy, not tensors: torch would share tensor storage that dies with this process.
     queue.put(
         (

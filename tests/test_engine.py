@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from empssl_ray.config import ModelConfig, PretrainConfig
-from empssl_ray.engine import NonFiniteLossError, Trainer
+from empssl_ray.engine import NonFiniteLossError, Trainer, patch_seed
 
 
 def tiny_config() -> PretrainConfig:
@@ -72,3 +72,108 @@ def test_nan_loss_stops_with_a_clear_message() -> None:
         trainer.model.projector[0].weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="lower optim.lr"):
         trainer.run_epoch(batches(1))
+
+
+def _trained_state(rank: int = 0) -> dict:
+    torch.manual_seed(0)
+    trainer = Trainer(tiny_config(), 3, 32, steps_total=4, rank=rank)
+    trainer.run_epoch(batches(2))
+    return trainer.state_dict()
+
+
+def test_gpu_checkpoint_resumes_on_cpu_reseeded_with_a_warning() -> None:
+    state = _trained_state()
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)  # what a CUDA generator saves
+    resumed = Trainer(tiny_config(), 3, 32, steps_total=4)
+    with pytest.warns(RuntimeWarning, match="16 bytes.*reseeded at step 2"):
+        resumed.load_state_dict(state)
+    expected = torch.Generator().manual_seed(patch_seed(0, 0, 2))
+    assert torch.equal(resumed.generator.get_state(), expected.get_state())
+    assert resumed.run_epoch(batches(1))["steps"] == 1  # and the run goes on
+
+
+class CudaSizedGenerator:
+    """Stands in for a CUDA generator: a 16-byte state that refuses any other size."""
+
+    def __init__(self) -> None:
+        self.seeds: list[int] = []
+
+    def get_state(self) -> torch.Tensor:
+        return torch.zeros(16, dtype=torch.uint8)
+
+    def set_state(self, state: torch.Tensor) -> None:
+        raise RuntimeError(f"Expected a 'cuda' generator state of size 16, got {state.numel()}")
+
+    def manual_seed(self, seed: int) -> "CudaSizedGenerator":
+        self.seeds.append(seed)
+        return self
+
+
+def test_cpu_checkpoint_resumes_on_a_cuda_sized_generator_reseeded() -> None:
+    state = _trained_state()
+    assert state["generator"].numel() == 5056  # a CPU generator's state
+    resumed = Trainer(tiny_config(), 3, 32, steps_total=4)
+    resumed.generator = CudaSizedGenerator()  # type: ignore[assignment]
+    with pytest.warns(RuntimeWarning, match="5056 bytes"):
+        resumed.load_state_dict(state)
+    assert resumed.generator.seeds == [patch_seed(0, 0, 2)]  # type: ignore[attr-defined]
+
+
+def test_ranks_draw_different_patches_after_a_resume() -> None:
+    state = _trained_state(rank=0)  # only rank 0 saves
+    ranks = [Trainer(tiny_config(), 3, 32, steps_total=4, rank=r) for r in (0, 1)]
+    for trainer in ranks:
+        trainer.load_state_dict(state)
+    assert torch.equal(ranks[0].generator.get_state(), state["generator"])  # rank 0 continues
+    assert not torch.equal(ranks[1].generator.get_state(), state["generator"])
+    images = batches(1, seed=3)[0]["image"]
+    p0, p1 = (trainer.patches_from_images(images) for trainer in ranks)
+    assert not torch.equal(p0, p1)
+    # Rank 1's new stream is reproducible and is not its stream from the start replayed.
+    again = Trainer(tiny_config(), 3, 32, steps_total=4, rank=1)
+    again.load_state_dict(state)
+    assert torch.equal(again.patches_from_images(images), p1)
+    fresh = Trainer(tiny_config(), 3, 32, steps_total=4, rank=1)
+    assert not torch.equal(fresh.patches_from_images(images), p1)
+
+
+def test_fresh_ranks_draw_different_patches() -> None:
+    images = batches(1)[0]["image"]
+    p0, p1 = (Trainer(tiny_config(), 3, 32, 4, rank=r).patches_from_images(images) for r in (0, 1))
+    assert not torch.equal(p0, p1)
+
+
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__")
+
+
+@pytest.fixture
+def host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every call of a tensor method that makes the host wait for a GPU's results."""
+    calls: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(host_reads: list[str]) -> None:
+    trainer = Trainer(tiny_config(), 3, 32, steps_total=8)
+    trainer.sync_free_patches = True  # the GPU's patch path, run on the CPU
+    images = batches(1)[0]["image"]
+    host_reads.clear()
+    trainer.train_step(trainer.patches_from_images(images))
+    assert host_reads == []
+    # An epoch of 6 steps reporting every 3: one read per report and one at the end.
+    logged: list[dict] = []
+    trainer.run_epoch(batches(6), on_step=logged.append, log_every=3)
+    assert len(logged) == 2 and host_reads == ["tolist"] * 3
+    # The counter sees reads: the grouped CPU path reads its group sizes on the host.
+    trainer.sync_free_patches = False
+    host_reads.clear()
+    trainer.patches_from_images(images)
+    assert "tolist" in host_reads

@@ -1,8 +1,9 @@
-"""kNN and linear probe reach ~100% on separable features; bag-of-features shapes."""
+"""kNN and linear probe reach ~100% on separable features; bag-of-features embeddings."""
 
 import torch
 
-from empssl_ray.config import ModelConfig
+from empssl_ray.augment import cut_patches, to_model_input
+from empssl_ray.config import ModelConfig, PatchConfig
 from empssl_ray.evaluate import embed_dataset, embed_images, knn_accuracy, linear_probe
 from empssl_ray.models import build_model
 
@@ -29,13 +30,73 @@ def test_probe_and_knn_are_at_chance_on_random_labels() -> None:
     assert linear_probe(xtr, ytr, xte, yte, epochs=10)["probe_acc"] < 0.45
 
 
-def test_bag_of_features_averages_patch_embeddings() -> None:
+def _small_model() -> torch.nn.Module:
+    cfg = ModelConfig(backbone="resnet-narrow", width=4, prefeature_dim=8, hidden_dim=8, proj_dim=4)
+    return build_model(cfg, 3).eval()
+
+
+def test_bag_of_features_is_the_mean_of_the_patch_embeddings() -> None:
+    model = _small_model()
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    emb = embed_images(model, images, 5, 16, torch.Generator().manual_seed(0))
+    # The same patches by hand: one h per patch, then the mean over each image's 5.
+    patches = cut_patches(images, PatchConfig(), 16, torch.Generator().manual_seed(0), 5)
+    with torch.no_grad():
+        h = model.encode(to_model_input(patches)).view(6, 5, -1)
+    torch.testing.assert_close(emb, h.mean(dim=1))
+    assert not torch.allclose(emb, h[:, 0], atol=1e-4)  # a mean, not one patch's h
+    all_at_once = embed_dataset(model, images.numpy(), 5, 16, batch_size=4)
+    assert all_at_once.shape == (6, 8) and torch.isfinite(all_at_once).all()
+
+
+def test_evaluation_cuts_patches_with_the_training_settings() -> None:
+    model = _small_model()
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+
+    def embed(cfg: PatchConfig) -> torch.Tensor:
+        return embed_dataset(model, images.numpy(), 4, 16, batch_size=6, seed=1, patches=cfg)
+
+    quarter, half = embed(PatchConfig(crop_scale=0.25)), embed(PatchConfig(crop_scale=0.5))
+    assert not torch.allclose(quarter, half, atol=1e-4)  # patches.crop_scale reaches evaluation
+    boxes = embed(PatchConfig(aspect_ratio=[0.75, 1.333], interpolation="bicubic"))
+    assert not torch.allclose(quarter, boxes, atol=1e-4)
+    # ... and evaluation's patches are exactly what training's cutter makes of the images.
+    cfg = PatchConfig(crop_scale=0.5, interpolation="bicubic")
+    patches = cut_patches(images, cfg, 16, torch.Generator().manual_seed(1), 4)
+    with torch.no_grad():
+        by_hand = model.encode(to_model_input(patches)).view(6, 4, -1).mean(1)
+    torch.testing.assert_close(embed(cfg), by_hand)
+
+
+class InputRecorder(torch.nn.Module):
+    """Wraps a model's encode and keeps every input it sees."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.clone())
+        return self.model.encode(x)  # type: ignore[operator]
+
+
+def test_bf16_autocast_leaves_the_evaluation_patches_float32_exact() -> None:
     cfg = ModelConfig(backbone="resnet-narrow", width=4, prefeature_dim=8, hidden_dim=8, proj_dim=4)
     model = build_model(cfg, 3).eval()
-    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    emb = embed_images(
-        model, images, num_patches=3, patch_size=16, generator=torch.Generator().manual_seed(0)
-    )
-    assert emb.shape == (6, 8)
-    all_at_once = embed_dataset(model, images.numpy(), 3, 16, batch_size=4)
-    assert all_at_once.shape == (6, 8) and torch.isfinite(all_at_once).all()
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    plain, simulated = InputRecorder(model), InputRecorder(model)
+    embed_dataset(plain, images.numpy(), 20, 32, batch_size=4, seed=3)
+    # CPU autocast stands in for CUDA's: it runs conv2d (the blur's op) in bf16 too.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embed_dataset(simulated, images.numpy(), 20, 32, batch_size=4, seed=3)
+    for a, b in zip(plain.inputs, simulated.inputs, strict=True):
+        assert torch.equal(a, b)
+    # bf16=True runs the model in bf16 (other embeddings) on the same float32-exact patches.
+    def first_batch(bf16: bool) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(3)  # embed_dataset's generator for its first batch
+        return embed_images(simulated, images[:4], 20, 32, gen, bf16=bf16)
+
+    low, full = first_batch(bf16=True), first_batch(bf16=False)
+    assert torch.equal(simulated.inputs[-2], plain.inputs[0])
+    assert low.dtype == torch.float32 and not torch.equal(low, full)

@@ -107,6 +107,7 @@ def test_quick_run_on_cpu(tmp_path: Path) -> None:
         "decode train",
         "decode test",
         "upload",
+        "warm-up",
         "train epoch 1",
         "embed train",
         "embed test",
@@ -116,6 +117,9 @@ def test_quick_run_on_cpu(tmp_path: Path) -> None:
     assert stages["train epoch 1"]["items"] == (512 // 64) * 64 * 2  # steps x batch x patches
     assert stages["embed test"]["items"] == 256 * 2
     assert all(s["seconds"] > 0 for s in stages.values())
+    assert stages["warm-up"]["items"] == 1 == result["warmup_steps"]
+    # Steady state: reports every 2 of the 8 steps, rate between the first and the last.
+    assert result["train_steady_patches_per_s"] > 0
     assert math.isfinite(result["train_loss"]) and result["train_loss"] < 0  # -TCR - 200 * inv
     for key in ("probe_acc", "probe_train_acc", "knn_acc"):
         assert 0.0 <= result[key] <= 1.0, key
@@ -123,3 +127,11 @@ def test_quick_run_on_cpu(tmp_path: Path) -> None:
     assert result["config"]["patches"]["num_patches"] == 2
     text = proc.stdout
     assert "[train epoch 1]" in text and "linear probe" in text and "total" in text
+
+
+def test_steady_rate_counts_only_between_the_first_and_last_report() -> None:
+    from bench.gpu_headline import steady_rate
+
+    # Start-up before the first report (t=0 -> 5 s) is left out: 20 steps x 100 in 2 s.
+    assert steady_rate([(5.0, 10), (6.0, 20), (7.0, 30)], 100) == 20 * 100 / 2
+    assert steady_rate([(5.0, 10)], 100) is None

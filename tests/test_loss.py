@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from empssl_ray.loss import EMPSSLLoss, patch_invariance, total_coding_rate
+from empssl_ray.loss import EMPSSLLoss, _logdet_spd, patch_invariance, total_coding_rate
 
 
 def reference_tcr(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -58,7 +58,8 @@ def test_identical_patches_maximise_invariance() -> None:
     loss = EMPSSLLoss()
     _, parts_same = loss(same)
     _, parts_noisy = loss(noisy)
-    assert parts_same["invariance"] == pytest.approx(1.0) and parts_noisy["invariance"] < 1.0
+    assert float(parts_same["invariance"]) == pytest.approx(1.0)
+    assert float(parts_noisy["invariance"]) < 1.0
 
 
 def test_loss_combines_weighted_parts() -> None:
@@ -67,9 +68,34 @@ def test_loss_combines_weighted_parts() -> None:
     value, parts = EMPSSLLoss(invariance_weight=3.0, tcr_weight=2.0, eps=0.5)(z)
     expected = -2.0 * reference_tcr(z.double(), 0.5).mean() - 3.0 * patch_invariance(z).mean()
     assert value.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert parts["loss"] == pytest.approx(value.item())
+    assert float(parts["loss"]) == pytest.approx(value.item())
+    assert all(not p.requires_grad and p.dim() == 0 for p in parts.values())  # floats per report
 
 
 def test_bad_eps_is_rejected() -> None:
     with pytest.raises(ValueError, match="eps"):
         EMPSSLLoss(eps=0.0)
+
+
+def test_logdet_falls_back_per_view_where_cholesky_fails() -> None:
+    good = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+    bad = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)  # det -3: no Cholesky
+    mat = torch.stack([good, bad, good]).requires_grad_()
+    value = _logdet_spd(mat)
+    expected = torch.stack([torch.logdet(good), torch.log(torch.tensor(3.0)).double(),
+                            torch.logdet(good)])
+    torch.testing.assert_close(value, expected)
+    value.sum().backward()
+    assert torch.isfinite(mat.grad).all()  # the failed factor's NaNs stay out of the gradient
+    torch.testing.assert_close(mat.grad[0], torch.linalg.inv(good).T)
+    torch.testing.assert_close(mat.grad[1], torch.linalg.inv(bad).T)
+
+
+def test_loss_stays_float32_under_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(4, 16, 32), dim=-1)
+    plain, _ = EMPSSLLoss()(z)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under, parts = EMPSSLLoss()(z)
+    assert under.dtype == torch.float32 and parts["tcr"].dtype == torch.float32
+    torch.testing.assert_close(under, plain)

@@ -1,0 +1,64 @@
+"""jobs/export.py: the exported weights in torchvision's resnet18 give our backbone's features."""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from empssl_ray.config import ModelConfig, PretrainConfig
+from empssl_ray.models import build_model
+from jobs.export import main
+
+
+def _checkpoint(tmp_path: Path, backbone: str, width: int = 64) -> tuple[Path, torch.nn.Module]:
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=backbone, width=width, prefeature_dim=32, hidden_dim=16,
+                      proj_dim=8)
+    model = build_model(cfg, 3)
+    with torch.no_grad():  # trained-looking batch norms: eval-mode features depend on them
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    path = tmp_path / "checkpoint_0001" / "checkpoint.pt"
+    path.parent.mkdir()
+    torch.save({"model": model.state_dict(), "config": asdict(PretrainConfig(model=cfg)),
+                "epoch": 1}, path)
+    return path, model.eval()
+
+
+@pytest.mark.parametrize("backbone,side", [("resnet18-cifar", 32), ("resnet18-tinyimagenet", 64)])
+def test_exported_weights_in_torchvision_give_our_features(
+    tmp_path: Path, backbone: str, side: int
+) -> None:
+    path, ours = _checkpoint(tmp_path, backbone)
+    paths = main([str(path), "--out", str(tmp_path / "out")])
+    notes = json.loads(Path(paths["export.json"]).read_text())
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()
+    if notes["stem"] == "cifar":  # the three lines the README shows
+        net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        net.maxpool = torch.nn.Identity()
+    net.load_state_dict(torch.load(paths["resnet18.pt"]))  # strict: every key, no extra
+    net.eval()
+    head = torch.nn.Sequential(torch.nn.Linear(512, notes["prefeature_dim"]),
+                               torch.nn.BatchNorm1d(notes["prefeature_dim"]), torch.nn.ReLU())
+    head.load_state_dict(torch.load(paths["prefeature_head.pt"]))
+    head.eval()
+    x = torch.rand(4, 3, side, side) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), ours.backbone(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(head(net(x)), ours.encode(x), rtol=1e-5, atol=1e-5)
+    assert not any(k.startswith("projector") for k in torch.load(paths["resnet18.pt"]))
+    assert notes["backbone"] == backbone and notes["in_channels"] == 3
+
+
+def test_backbones_that_are_not_resnet18_are_refused(tmp_path: Path) -> None:
+    path, _ = _checkpoint(tmp_path, "resnet-narrow", width=8)
+    with pytest.raises(ValueError, match="not torchvision's"):
+        main([str(path.parent)])
