@@ -1,14 +1,13 @@
 """Ray Data adapter: any registered dataset as a shuffled stream of uint8 patch batches.
 
-Reading happens in Ray tasks (Parquet through `read_parquet`; the other formats chunk by chunk
-through the core readers), never in the driver. Patches are cut by `PatchCutter` actors in an
+Reading happens in Ray tasks, chunk by chunk through the core readers (row groups for Parquet),
+never in the driver. Patches are cut by `PatchCutter` actors in an
 elastic pool (min..max actors), so CPU nodes can be added while training runs. Everything
 travels as uint8: S*S*C bytes per patch; the trainer normalises on its device.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from functools import partial
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 
 from empssl_ray.augment import cut_patches
 from empssl_ray.config import DataConfig, PatchConfig, RayConfig
-from empssl_ray.datasets import Chunk, DatasetInfo, ImageDataset, decode_images, open_dataset
+from empssl_ray.datasets import Chunk, DatasetInfo, ImageDataset, open_dataset
 from empssl_ray.faults import maybe_die, maybe_slow
 
 ROWS_PER_READ_TASK = 10_000  # images one read task loads (a few MB to a few hundred MB)
@@ -90,18 +89,6 @@ def _blocks_of_pieces(chunks: list[Chunk], block_rows: int) -> list[dict[str, li
     return blocks
 
 
-def _decode_parquet(batch: dict[str, np.ndarray], cfg: DataConfig, info: DatasetInfo,
-                    counter: Any) -> dict:
-    """Task body: encoded image bytes -> uint8 (b, C, H, W) images, bad rows named or counted."""
-    labels = batch[cfg.label_column]
-    where = [f"{path} (label {y})" for path, y in zip(batch["path"], labels, strict=True)]
-    images, keep = decode_images(list(batch[cfg.image_column]), where, info.channels,
-                                 info.image_size, cfg.on_bad_image)
-    if (~keep).any() and counter is not None:
-        counter.add.remote("skipped_images", int((~keep).sum()))
-    return {"image": images, "label": np.asarray(batch[cfg.label_column], dtype=np.int64)[keep]}
-
-
 def read_images(
     cfg: DataConfig, split: str, counter: Any = None, read_cpus: float = 1.0,
     block_rows: int = ROWS_PER_READ_TASK,
@@ -120,18 +107,14 @@ def read_images(
         (dataset, info, number of rows before bad images are skipped).
     """
     dataset = open_dataset(cfg, split)
-    if dataset.info.name == "parquet":
-        files = sorted({c.source for c in dataset.chunks})
-        ds = ray.data.read_parquet(files, include_paths=True, num_cpus=read_cpus,
-                                   override_num_blocks=math.ceil(len(dataset) / block_rows))
-        ds = ds.select_columns([cfg.image_column, cfg.label_column, "path"]).limit(len(dataset))
-        ds = ds.map_batches(partial(_decode_parquet, cfg=cfg, info=dataset.info, counter=counter),
-                            batch_size=256, num_cpus=read_cpus)
-    else:
-        pieces = _blocks_of_pieces(dataset.chunks, block_rows)
-        ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
-        ds = ds.map_batches(partial(_load_pieces, dataset=dataset, counter=counter),
-                            batch_size=1, num_cpus=read_cpus)
+    # Every format, Parquet included, reads the driver's chunks (row groups for Parquet): the
+    # rows are exactly the ones the driver picked (data.*_limit spreads them over the files),
+    # and the block count is ours. Ray's read_parquet merges small files into one block, which
+    # left the actor pool one task an epoch.
+    pieces = _blocks_of_pieces(dataset.chunks, block_rows)
+    ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
+    ds = ds.map_batches(partial(_load_pieces, dataset=dataset, counter=counter),
+                        batch_size=1, num_cpus=read_cpus)
     return ds, dataset.info, len(dataset)
 
 

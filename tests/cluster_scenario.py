@@ -218,7 +218,9 @@ def main(work: Path, data: str, store: str) -> dict:
             f"sweep.storage_path={store}/sweeps", "sweep.num_samples=1", *s3_data, *placement,
             "ray.patches_on_trainer=false", "ray.aug_min_actors=1", "ray.aug_max_actors=1",
             "ray.aug_cpus_per_actor=0.25", "ray.cpus_per_worker=0.25", "ray.read_cpus=0.1",
-            "sweep.trial_cpus=0.05")
+            "sweep.trial_cpus=0.05", "ray.aug_batch_size=8",
+            # 64 batches an epoch, 0.05 s longer each: pools live long enough to be seen at once.
+            env={"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.05"})
         peak = {"cutters": 0, "trainers": 0}
 
         def sweep_ended() -> bool:
@@ -236,6 +238,7 @@ def main(work: Path, data: str, store: str) -> dict:
         seen["sweep_peak"] = peak
         seen["sweep_augment_nodes"] = nodes_of(CUTTER)
         seen["sweep_results"] = storage.read_text(f"{sweep_dir}/results.csv")
+        seen["sweep_trial_runs"] = [e.name for e in storage.list_dir(f"{sweep_dir}/trials")]
 
         # 5. The best trial's YAML starts a run (Ray Train's local mode, data still on S3).
         best = work / "best"

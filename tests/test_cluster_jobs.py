@@ -105,6 +105,7 @@ def test_sweep_submitted_as_a_job_runs_two_trials_with_their_own_pools(scenario:
     # Two trials at once, each with its trainer and its own augmentation actor.
     assert scenario["sweep_peak"]["trainers"] >= 2 and scenario["sweep_peak"]["cutters"] >= 2
     assert set(scenario["sweep_augment_nodes"]) <= {"augment-a", "augment-b"}
+    assert len(scenario["sweep_trial_runs"]) == 2  # each trial's run on S3
 
 
 def test_best_trial_yaml_starts_a_run(scenario: dict) -> None:
