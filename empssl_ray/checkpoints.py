@@ -60,12 +60,6 @@ def load_checkpoint(location: str) -> dict[str, Any]:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
 
 
-def load_encoder_state(location: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(model state_dict, run config dict) of a checkpoint file or folder."""
-    state = load_checkpoint(location)
-    return state["model"], state["config"]
-
-
 def save_checkpoint(state: dict[str, Any], folder: str) -> None:
     """Writes `state` as the checkpoint file of a (local) folder handed to Ray Train."""
     torch.save(state, storage.join(folder, CHECKPOINT_FILE))

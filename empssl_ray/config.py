@@ -183,7 +183,11 @@ class EvaluateConfig(PretrainConfig):
 
     checkpoint: str | None = None  # checkpoint dir to evaluate; None = run.name's latest
     random_init: bool = False  # evaluate a random-init encoder instead (the baseline)
-    output: str | None = None  # metrics JSON path; None = <run dir>/eval.json
+    output: str | None = None  # metrics JSON path or URI; None = <run dir>/eval.json
+    # transfer: registry name of a dataset to evaluate on instead of `data` (channels and image
+    # size may differ from the pretraining data's); data's limits apply to it too
+    eval_data: str | None = None
+    eval_data_root: str | None = None  # its directory or URI; None = the dataset's default place
 
 
 
@@ -223,6 +227,29 @@ class TuneJobConfig(PretrainConfig):
 
 
 @dataclass
+class ReproduceConfig:
+    # rows of the paper's table: experiment=paper/<row> names, e.g. [cifar10-1ep-20p]; [] = all
+    rows: list[str] = field(default_factory=list)
+    # CPU-sized: each row shrunk to the smoke model, 512 / 256 images, 1 epoch, a tenth of its
+    # patches (at least 2), on CPU workers: checks the whole path, reproduces no figure
+    quick: bool = False
+    # dataset name -> Parquet folder or URI made by jobs/prepare.py (read as data=parquet);
+    # e.g. {cifar10: s3://bucket/cifar10}. Rows of other datasets use their preset's data
+    data_roots: dict[str, str] = field(default_factory=dict)
+    name: str = "paper"  # sweep name; rerunning the same name resumes it
+    storage_path: str = "sweeps"  # where it lives: a local dir or a URI (s3://...)
+    max_concurrent_trials: int = 4  # rows trained at once
+    trial_cpus: float = 0.1  # CPUs each row's driver function holds (its trainers ask their own)
+
+
+@dataclass
+class ReproduceJobConfig:
+    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
+    address: str | None = None  # Ray cluster address; None = the job's cluster or a local Ray
+    progress: bool = True  # progress bars while evaluating
+
+
+@dataclass
 class PrepareConfig:
     rows_per_file: int = 10_000  # images per part-NNNNN.parquet file
     progress: bool = True  # progress bar per split
@@ -244,6 +271,7 @@ def register_configs() -> None:
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="tune_schema", node=TuneJobConfig)
     cs.store(name="prepare_schema", node=PrepareJobConfig)
+    cs.store(name="reproduce_schema", node=ReproduceJobConfig)
 
 
 def to_dataclass(cfg: Any, cls: type) -> Any:

@@ -96,6 +96,7 @@ class Trainer:
         self.cfg = cfg
         self.device = torch.device(device)
         self.patch_size = resolve_patch_size(cfg, image_size)
+        self.in_channels = in_channels
         self.model: EMPSSLModel = build_model(cfg.model, in_channels).to(self.device)
         if cfg.model.sync_batchnorm and wrap is not None:
             self.model = sync_batchnorm(self.model, self.device)
@@ -243,6 +244,9 @@ class Trainer:
             "generator": self.generator.get_state(),
             "generator_rank": self.rank,  # whose stream `generator` is (only one rank saves)
             "config": asdict(self.cfg),
+            # What evaluation needs to feed the encoder data of another dataset (transfer).
+            "in_channels": self.in_channels,
+            "patch_size": self.patch_size,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

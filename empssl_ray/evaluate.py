@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from empssl_ray.augment import cut_patches, to_model_input
+from empssl_ray.colour import gray
 from empssl_ray.config import EvalConfig, PatchConfig
 from empssl_ray.devices import to_device
 
@@ -52,6 +53,18 @@ def embed_images(
     with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
         h = model.encode(to_model_input(cut, channels_last))  # type: ignore[operator]
     return h.float().view(images.shape[0], num_patches, -1).mean(dim=1)
+
+
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, C, H, W) uint8 images with the encoder's channel count: grey repeated into RGB, RGB
+    turned into ITU-R 601 luma (evaluating on a dataset other than the pretraining one)."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3 and images.shape[1] == 1:
+        return images.expand(-1, 3, -1, -1)
+    if channels == 1 and images.shape[1] == 3:
+        return gray(images.float()).round_().clamp_(0, 255).to(torch.uint8)
+    raise ValueError(f"cannot turn {images.shape[1]}-channel images into {channels} channels")
 
 
 def iterate_batches(n: int, batch_size: int) -> Iterator[slice]:

@@ -112,9 +112,9 @@ def read_images(
     # and the block count is ours. Ray's read_parquet merges small files into one block, which
     # left the actor pool one task an epoch.
     pieces = _blocks_of_pieces(dataset.chunks, block_rows)
-    ds = ray.data.from_items(pieces, override_num_blocks=len(pieces))
-    ds = ds.map_batches(partial(_load_pieces, dataset=dataset, counter=counter),
-                        batch_size=1, num_cpus=read_cpus)
+    ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
+        partial(_load_pieces, dataset=dataset, counter=counter), batch_size=1,
+        num_cpus=read_cpus)
     return ds, dataset.info, len(dataset)
 
 

@@ -7,6 +7,7 @@ driver, where the (N, D) features end up.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from empssl_ray.config import (
     RayConfig,
 )
 from empssl_ray.devices import device_for_reserved_gpus
-from empssl_ray.evaluate import embed_images, evaluate_features
+from empssl_ray.evaluate import embed_images, evaluate_features, match_channels
 from empssl_ray.models import build_model
 from empssl_ray.ray_data import read_images
 
@@ -42,25 +43,27 @@ class Embedder:
         self.model.load_state_dict(state)
         self.model.eval()
         self.cfg, self.patch_size, self.patches = cfg, patch_size, patches  # training's cuts
+        self.in_channels = in_channels
         self.generator = torch.Generator(device=self.device).manual_seed(seed + os.getpid())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = torch.from_numpy(np.ascontiguousarray(np.stack(list(batch["image"]))))
+        images = match_channels(images, self.in_channels)  # another dataset's (transfer)
         emb = embed_images(self.model, images.to(self.device), self.cfg.num_patches,
                            self.patch_size, self.generator, patches=self.patches)
         return {"embedding": emb.cpu().numpy(), "label": np.asarray(batch["label"])}
 
 
 def embed_split(
-    state: dict[str, Any], model_cfg: ModelConfig, data: DataConfig, split: str,
-    patches: PatchConfig, cfg: EvalConfig, ray_cfg: RayConfig, seed: int, progress: bool,
+    encoder: Encoder, data: DataConfig, split: str, cfg: EvalConfig, ray_cfg: RayConfig,
+    seed: int, progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeds a whole split on Ray. Returns features (N, D) float32 and labels (N,) int64."""
     ds, info, rows = read_images(data, split, read_cpus=ray_cfg.read_cpus)
     ds = ds.map_batches(
         Embedder,
-        fn_constructor_args=(state, model_cfg, info.channels, cfg, patches.size or info.image_size,
-                             seed, patches),
+        fn_constructor_args=(encoder.state, encoder.model, encoder.in_channels, cfg,
+                             encoder.patch_size or info.image_size, seed, encoder.patches),
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, ray_cfg.aug_max_actors)),
         num_cpus=ray_cfg.aug_cpus_per_actor,
@@ -77,47 +80,91 @@ def embed_split(
     return torch.cat(feats), torch.cat(labels)
 
 
+@dataclass
+class Encoder:
+    """A frozen encoder and how it was trained to see images."""
+
+    state: dict[str, Any]  # the EMPSSLModel's state_dict
+    model: ModelConfig  # its architecture
+    in_channels: int  # image channels it takes
+    patches: PatchConfig  # how its training cut patches (evaluation cuts them the same way)
+    patch_size: int | None  # S it was trained on; None = the evaluated dataset's image size
+    data_name: str  # the dataset it was pretrained on
+
+
+def load_encoder(checkpoint: str) -> Encoder:
+    """The encoder of a checkpoint file or folder (local or URI)."""
+    from empssl_ray.checkpoints import load_checkpoint
+    from empssl_ray.datasets import open_dataset
+
+    state = load_checkpoint(checkpoint)
+    run = state["config"]
+    patches = PatchConfig(**run["patches"])
+    # Checkpoints record channels and patch size; older ones: from the run's own dataset.
+    channels = state.get("in_channels")
+    if channels is None:
+        info = open_dataset(DataConfig(**run["data"]), "train").info
+        channels, patch_size = info.channels, patches.size or info.image_size
+    else:
+        patch_size = state["patch_size"]
+    return Encoder(state["model"], ModelConfig(**run["model"]), channels, patches, patch_size,
+                   run["data"]["name"])
+
+
 def random_init_state(model_cfg: ModelConfig, in_channels: int, seed: int) -> dict[str, Any]:
     """A freshly initialised encoder's weights: the baseline every result is compared to."""
     torch.manual_seed(seed)
     return build_model(model_cfg, in_channels).state_dict()
 
 
-def evaluate_encoder(
-    state: dict[str, Any], model_cfg: ModelConfig, data: DataConfig, patches: PatchConfig,
-    cfg: EvalConfig, ray_cfg: RayConfig, seed: int = 0, progress: bool = True,
-) -> dict[str, float]:
+def random_encoder(cfg: PretrainConfig, like: Encoder | None, data: DataConfig) -> Encoder:
+    """A freshly initialised encoder, shaped like `like` (or by cfg for `data`): the baseline."""
+    from empssl_ray.datasets import open_dataset
+
+    if like is not None:
+        return Encoder(random_init_state(like.model, like.in_channels, cfg.run.seed), like.model,
+                       like.in_channels, like.patches, like.patch_size, "none (random init)")
+    channels = open_dataset(data, "train").info.channels
+    return Encoder(random_init_state(cfg.model, channels, cfg.run.seed), cfg.model, channels,
+                   cfg.patches, cfg.patches.size, "none (random init)")
+
+
+def evaluate_encoder(encoder: Encoder, data: DataConfig, cfg: EvalConfig, ray_cfg: RayConfig,
+                     seed: int = 0, progress: bool = True) -> dict[str, float]:
     """Bag-of-features on train and test on Ray, then linear probe (last epoch) and kNN."""
-    train = embed_split(state, model_cfg, data, "train", patches, cfg, ray_cfg, seed, progress)
-    test = embed_split(state, model_cfg, data, "test", patches, cfg, ray_cfg, seed + 1, progress)
+    train = embed_split(encoder, data, "train", cfg, ray_cfg, seed, progress)
+    test = embed_split(encoder, data, "test", cfg, ray_cfg, seed + 1, progress)
     metrics = evaluate_features(*train, *test, cfg, seed, progress)
     metrics["eval_patches"] = cfg.num_patches
     return metrics
 
 
 def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None,
-                        with_random_init: bool = False) -> dict[str, dict[str, float]]:
+                        with_random_init: bool = False,
+                        eval_data: DataConfig | None = None) -> dict[str, Any]:
     """What both jobs report: the checkpoint's encoder and/or a random-init one, same protocol.
 
     Args:
-        cfg: data, patches, eval and Ray settings of the evaluation.
+        cfg: data, eval and Ray settings of the evaluation (patches: for random init only; a
+            checkpoint's encoder is evaluated with the patch settings it was trained with).
         checkpoint: checkpoint file or folder (local or URI); None evaluates random init only.
         with_random_init: also evaluate a random-init encoder of the same architecture.
+        eval_data: evaluate on this dataset instead of cfg.data (transfer: channels and image
+            size may differ from the pretraining data's).
 
     Returns:
-        {"pretrained": metrics, "random init": metrics}, each row present when asked for.
+        {"pretrain_data": name, "eval_data": name, "pretrained": metrics, "random init":
+        metrics}, each metrics row present when asked for.
     """
-    from empssl_ray.checkpoints import load_encoder_state
-    from empssl_ray.datasets import open_dataset
-
-    model_cfg, states = cfg.model, {}
-    if checkpoint is not None:
-        state, run_cfg = load_encoder_state(checkpoint)
-        model_cfg = ModelConfig(**run_cfg["model"])  # the architecture it was trained with
-        states["pretrained"] = state
-    if checkpoint is None or with_random_init:
-        channels = open_dataset(cfg.data, "train").info.channels
-        states["random init"] = random_init_state(model_cfg, channels, cfg.run.seed)
-    return {name: evaluate_encoder(state, model_cfg, cfg.data, cfg.patches, cfg.eval, cfg.ray,
-                                   cfg.run.seed, cfg.run.progress)
-            for name, state in states.items()}
+    data = eval_data or cfg.data
+    trained = load_encoder(checkpoint) if checkpoint is not None else None
+    encoders = {"pretrained": trained} if trained is not None else {}
+    if trained is None or with_random_init:
+        encoders["random init"] = random_encoder(cfg, trained, data)
+    results: dict[str, Any] = {
+        "pretrain_data": trained.data_name if trained is not None else "none (random init)",
+        "eval_data": data.name}
+    for name, encoder in encoders.items():
+        results[name] = evaluate_encoder(encoder, data, cfg.eval, cfg.ray, cfg.run.seed,
+                                         cfg.run.progress)
+    return results

@@ -2,6 +2,7 @@
 
     python jobs/evaluate.py run.name=smoke experiment=smoke        # latest checkpoint of a run
     python jobs/evaluate.py checkpoint=s3://bucket/runs/smoke/checkpoint_... random_init=true
+    python jobs/evaluate.py run.name=smoke experiment=smoke eval_data=cifar100   # transfer
 """
 
 from __future__ import annotations
@@ -18,28 +19,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from empssl_ray.cli import init_ray, preflight, run_job  # noqa: E402
 from empssl_ray.config import EvaluateConfig, register_configs  # noqa: E402
-from jobs.pretrain import EVAL_COLUMNS, write_eval  # noqa: E402
+from jobs.pretrain import write_eval  # noqa: E402
 
 
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
     """Embeds train and test on Ray, fits the probe and kNN, writes the metrics JSON.
 
     Returns:
-        {"pretrained": metrics} for a checkpoint, {"random init": metrics} with random_init.
+        {"pretrain_data": name, "eval_data": name, "pretrained": metrics} for a checkpoint,
+        with "random init" in place of "pretrained" under random_init.
     """
     from empssl_ray import storage
     from empssl_ray.checkpoints import latest_checkpoint, run_dir_of
+    from empssl_ray.config import DataConfig
     from empssl_ray.ray_eval import evaluate_checkpoint
-    from empssl_ray.tracking import format_table
 
     init_ray(cfg.ray.address)
     preflight(cfg)
     run_dir = run_dir_of(cfg)
     source = None if cfg.random_init else (cfg.checkpoint or latest_checkpoint(run_dir))
-    results = evaluate_checkpoint(cfg, source)
+    eval_data = None
+    if cfg.eval_data is not None:  # transfer: another dataset, with data's limits
+        eval_data = DataConfig(name=cfg.eval_data, root=cfg.eval_data_root,
+                               train_limit=cfg.data.train_limit, test_limit=cfg.data.test_limit)
+    results = evaluate_checkpoint(cfg, source, eval_data=eval_data)
     output = storage.resolve(cfg.output or storage.join(run_dir, "eval.json"))
     write_eval(output, source or "random init", results)
-    print(format_table(results, EVAL_COLUMNS))
     print(f"metrics: {output}")
     return results
 

@@ -29,10 +29,15 @@ EVAL_COLUMNS = ["probe_acc", "knn_acc", "num_train", "num_test", "eval_patches"]
 
 
 def write_eval(location: str, checkpoint: str, results: dict[str, Any]) -> None:
-    """eval.json: which checkpoint, and one metrics row per encoder evaluated."""
+    """eval.json: which checkpoint, the pretraining and evaluation datasets, and one metrics row
+    per encoder evaluated; the same rows as a table on stdout."""
     from empssl_ray import storage
+    from empssl_ray.tracking import format_table
 
     storage.write_text(location, json.dumps({"checkpoint": checkpoint, **results}, indent=2))
+    rows = {name: row for name, row in results.items() if isinstance(row, dict)}
+    print(f"evaluated on {results['eval_data']} (pretrained on {results['pretrain_data']}):")
+    print(format_table(rows, EVAL_COLUMNS))
 
 
 def main(cfg: PretrainConfig) -> dict[str, Any]:
@@ -41,7 +46,6 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
     from empssl_ray.checkpoints import latest_checkpoint, run_dir_of
     from empssl_ray.ray_eval import evaluate_checkpoint
     from empssl_ray.ray_train import pretrain
-    from empssl_ray.tracking import format_table
 
     init_ray(cfg.ray.address)
     preflight(cfg)
@@ -60,7 +64,6 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
         checkpoint = latest_checkpoint(run_dir)
         results = evaluate_checkpoint(cfg, checkpoint, cfg.run.compare_random_init)
         write_eval(storage.join(run_dir, "eval.json"), checkpoint, results)
-        print(format_table(results, EVAL_COLUMNS))
         summary["eval"] = results
     storage.write_text(storage.join(run_dir, "summary.json"),
                        json.dumps({**summary, "config": asdict(cfg)}, indent=2, default=str))

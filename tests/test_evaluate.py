@@ -100,3 +100,15 @@ def test_bf16_autocast_leaves_the_evaluation_patches_float32_exact() -> None:
     low, full = first_batch(bf16=True), first_batch(bf16=False)
     assert torch.equal(simulated.inputs[-2], plain.inputs[0])
     assert low.dtype == torch.float32 and not torch.equal(low, full)
+
+
+def test_match_channels_turns_grey_into_rgb_and_back() -> None:
+    from empssl_ray.evaluate import match_channels
+
+    grey = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
+    rgb = match_channels(grey, 3)
+    assert rgb.shape == (2, 3, 4, 4) and (rgb == grey).all()
+    assert torch.equal(match_channels(rgb, 1), grey)  # equal channels: luma is the grey value
+    assert match_channels(grey, 1) is grey
+    colour = torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1)
+    assert int(match_channels(colour, 1)) == round(0.299 * 255)

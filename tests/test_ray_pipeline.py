@@ -100,6 +100,23 @@ def test_evaluate_job_reevaluates_the_run_from_s3(smoke_run) -> None:  # type: i
     assert results["pretrained"]["num_test"] == 256
 
 
+def test_transfer_evaluation_on_another_dataset(smoke_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Pretrained on 1-channel 28x28 Fashion-MNIST, evaluated on 3-channel 16x16 images."""
+    from jobs.evaluate import main
+
+    cfg, _, run_dir, _ = smoke_run
+    other = write_image_parquet(tmp_path / "rgb")
+    ev = compose("evaluate", ["experiment=smoke", "data=parquet", f"data.root={cfg.data.root}",
+                              f"run.storage_path={cfg.run.storage_path}", "run.progress=false",
+                              "eval.probe_epochs=5", "eval_data=parquet",
+                              f"eval_data_root={other}", f"output={tmp_path / 'transfer.json'}"])
+    results = main(ev)
+    written = json.loads((tmp_path / "transfer.json").read_text())
+    assert written["pretrain_data"] == "parquet" and written["eval_data"] == "parquet"
+    assert written["pretrained"]["num_train"] == 96 and written["pretrained"]["num_test"] == 48
+    assert results["pretrained"]["probe_acc"] == written["pretrained"]["probe_acc"]
+
+
 def test_rerun_with_the_same_name_resumes(smoke_run) -> None:  # type: ignore[no-untyped-def]
     from jobs.pretrain import main
 

@@ -1,0 +1,66 @@
+"""jobs/reproduce.py: the paper's rows as parallel trials, CPU-sized (--quick), and its table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from empssl_ray.ray_reproduce import paper_figure, paper_rows
+
+ROWS = ["cifar10-1ep-20p", "cifar100-1ep-20p"]
+
+
+def test_every_row_of_the_papers_table_has_a_preset_and_its_figure() -> None:
+    rows = paper_rows()
+    assert len(rows) == 12 and set(ROWS) <= set(rows)
+    assert paper_figure("cifar10-1ep-20p") == 80.6
+    assert all(50 < paper_figure(row) < 100 for row in rows)
+
+
+@pytest.fixture(scope="module")
+def quick_run(ray_session, tmp_path_factory):  # type: ignore[no-untyped-def]
+    from empssl_ray.config import DataConfig, ReproduceConfig, ReproduceJobConfig
+    from empssl_ray.prepare import prepare
+    from jobs.reproduce import main
+
+    tmp = tmp_path_factory.mktemp("reproduce")
+    # Both rows read one small Parquet set: the quick mode checks the path, not the figures.
+    data = str(tmp / "data")
+    prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data,
+            progress=False)
+    settings = ReproduceConfig(rows=ROWS, quick=True, storage_path=str(tmp / "sweeps"),
+                               data_roots={"cifar10": data, "cifar100": data},
+                               max_concurrent_trials=2)
+    cfg = ReproduceJobConfig(reproduce=settings, progress=False)
+    return cfg, main(cfg)
+
+
+def test_quick_run_writes_the_table_with_one_row_per_chosen_row(quick_run) -> None:  # type: ignore[no-untyped-def]
+    _, out = quick_run
+    table = pd.read_csv(os.path.join(out["sweep_dir"], "paper_table.csv"))
+    assert list(table["row"]) == ROWS and table["error"].isna().all()
+    assert list(table["paper_probe_%"]) == [80.6, paper_figure("cifar100-1ep-20p")]
+    assert table["probe_%"].between(0, 100).all() and table["knn_%"].between(0, 100).all()
+    assert (table["diff_points"] == (table["probe_%"] - table["paper_probe_%"]).round(2)).all()
+    assert (table["wall_min"] > 0).all() and (table["gpu_hours"] == 0).all()  # CPU workers
+    markdown = Path(out["sweep_dir"], "paper_table.md").read_text()
+    assert "CPU-sized rows" in markdown and all(row in markdown for row in ROWS)
+
+
+def test_rerun_resumes_without_training_again(quick_run) -> None:  # type: ignore[no-untyped-def]
+    from jobs.reproduce import main
+
+    cfg, out = quick_run
+    rows_dir = Path(out["sweep_dir"], "rows")
+
+    def stamps() -> dict[str, float]:
+        return {p.parent.name: p.stat().st_mtime for p in rows_dir.glob("*/metrics.jsonl")}
+
+    before = stamps()
+    assert len(before) == 2
+    again = main(cfg)
+    assert [r["row"] for r in again["table"]] == ROWS
+    assert stamps() == before
