@@ -116,8 +116,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     def epoch_batches(_: int) -> Any:
         return shard.iter_torch_batches(
             batch_size=cfg.optim.batch_size // world, drop_last=True, prefetch_batches=1,
-            # uint8 on the wire; the Trainer moves and normalises on its device.
-            dtypes=torch.uint8, device="cpu")
+            # uint8 on the wire; the Trainer moves and normalises on its device. Pinned pages
+            # let that copy run beside the GPU's compute (non_blocking).
+            dtypes=torch.uint8, device="cpu", pin_memory=cfg.ray.use_gpu)
 
     stream = EpochPrefetcher(epoch_batches, trainer.epoch, cfg.optim.epochs,
                              cfg.ray.prefetch_batches)
