@@ -17,7 +17,7 @@ import torch
 
 from empssl_ray import storage
 from empssl_ray.tracking import read_metrics
-from tests.conftest import compose, s3_keys, write_image_parquet
+from tests.conftest import SHARED_CIFAR, compose, s3_keys, write_image_parquet
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -256,3 +256,21 @@ def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
     # arrive twice (Ray Data re-runs the whole task), never zero times.
     assert rows == 600 and set(ids.tolist()) == set(range(600))
     assert ray.get(counter.get.remote())["augmented_images"] >= 600
+
+
+@pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="shared CIFAR-10 parquet not present")
+def test_parquet_subset_is_the_same_rows_in_the_driver_and_in_ray_data() -> None:
+    """The shared test file is in class order: "the first N rows to arrive" would be 2 classes."""
+    from empssl_ray.config import DataConfig
+    from empssl_ray.datasets import load_split
+    from empssl_ray.ray_data import read_images
+
+    data = DataConfig(name="parquet", root=str(SHARED_CIFAR), test_limit=2000)
+    images, labels = load_split(data, "test")
+    ds, _, rows = read_images(data, "test", read_cpus=0.5, block_rows=256)
+    parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    order = np.argsort(np.concatenate([p["id"] for p in parts]))  # the driver's row order
+    assert rows == 2000 and len(order) == 2000
+    assert np.array_equal(np.concatenate([p["label"] for p in parts])[order], labels)
+    assert np.array_equal(np.concatenate([p["image"] for p in parts])[order], images)
+    assert set(labels.tolist()) == set(range(10))
