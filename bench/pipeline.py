@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-trainer", action="store_true", help="augmentation figures only")
     args = parser.parse_args(argv)
 
-    from empssl_ray.ray_data import BATCHES_PER_BLOCK, read_images
+    from empssl_ray.ray_data import BATCHES_PER_BLOCK
+    from empssl_ray.ray_read import read_images
     from empssl_ray.ray_train import build_trainer
     from empssl_ray.tracking import read_metrics
 
@@ -156,9 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     patches = PatchConfig(num_patches=args.patches, size=args.size)
     data = DataConfig(name="fashion-mnist", train_limit=args.aug_images)
-    images, info, rows = read_images(data, "train", read_cpus=0.25)
-    # Read, shuffle and split into the training stream's blocks once, outside the timings.
-    images = images.random_shuffle().repartition(rows // (BATCHES_PER_BLOCK * args.batch_size))
+    # Read and shuffle into the training stream's blocks once, outside the timings.
+    images, info, rows = read_images(data, "train", read_cpus=0.25, shuffle_seed=0,
+                                     block_rows=BATCHES_PER_BLOCK * args.batch_size)
     images = images.materialize()
     rates: dict[int, list[float]] = {}
     for actors in (1, 2, 1, 2):  # interleaved: drift on a shared machine hits both alike

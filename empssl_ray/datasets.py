@@ -68,6 +68,10 @@ class Chunk:
 class ImageDataset:
     """One split of a dataset: its info and its chunks; holds paths and lists, never pixels."""
 
+    # Rows one read can reach alone at little cost: the training stream shuffles slices of this
+    # size. 0: a whole chunk (a Parquet row group is read whole anyway).
+    slice_rows = 0
+
     def __init__(self, info: DatasetInfo, split: str, chunks: list[Chunk]) -> None:
         self.info, self.split, self.chunks = info, split, chunks
 
@@ -133,6 +137,8 @@ def _torchvision_download(name: str, root: str, split: str) -> None:
 
 class _ArrayDataset(ImageDataset):
     """A split stored as whole arrays in files (cifar, IDX); `read` is cached per process."""
+
+    slice_rows = 16
 
     def __init__(
         self,
@@ -233,6 +239,7 @@ def _open_fashion_mnist(cfg: DataConfig, split: str, name: str, root: str) -> Im
 
 # ---- imagefolder: root/<split>/<class>/<image> -----------------------------------------------
 class _FolderDataset(ImageDataset):
+    slice_rows = 1  # one file per image
     def __init__(
         self,
         info: DatasetInfo,

@@ -1,9 +1,10 @@
 """Ray Data adapter: any registered dataset as a shuffled stream of uint8 patch batches.
 
-Reading happens in Ray tasks, chunk by chunk through the core readers (row groups for Parquet),
-never in the driver. Patches are cut by `PatchCutter` actors in an
-elastic pool (min..max actors), so CPU nodes can be added while training runs. Everything
-travels as uint8: S*S*C bytes per patch; the trainer normalises on its device.
+Reading (`ray_read`) happens in Ray tasks through the core readers, never in the driver, in a
+new order every epoch without a shuffle that waits for the whole split. Patches are cut by
+`PatchCutter` actors in an elastic pool (min..max actors), so CPU nodes can be added while
+training runs. Everything travels as uint8: S*S*C bytes per patch; the trainer normalises on
+its device.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import torch
 
 from empssl_ray.augment import cut_patches
 from empssl_ray.config import DataConfig, PatchConfig, RayConfig
-from empssl_ray.datasets import Chunk, DatasetInfo, ImageDataset, open_dataset
+from empssl_ray.datasets import DatasetInfo
 from empssl_ray.faults import maybe_die, maybe_slow
+from empssl_ray.ray_read import read_images
 
-ROWS_PER_READ_TASK = 10_000  # images one read task loads (a few MB to a few hundred MB)
-BATCHES_PER_BLOCK = 16  # augmentation batches per block: work for every actor, few shuffle tasks
+BATCHES_PER_BLOCK = 16  # augmentation batches per block: work for every actor, the shuffle window
 
 
 @ray.remote(num_cpus=0)
@@ -37,85 +38,6 @@ class RowCounter:
 
     def get(self) -> dict[str, int]:
         return dict(self.counts)
-
-
-def _load_pieces(batch: dict[str, np.ndarray], dataset: ImageDataset, counter: Any) -> dict:
-    """Task body: loads the row ranges of one block -> rows of (image, label, id).
-
-    `batch` holds one block's list of pieces (chunk index, start, stop, first row). `id` is the
-    row's position in the split (skipped rows leave gaps), so an epoch's coverage can be checked
-    after faults.
-    """
-    images, labels, ids, skipped = [], [], [], 0
-    for i, start, stop, first in zip(*(np.concatenate(batch[k]) for k in _PIECE_KEYS),
-                                     strict=True):
-        x, y, bad = dataset.load_chunk(Chunk(dataset.chunks[int(i)].source, int(start), int(stop)))
-        images.append(x)
-        labels.append(y)
-        ids.append(first + np.arange(len(y)))
-        skipped += bad
-    if skipped and counter is not None:
-        counter.add.remote("skipped_images", skipped)
-    return {"image": np.concatenate(images), "label": np.concatenate(labels),
-            "id": np.concatenate(ids)}
-
-
-_PIECE_KEYS = ("chunk", "start", "stop", "first_row")
-
-
-def _blocks_of_pieces(chunks: list[Chunk], block_rows: int) -> list[dict[str, list[int]]]:
-    """Packs the chunks' rows, in order, into blocks of `block_rows` rows (the last one shorter).
-
-    A block may take pieces of several chunks (a small subset spread over many chunks is one
-    read task, not one worker process per chunk) and a chunk may span several blocks.
-    """
-    blocks: list[dict[str, list[int]]] = []
-    block: dict[str, list[int]] = {k: [] for k in _PIECE_KEYS}
-    room, first = block_rows, 0
-    for i, c in enumerate(chunks):
-        start = c.start
-        while start < c.stop:
-            take = min(room, c.stop - start)
-            for key, value in zip(_PIECE_KEYS, (i, start, start + take, first + start - c.start),
-                                  strict=True):
-                block[key].append(value)
-            start, room = start + take, room - take
-            if room == 0:
-                blocks.append(block)
-                block, room = {k: [] for k in _PIECE_KEYS}, block_rows
-        first += c.stop - c.start
-    if block["chunk"]:
-        blocks.append(block)
-    return blocks
-
-
-def read_images(
-    cfg: DataConfig, split: str, counter: Any = None, read_cpus: float = 1.0,
-    block_rows: int = ROWS_PER_READ_TASK,
-) -> tuple[ray.data.Dataset, DatasetInfo, int]:
-    """A split as a Ray Dataset of rows {"image": uint8 (C, H, W), "label": int64}.
-
-    Opening the dataset in the driver first turns a missing or malformed dataset into one clear
-    error before any task starts.
-
-    Args:
-        block_rows: images per block at most. A block is the unit of parallel work downstream
-            (a shuffle keeps the block count, and one block is one actor task), so the training
-            stream asks for small ones.
-
-    Returns:
-        (dataset, info, number of rows before bad images are skipped).
-    """
-    dataset = open_dataset(cfg, split)
-    # Every format, Parquet included, reads the driver's chunks (row groups for Parquet): the
-    # rows are exactly the ones the driver picked (data.*_limit spreads them over the files),
-    # and the block count is ours. Ray's read_parquet merges small files into one block, which
-    # left the actor pool one task an epoch.
-    pieces = _blocks_of_pieces(dataset.chunks, block_rows)
-    ds = ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
-        partial(_load_pieces, dataset=dataset, counter=counter), batch_size=1,
-        num_cpus=read_cpus)
-    return ds, dataset.info, len(dataset)
 
 
 def _keep_columns(batch: dict[str, np.ndarray], columns: tuple[str, ...]) -> dict:
@@ -163,7 +85,11 @@ def patch_stream(
     faults: dict[str, str] | None = None, fault_dir: str = ".", counter: Any = None,
     carry: tuple[str, ...] = (),
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
-    """The training stream: images shuffled anew each epoch, then patches cut on the actor pool.
+    """The training stream: images in a new order each epoch, then patches cut on the actor pool.
+
+    The order comes from the read plan (slices permuted per epoch, rows shuffled inside each
+    block of `aug_batch_size` x 16 images; see `ray_read`): no operator waits for the whole
+    split, so the first batch of an epoch comes after one block is read, at any dataset size.
 
     With `ray_cfg.patches_on_trainer` the stream stops at the shuffled images and the trainer
     cuts patches on its device (n times fewer bytes on the wire, for CPU-poor clusters).
@@ -177,10 +103,8 @@ def patch_stream(
     """
     # Blocks of a few augmentation batches: the actors share the work from the first block on.
     ds, info, rows = read_images(data, "train", counter, ray_cfg.read_cpus,
-                                 block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK)
-    # reseed_after_execution: every epoch (every execution) draws a new order, reproducibly.
-    ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True),
-                           num_cpus=ray_cfg.read_cpus)
+                                 block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK,
+                                 shuffle_seed=seed)
     if ray_cfg.patches_on_trainer:
         # A map at read_cpus, not select_columns: its projection task asks a whole CPU, which a
         # small cluster busy with trainers never frees.

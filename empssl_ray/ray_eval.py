@@ -26,7 +26,7 @@ from empssl_ray.config import (
 from empssl_ray.devices import device_for_reserved_gpus
 from empssl_ray.evaluate import embed_images, evaluate_features, match_channels
 from empssl_ray.models import build_model
-from empssl_ray.ray_data import read_images
+from empssl_ray.ray_read import read_images
 
 
 class Embedder:

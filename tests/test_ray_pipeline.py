@@ -263,7 +263,7 @@ def test_parquet_subset_is_the_same_rows_in_the_driver_and_in_ray_data() -> None
     """The shared test file is in class order: "the first N rows to arrive" would be 2 classes."""
     from empssl_ray.config import DataConfig
     from empssl_ray.datasets import load_split
-    from empssl_ray.ray_data import read_images
+    from empssl_ray.ray_read import read_images
 
     data = DataConfig(name="parquet", root=str(SHARED_CIFAR), test_limit=2000)
     images, labels = load_split(data, "test")
@@ -274,3 +274,38 @@ def test_parquet_subset_is_the_same_rows_in_the_driver_and_in_ray_data() -> None
     assert np.array_equal(np.concatenate([p["label"] for p in parts])[order], labels)
     assert np.array_equal(np.concatenate([p["image"] for p in parts])[order], images)
     assert set(labels.tolist()) == set(range(10))
+
+
+def test_training_stream_shuffles_each_epoch_without_an_all_to_all() -> None:
+    """Every image once per epoch, a new order each epoch, the same order for the same seed, and
+    no operator in the plan that waits for the whole split (asserted on the plan itself)."""
+    from ray.data._internal.logical.operators.all_to_all_operator import AbstractAllToAll
+
+    from empssl_ray.config import DataConfig, PatchConfig, RayConfig
+    from empssl_ray.ray_data import patch_stream
+
+    data = DataConfig(name="fashion-mnist", train_limit=600)
+    ray_cfg = RayConfig(aug_max_actors=1, aug_cpus_per_actor=0.5, read_cpus=0.25,
+                        aug_batch_size=10)
+
+    def stream(seed: int, epochs: int):  # type: ignore[no-untyped-def]
+        ds, _, _ = patch_stream(data, PatchConfig(num_patches=2, size=8), ray_cfg, seed=seed,
+                                carry=("id",))
+        ds.context.execution_options.preserve_order = True  # the planned order, as planned
+        ids = [np.concatenate([b["id"] for b in ds.iter_batches(batch_size=None,
+                                                                batch_format="numpy")])
+               for _ in range(epochs)]
+        return ds, ids
+
+    ds, (first, second) = stream(seed=3, epochs=2)
+    ops, todo = [], [ds._logical_plan.dag]
+    while todo:
+        op = todo.pop()
+        ops.append(type(op).__name__)
+        assert not isinstance(op, AbstractAllToAll), op
+        todo += op.input_dependencies
+    assert "MapBatches(PatchCutter)" in " ".join(str(o) for o in [ds._logical_plan.dag])
+    assert sorted(first.tolist()) == list(range(600)) == sorted(second.tolist())
+    assert first.tolist() != second.tolist()
+    _, (again,) = stream(seed=3, epochs=1)
+    assert again.tolist() == first.tolist()
