@@ -19,22 +19,29 @@ class StorageError(UserError, OSError):
     """A location (local folder or s3:// / gs:// URI) that cannot be read or written."""
 
 
-def find_user_error(exc: BaseException | None) -> UserError | None:
-    """Our user-caused error inside `exc`, also when Ray wrapped it (a worker's error arrives as
-    a RayTaskError that is an instance of the original class, inside Train's WorkerGroupError)."""
+def _nested(exc: BaseException | None) -> list[Any]:
+    """`exc` and every exception inside it: causes, contexts, and the ones Ray wraps (a remote
+    error's `cause`, Train's per-rank `worker_failures` and their `_base_exc`)."""
     seen: set[int] = set()
-    todo: list[Any] = [exc]
+    found, todo = [], [exc]
     while todo:
         e = todo.pop()
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        cause = getattr(e, "cause", None)  # RayTaskError: the exception the remote code raised
-        if isinstance(e, UserError) and not isinstance(cause, UserError):
+        found.append(e)
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None),
+                 getattr(e, "_base_exc", None), *getattr(e, "worker_failures", {}).values()]
+    return found
+
+
+def find_user_error(exc: BaseException | None) -> UserError | None:
+    """Our user-caused error inside `exc`, also when Ray wrapped it (a worker's error arrives as
+    a RayTaskError that is an instance of the original class, inside Train's WorkerGroupError)."""
+    for e in _nested(exc):
+        # A RayTaskError is an instance of the class it wraps: its `cause` has the clean message.
+        if isinstance(e, UserError) and not isinstance(getattr(e, "cause", None), UserError):
             return e
-        # Ray Train wraps a worker's exception (`_base_exc`) and collects them by rank.
-        todo += [e.__cause__, e.__context__, cause, getattr(e, "_base_exc", None),
-                 *getattr(e, "worker_failures", {}).values()]
     return None
 
 
@@ -58,7 +65,8 @@ def user_error_line(exc: BaseException) -> str | None:
         name = next((c.__name__ for c in type(found).__mro__
                      if c.__name__ in _user_error_names()), type(found).__name__)
         return f"{name}: {message}"
-    # Ray ships some remote errors as text only: find our error's line inside it.
+    # Ray ships some remote errors as text only (Ray Data's, inside a worker's traceback text,
+    # which the outer message may cut short): find our error's line in any of them.
     names = "|".join(_user_error_names())
-    lines = re.findall(rf"\b((?:{names}): .+)", str(exc))
+    lines = [line for e in _nested(exc) for line in re.findall(rf"\b((?:{names}): .+)", str(e))]
     return lines[-1].strip() if lines else None

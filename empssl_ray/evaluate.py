@@ -15,7 +15,7 @@ from torch import nn
 
 from empssl_ray.augment import cut_patches, to_model_input
 from empssl_ray.colour import gray
-from empssl_ray.config import EvalConfig, PatchConfig
+from empssl_ray.config import ConfigError, EvalConfig, PatchConfig
 from empssl_ray.devices import to_device
 
 
@@ -184,8 +184,8 @@ def linear_probe(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     full = len(train_x) // batch_size * batch_size  # the last partial batch is dropped
     if full == 0:
-        raise ValueError(f"eval.probe_batch_size={batch_size} exceeds the {len(train_x)} "
-                         "training features: lower it")
+        raise ConfigError(f"eval.probe_batch_size={batch_size} exceeds the {len(train_x)} "
+                          "training images evaluated: lower it, or raise data.train_limit")
     train_correct = torch.zeros((), device=device)
     for _ in trange(epochs, desc=progress, disable=progress is None, leave=False):
         order = torch.randperm(len(train_x), device=device)

@@ -108,8 +108,9 @@ def test_transfer_evaluation_on_another_dataset(smoke_run, tmp_path: Path) -> No
     other = write_image_parquet(tmp_path / "rgb")
     ev = compose("evaluate", ["experiment=smoke", "data=parquet", f"data.root={cfg.data.root}",
                               f"run.storage_path={cfg.run.storage_path}", "run.progress=false",
-                              "eval.probe_epochs=5", "eval_data=parquet",
-                              f"eval_data_root={other}", f"output={tmp_path / 'transfer.json'}"])
+                              "eval.probe_epochs=5", "eval.probe_batch_size=32",
+                              "eval_data=parquet", f"eval_data_root={other}",
+                              f"output={tmp_path / 'transfer.json'}"])
     results = main(ev)
     written = json.loads((tmp_path / "transfer.json").read_text())
     assert written["pretrain_data"] == "parquet" and written["eval_data"] == "parquet"
