@@ -4,6 +4,7 @@ This is how a dataset gets where every node of a cluster can stream it: `data=pa
 data.root=<out>` reads the result back. Layout: `<out>/<split>/part-NNNNN.parquet`, columns
 `image` (PNG bytes: lossless, so pixels round-trip exactly) and `label` (int64); a grayscale
 dataset records `empssl.channels=1` in the schema metadata so it is read back as one channel.
+Training rows are written in a shuffled order.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from empssl_ray import storage
 from empssl_ray.config import DataConfig
 from empssl_ray.datasets import SPLITS, ImageDataset, open_dataset
 from empssl_ray.image_decode import CHANNELS_KEY
+from empssl_ray.read_plan import epoch_plan, load_pieces, split_slices
 
 ROW_GROUP_ROWS = 1_000  # a row group is what one read task decodes: small enough to spread
 
@@ -43,18 +45,25 @@ def write_shard(location: str, images: list[bytes], labels: list[int], channels:
     storage.write_bytes(location, buf.getvalue())
 
 
-def encoded_rows(dataset: ImageDataset, bar: Any) -> Iterator[tuple[bytes, int]]:
-    """(PNG bytes, label) of every row of a split, chunk by chunk (bounded memory)."""
-    for chunk in dataset.chunks:
-        images, labels, _ = dataset.load_chunk(chunk)
-        for image, label in zip(images, labels, strict=True):
+def encoded_rows(dataset: ImageDataset, bar: Any,
+                 shuffle_seed: int | None) -> Iterator[tuple[bytes, int]]:
+    """(PNG bytes, label) of every row of a split, a block at a time (bounded memory); with a
+    seed, in a shuffled order (slices permuted, rows shuffled inside each row group's worth)."""
+    pieces = split_slices(dataset, ROW_GROUP_ROWS)
+    for block, seed in epoch_plan(pieces, ROW_GROUP_ROWS, shuffle_seed, epoch=0):
+        rows = load_pieces(block, dataset, seed)
+        for image, label in zip(rows["image"], rows["label"], strict=True):
             yield encode_png(image), int(label)
-        bar.update(chunk.stop - chunk.start)
+        bar.update(sum(stop - start for _, start, stop, _ in block))
 
 
 def prepare(data: DataConfig, out: str, rows_per_file: int = 10_000,
-            progress: bool = True) -> dict[str, int]:
+            progress: bool = True, seed: int = 0) -> dict[str, int]:
     """Writes both splits of `data` (its train_limit / test_limit subsets) as Parquet at `out`.
+
+    The training rows are written in a shuffled order (`seed`): the training stream shuffles
+    row groups and rows within blocks, so a class-sorted source (an image folder) must not stay
+    sorted. Test rows keep their order.
 
     Returns:
         Rows written per split.
@@ -67,7 +76,7 @@ def prepare(data: DataConfig, out: str, rows_per_file: int = 10_000,
         dataset = open_dataset(data, split)
         with tqdm(total=len(dataset), desc=f"{split} -> parquet", unit="img",
                   disable=not progress) as bar:
-            rows = encoded_rows(dataset, bar)
+            rows = encoded_rows(dataset, bar, seed if split == "train" else None)
             for shard in itertools.count():
                 part = list(itertools.islice(rows, rows_per_file))
                 if not part:

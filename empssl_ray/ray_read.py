@@ -1,17 +1,15 @@
 """Ray Data read side: a split as blocks of rows, in a new order every epoch, with no shuffle
 that waits for the whole dataset.
 
-A split is cut into slices (row ranges, small where a row is cheap to reach alone, a Parquet row
-group otherwise). Every epoch, that is every execution of the dataset, the read plan permutes
-the slices with a seed drawn from (seed, epoch), packs them into blocks of about `block_rows`
-rows and shuffles the rows inside each block: every row exactly once per epoch, a new order each
-epoch, the same order for the same seed, and nothing held back until the whole split is read.
-Reading runs in Ray tasks through the core readers, never in the driver.
+Every epoch, that is every execution of the dataset, `read_plan.epoch_plan` draws that epoch's
+blocks (see there): every row exactly once per epoch, a new order each epoch, the same order for
+the same seed, and nothing held back until the whole split is read. Reading runs in Ray tasks
+through the core readers, never in the driver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -21,71 +19,10 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from empssl_ray.config import DataConfig
-from empssl_ray.datasets import Chunk, DatasetInfo, ImageDataset, open_dataset
+from empssl_ray.datasets import DatasetInfo, ImageDataset, open_dataset
+from empssl_ray.read_plan import Piece, epoch_plan, load_pieces, split_slices
 
 ROWS_PER_READ_TASK = 10_000  # images one evaluation read task loads
-Piece = tuple[int, int, int, int]  # (chunk index, start, stop, first row's position in the split)
-
-
-def slices_of(chunks: Sequence[Chunk], slice_rows: int) -> list[Piece]:
-    """Each chunk cut into row ranges of at most `slice_rows` rows, in split order."""
-    pieces, first = [], 0
-    for i, c in enumerate(chunks):
-        for start in range(c.start, c.stop, slice_rows):
-            stop = min(start + slice_rows, c.stop)
-            pieces.append((i, start, stop, first + start - c.start))
-        first += c.stop - c.start
-    return pieces
-
-
-def pack(pieces: Sequence[Piece], block_rows: int) -> list[list[Piece]]:
-    """Consecutive pieces grouped into blocks of at most `block_rows` rows (a piece larger than
-    that is a block of its own)."""
-    blocks: list[list[Piece]] = [[]]
-    rows = 0
-    for piece in pieces:
-        n = piece[2] - piece[1]
-        if blocks[-1] and rows + n > block_rows:
-            blocks.append([])
-            rows = 0
-        blocks[-1].append(piece)
-        rows += n
-    return [b for b in blocks if b]
-
-
-def epoch_plan(pieces: Sequence[Piece], block_rows: int, seed: int | None,
-               epoch: int) -> list[tuple[list[Piece], int | None]]:
-    """The blocks of one epoch and the seed shuffling rows inside each (None: split order)."""
-    if seed is None:
-        return [(block, None) for block in pack(pieces, block_rows)]
-    rng = np.random.default_rng([seed, epoch])
-    blocks = pack([pieces[i] for i in rng.permutation(len(pieces))], block_rows)
-    return [(block, int(s)) for block, s in zip(blocks, rng.integers(2**31, size=len(blocks)),
-                                                strict=True)]
-
-
-def load_pieces(pieces: Sequence[Piece], dataset: ImageDataset, shuffle_seed: int | None,
-                counter: Any = None) -> dict[str, np.ndarray]:
-    """Task body: one block's pieces -> rows of image (N, C, H, W) uint8, label, id.
-
-    `id` is the row's position in the split (skipped bad rows leave gaps), so an epoch's coverage
-    can be checked after faults.
-    """
-    images, labels, ids, skipped = [], [], [], 0
-    for i, start, stop, first in pieces:
-        x, y, bad = dataset.load_chunk(Chunk(dataset.chunks[i].source, start, stop))
-        images.append(x)
-        labels.append(y)
-        ids.append(first + np.arange(len(y)))
-        skipped += bad
-    if skipped and counter is not None:
-        counter.add.remote("skipped_images", skipped)
-    rows = {"image": np.concatenate(images), "label": np.concatenate(labels),
-            "id": np.concatenate(ids)}
-    if shuffle_seed is not None:
-        order = np.random.default_rng(shuffle_seed).permutation(len(rows["id"]))
-        rows = {k: v[order] for k, v in rows.items()}
-    return rows
 
 
 _PIECE_KEYS = ("chunk", "start", "stop", "first_row")
@@ -100,9 +37,7 @@ class SplitSource(Datasource):
 
     def __init__(self, dataset: ImageDataset, block_rows: int, seed: int | None) -> None:
         self.block_rows, self.seed = block_rows, seed
-        # Slices small enough to mix an epoch well where rows are cheap to reach one by one.
-        slice_rows = dataset.slice_rows or block_rows
-        self.pieces = slices_of(dataset.chunks, min(slice_rows, block_rows))
+        self.pieces = split_slices(dataset, block_rows)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None

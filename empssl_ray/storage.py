@@ -81,8 +81,8 @@ def write_bytes(location: str, data: bytes) -> None:
     """Writes a whole file, making its folder first (object stores have none to make)."""
     fs, path = filesystem(location)
     try:
-        fs.create_dir(posixpath.dirname(path) if is_uri(location) else os.path.dirname(path),
-                      recursive=True)
+        if not is_uri(location):  # object stores have no folders (pyarrow would add markers)
+            fs.create_dir(os.path.dirname(path), recursive=True)
         with fs.open_output_stream(path) as f:
             f.write(data)
     except OSError as e:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from empssl_ray.datasets import Chunk
-from empssl_ray.ray_read import epoch_plan, pack, slices_of
+from empssl_ray.read_plan import epoch_plan, pack, slices_of
 
 CHUNKS = [Chunk("a", 0, 100), Chunk("b", 0, 100), Chunk("c", 50, 80)]
 
