@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 setup:
 	bash scripts/setup.sh
 
-test: setup  ## unit + Ray integration tests (default suite: < 15 min on 2 cores)
+test: setup  ## unit + Ray integration tests (default suite: about 10 min on 2 cores)
 	$(PY) -m pytest -q
 
-test-cluster: setup  ## only the ray job submit test: head + 3 loopback nodes joining and leaving (~3.5 min)
+test-cluster: setup  ## only the ray job submit test: head + 3 loopback nodes on a loopback S3 (~4 min)
 	$(PY) -m pytest -q -m cluster
 
-test-slow: setup  ## the CPU learning recipe on CIFAR-10 from ../shared/data/cifar10 (~10 min)
+test-slow: setup  ## the CPU learning recipe on CIFAR-10 from ../shared/data/cifar10 (~3 min)
 	$(PY) -m pytest -q -m slow -s
 
 demo: setup  ## short pretrain + evaluation on Fashion-MNIST on an embedded local Ray
