@@ -1,0 +1,194 @@
+"""Streaming at scale: the training stream as the dataset grows, all-to-all shuffle vs streaming.
+
+Synthetic Parquet datasets of 1x, 4x and 16x a base size (random RGB PNGs, shuffled rows, files
+of 2,000 rows in row groups of 1,000) feed the real training stream (images in a new order each
+epoch, patches cut by one `PatchCutter` actor) into a trivial consumer that iterates batches
+through the trainer's `EpochPrefetcher`, for two epochs. Two designs side by side, in one run:
+
+- `all-to-all`: the split read in order, then Ray Data's `random_shuffle` (reseeded per epoch),
+  the training stream's design before the streaming read plan;
+- `streaming`: the read plan of `empssl_ray/ray_read.py` (slices permuted per epoch, rows
+  shuffled inside blocks), what `patch_stream` builds today.
+
+Printed per design and size: time to the first batch, images/s over both epochs, peak
+object-store memory and bytes spilled (Ray's memory summary, polled every 0.25 s), and the
+consumer's wait for the first batch of epoch 2 as a fraction of epoch 2.
+
+    .venv/bin/python bench/scale.py               # about 5 minutes on 2 cores
+    .venv/bin/python bench/scale.py --base 500    # quicker
+
+The object store is kept small (256 MiB) so that the 16x dataset (32,000 decoded 64x64 images,
+393 MB) does not fit in it, as an ImageNet-sized one fits in no real node's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import re
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import ray  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from empssl_ray.config import DataConfig, PatchConfig, RayConfig  # noqa: E402
+
+FILE_ROWS = 2_000
+
+
+def make_dataset(root: Path, images: int, side: int) -> DataConfig:
+    """`images` random RGB PNGs of side x side (train) and 100 (test) as Parquet under root."""
+    from empssl_ray.prepare import write_shard
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", images), ("test", 100)):
+        for part, start in enumerate(range(0, n, FILE_ROWS)):
+            blobs, labels = [], []
+            for i in range(start, min(n, start + FILE_ROWS)):
+                buf = io.BytesIO()
+                pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
+                blobs.append(buf.getvalue())
+                labels.append(i % 10)
+            write_shard(str(root / split / f"part-{part:05d}.parquet"), blobs, labels, 3)
+    return DataConfig(name="parquet", root=str(root))
+
+
+def all_to_all_stream(data: DataConfig, patches: PatchConfig, ray_cfg: RayConfig,
+                      seed: int) -> ray.data.Dataset:
+    """The training stream as it was: in-order read, `random_shuffle`, then the actor pool."""
+    from empssl_ray.ray_data import BATCHES_PER_BLOCK, PatchCutter, exact_tensors
+    from empssl_ray.ray_read import read_images
+
+    ds, info, _ = read_images(data, "train", read_cpus=ray_cfg.read_cpus,
+                              block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK)
+    ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True),
+                           num_cpus=ray_cfg.read_cpus)
+    ds = ds.map_batches(PatchCutter, fn_constructor_args=(patches, info.image_size, seed),
+                        batch_size=ray_cfg.aug_batch_size,
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
+                        num_cpus=ray_cfg.aug_cpus_per_actor)
+    return exact_tensors(ds)
+
+
+class StorePeak:
+    """Polls Ray's memory summary in a thread: peak object-store use and the bytes spilled
+    while it ran (MiB; Ray's spill counter is cumulative over the session)."""
+
+    def __init__(self) -> None:
+        self.peak, self.spilled, self._stop = 0.0, 0.0, threading.Event()
+        self._spilled_before: float | None = None
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    @staticmethod
+    def _mib(text: str, label: str) -> float:
+        found = re.search(rf"{label}\s+([\d.]+)\s*(KiB|MiB|GiB|B)\b", text)
+        if not found:
+            return 0.0
+        scale = {"B": 1 / 2**20, "KiB": 1 / 1024, "MiB": 1.0, "GiB": 1024.0}[found.group(2)]
+        return float(found.group(1)) * scale
+
+    def _poll(self) -> None:
+        from ray._private.internal_api import memory_summary
+
+        while not self._stop.is_set():
+            text = memory_summary(stats_only=True)
+            spilled = self._mib(text, "Spilled")
+            if self._spilled_before is None:
+                self._spilled_before = spilled
+            self.peak = max(self.peak, self._mib(text, "Plasma memory usage"))
+            self.spilled = max(self.spilled, spilled - self._spilled_before)
+            time.sleep(0.25)
+
+    def __enter__(self) -> StorePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def consume(ds: ray.data.Dataset, batch: int, epochs: int = 2) -> dict[str, float]:
+    """Iterates `epochs` epochs through the trainer's prefetcher; returns the timings."""
+    from empssl_ray.prefetch import EpochPrefetcher
+
+    start = time.perf_counter()
+    stream = EpochPrefetcher(lambda _: ds.iter_batches(batch_size=batch, batch_format="numpy",
+                                                       drop_last=True), 0, epochs, 16)
+    first_batch, epoch_spans, boundary_wait, images = None, [], 0.0, 0
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        for i, b in enumerate(stream.next_epoch()):
+            now = time.perf_counter()
+            if first_batch is None:
+                first_batch = now - start
+            if i == 0 and epoch > 0:
+                boundary_wait = now - t0
+            images += len(b["patches"])
+        epoch_spans.append(time.perf_counter() - t0)
+    total = time.perf_counter() - start
+    return {"first_batch_s": first_batch or float("nan"), "images_per_s": images / total,
+            "boundary_frac": boundary_wait / epoch_spans[-1]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", type=int, default=2_000, help="images in the 1x dataset")
+    parser.add_argument("--side", type=int, default=64, help="image side in pixels")
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 4, 16])
+    # A small object store, so that 16x the base (400 MB of decoded 64-px images) exceeds it as
+    # an ImageNet-sized dataset exceeds any real node's: what must stay bounded shows here.
+    parser.add_argument("--store-mib", type=int, default=256, help="object store size")
+    args = parser.parse_args(argv)
+
+    from empssl_ray.ray_data import patch_stream
+
+    ray.init(address="local", num_cpus=2, logging_level=logging.ERROR,
+             object_store_memory=args.store_mib * 2**20)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    patches = PatchConfig(num_patches=2, size=16)
+    ray_cfg = RayConfig(aug_min_actors=1, aug_max_actors=1, aug_cpus_per_actor=1.0,
+                        read_cpus=0.5, aug_batch_size=64)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in args.scales:
+            n = args.base * scale
+            data = make_dataset(Path(tmp) / f"x{scale}", n, args.side)
+            for design in ("all-to-all", "streaming"):
+                if design == "streaming":
+                    ds = patch_stream(data, patches, ray_cfg, seed=0)[0]
+                else:
+                    ds = all_to_all_stream(data, patches, ray_cfg, seed=0)
+                with StorePeak() as store:
+                    timings = consume(ds, batch=64)
+                rows.append({"design": design, "scale": scale, "images": n, **timings,
+                             "peak_store_mib": store.peak, "spilled_mib": store.spilled})
+                r = rows[-1]
+                print(f"{design:>10} {scale:>3}x {n:>7,} images: first batch "
+                      f"{r['first_batch_s']:6.2f} s, {r['images_per_s']:8,.0f} images/s, peak "
+                      f"store {r['peak_store_mib']:7.1f} MiB, spilled {r['spilled_mib']:.1f} MiB,"
+                      f" epoch-2 boundary wait {100 * r['boundary_frac']:.2f}%", flush=True)
+    ray.shutdown()
+    lo, hi = min(args.scales), max(args.scales)
+    for design in ("all-to-all", "streaming"):
+        a = next(r for r in rows if r["design"] == design and r["scale"] == lo)
+        b = next(r for r in rows if r["design"] == design and r["scale"] == hi)
+        first = b["first_batch_s"] / a["first_batch_s"]
+        store = b["peak_store_mib"] / max(a["peak_store_mib"], 1e-9)
+        print(f"{design}: {hi}x vs {lo}x: first batch {first:.2f}x, peak store {store:.2f}x, "
+              f"images/s {b['images_per_s'] / a['images_per_s']:.2f}x "
+              "(goals: <= 1.5x, <= 1.5x, flat)")
+
+
+if __name__ == "__main__":
+    main()
