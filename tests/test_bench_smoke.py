@@ -48,3 +48,23 @@ def test_reference_pipeline_output_is_normalised_patch() -> None:
     out = patches.reference_transform(32)(images[0])
     assert out.shape == (3, 32, 32) and out.dtype == torch.float32
     assert out.min() >= -1 and out.max() <= 1
+
+
+def test_scale_bench_runs_both_designs_and_summarises() -> None:
+    """bench/scale.py end to end on tiny sets, in its own process (it starts its own Ray)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "scale.py"
+    out = subprocess.run([sys.executable, str(script), "--base", "100", "--scales", "1", "2",
+                          "--side", "16", "--store-mib", "128"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = re.findall(r"^\s*(all-to-all|streaming)\s+(\d)x .* first batch\s+[\d.]+ s", out.stdout,
+                      re.M)
+    assert sorted(rows) == [("all-to-all", "1"), ("all-to-all", "2"), ("streaming", "1"),
+                            ("streaming", "2")]
+    summary = re.findall(r"^(all-to-all|streaming): 2x vs 1x: first batch [\d.]+x, peak store "
+                         r"[\d.]+x, images/s [\d.]+x", out.stdout, re.M)
+    assert sorted(summary) == ["all-to-all", "streaming"]
