@@ -29,7 +29,7 @@ from ray.train.torch import TorchTrainer
 
 from empssl_ray import storage
 from empssl_ray.checkpoints import latest_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
-from empssl_ray.config import PretrainConfig
+from empssl_ray.config import ConfigError, PretrainConfig
 from empssl_ray.datasets import DatasetInfo
 from empssl_ray.distributed import gather_batch
 from empssl_ray.engine import Trainer
@@ -169,8 +169,8 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
     ray.data.DataContext.get_current().enable_progress_bars = False
     per_epoch = steps_per_epoch(rows, cfg)
     if per_epoch < 1:
-        raise ValueError(f"optim.batch_size={cfg.optim.batch_size} is larger than the {rows} "
-                         "training images: lower optim.batch_size or raise data.train_limit")
+        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is larger than the {rows} "
+                          "training images: lower optim.batch_size or raise data.train_limit")
     resources = {"CPU": cfg.ray.cpus_per_worker, **(cfg.ray.trainer_resources or {})}
     return TorchTrainer(
         train_loop_per_worker,
