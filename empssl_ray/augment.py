@@ -312,7 +312,7 @@ def to_model_input(patches: torch.Tensor, channels_last: bool = False) -> torch.
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def _apply_to(x: torch.Tensor, mask: torch.Tensor, fn, blend: bool) -> None:  # type: ignore[no-untyped-def]
+def _apply_to(x: torch.Tensor, mask: torch.Tensor, fn, blend: bool) -> None:
     """x[mask] = fn(x[mask], indices) in place.
 
     The grouped path touches only the selected patches (the subset's size is read on the host);

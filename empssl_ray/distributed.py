@@ -23,7 +23,7 @@ class _GatherBatch(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, uneven: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, z: torch.Tensor, uneven: bool) -> torch.Tensor:
         world = dist.get_world_size()
         if uneven:
             # Slice sizes from every rank: reading them makes the host wait for the device.
@@ -42,7 +42,7 @@ class _GatherBatch(torch.autograd.Function):
         return torch.cat([p[:, :s] for p, s in zip(parts, ctx.sizes, strict=True)], dim=1)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = sum(ctx.sizes[: ctx.rank])
@@ -65,4 +65,4 @@ def gather_batch(z: torch.Tensor, uneven: bool = False) -> torch.Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return z
-    return _GatherBatch.apply(z, uneven)  # type: ignore[no-any-return]
+    return _GatherBatch.apply(z, uneven)

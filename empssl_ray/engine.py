@@ -65,7 +65,7 @@ def sync_batchnorm(model: EMPSSLModel, device: torch.device) -> EMPSSLModel:
     if device.type == "cpu":
         raise ValueError("model.sync_batchnorm=true needs GPU workers (ray.use_gpu=true): "
                          "SyncBatchNorm does not synchronise CPU tensors")
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[return-value]
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 class Trainer:

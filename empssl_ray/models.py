@@ -131,7 +131,7 @@ class EMPSSLModel(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (N, C, S, S) normalised patches. Returns h, (N, prefeature_dim)."""
-        return self.prefeature(self.backbone(x))  # type: ignore[no-any-return]
+        return self.prefeature(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         """Args: x (N, C, S, S) normalised patches. Returns h and z for every patch."""

@@ -1,0 +1,29 @@
+"""The core imports no Ray and no Hydra: every module without the `ray_` prefix loads with both
+blocked, so a Ray worker, a test and a bare GPU box all run it (the rule holds by itself)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "empssl_ray"
+CORE = sorted(p.stem for p in PACKAGE.glob("*.py")
+              if not p.stem.startswith(("ray_", "_")))
+
+
+def test_every_core_module_imports_with_ray_and_hydra_blocked() -> None:
+    assert {"loss", "models", "augment", "engine", "storage", "read_plan"} <= set(CORE)
+    script = (
+        "import sys\n"
+        "sys.modules.update(ray=None, hydra=None, omegaconf=None)  # any import of them fails\n"
+        "import importlib\n"
+        f"for name in {CORE!r}:\n"
+        "    importlib.import_module('empssl_ray.' + name)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'hydra', "
+        "'omegaconf') and sys.modules[m] is not None)\n"
+        "assert not loaded, loaded\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=PACKAGE.parent, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
