@@ -6,7 +6,7 @@ evaluation job (locally or inside Ray Data actors) and the GPU script all call i
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -129,17 +129,45 @@ def knn_accuracy(
         Top-1 accuracy in [0, 1].
     """
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    bank = F.normalize(train_x.float(), dim=1)
-    train_y, test_y = train_y.to(bank.device), test_y.to(bank.device)
-    k = min(k, len(bank))
-    correct = 0
-    for sl in iterate_batches(len(test_x), batch_size):
-        sim = F.normalize(test_x[sl].float(), dim=1) @ bank.T  # (m, N)
-        top_sim, top_idx = sim.topk(k, dim=1)
-        votes = torch.zeros(len(top_sim), num_classes, device=bank.device)
-        votes.scatter_add_(1, train_y[top_idx].long(), (top_sim / temperature).exp())
-        correct += int((votes.argmax(1) == test_y[sl]).sum())
-    return correct / len(test_x)
+    return knn_accuracy_streamed([(train_x, train_y)], test_x, test_y, num_classes, k,
+                                 temperature, batch_size)
+
+
+@torch.no_grad()
+def knn_accuracy_streamed(
+    bank: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    num_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    batch_size: int = 1024,
+) -> float:
+    """`knn_accuracy` with the memory bank read chunk by chunk: a running top-k per query, so
+    memory is one chunk plus (M, k), whatever the bank's size.
+
+    Args:
+        bank: chunks (n_i, D) features and (n_i,) labels of the memory bank, any number of them.
+        test_x: (M, D) queries; test_y: (M,) labels.
+    """
+    queries = F.normalize(test_x.float(), dim=1)
+    m = len(queries)
+    top_sim = torch.empty(m, 0, device=queries.device)
+    top_lab = torch.empty(m, 0, dtype=torch.long, device=queries.device)
+    for chunk_x, chunk_y in bank:
+        keys = F.normalize(chunk_x.float().to(queries.device), dim=1)
+        labels = chunk_y.long().to(queries.device)
+        sims, labs = [], []
+        for sl in iterate_batches(m, batch_size):
+            sim = torch.cat([top_sim[sl], queries[sl] @ keys.T], dim=1)  # (m', k + n_i)
+            lab = torch.cat([top_lab[sl], labels.expand(len(sim), -1)], dim=1)
+            best, idx = sim.topk(min(k, sim.shape[1]), dim=1)
+            sims.append(best)
+            labs.append(lab.gather(1, idx))
+        top_sim, top_lab = torch.cat(sims), torch.cat(labs)
+    votes = torch.zeros(m, num_classes, device=queries.device)
+    votes.scatter_add_(1, top_lab, (top_sim / temperature).exp())
+    return int((votes.argmax(1) == test_y.to(queries.device)).sum()) / m
 
 
 def linear_probe(
@@ -162,7 +190,7 @@ def linear_probe(
     epoch, raw features. Reporting the best epoch would pick a model by its test score.
 
     Args:
-        train_x: (N, D); train_y: (N,); test_x: (M, D); test_y: (M,).
+        train_x: (N, D) float16 or float32; train_y: (N,); test_x: (M, D); test_y: (M,).
         standardize: first scale features to zero mean, unit std with the training set's
             statistics (not the reference's; one learning rate then fits encoders of any scale).
 
@@ -175,7 +203,9 @@ def linear_probe(
     torch.manual_seed(seed)
     device = train_x.device  # runs wherever the features are (the GPU script keeps them there)
     train_y, test_y = train_y.to(device), test_y.to(device)
+    # Stored features are float16 (half the bytes): they stay so, each batch computes in float32.
     if standardize:
+        train_x, test_x = train_x.float(), test_x.float()
         mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
         train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
     num_classes = int(max(train_y.max(), test_y.max())) + 1
@@ -192,7 +222,7 @@ def linear_probe(
         train_correct.zero_()
         for sl in iterate_batches(full, batch_size):
             idx = order[sl]
-            logits = clf(train_x[idx])
+            logits = clf(train_x[idx].float())
             loss = F.cross_entropy(logits, train_y[idx].long())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -201,7 +231,7 @@ def linear_probe(
         sched.step()
     with torch.no_grad():
         test_correct = sum(
-            int((clf(test_x[sl]).argmax(1) == test_y[sl]).sum())
+            int((clf(test_x[sl].float()).argmax(1) == test_y[sl]).sum())
             for sl in iterate_batches(len(test_x), 4096)
         )
     return {

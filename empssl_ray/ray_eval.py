@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from tqdm.auto import tqdm
 
+from empssl_ray import storage
 from empssl_ray.config import (
     DataConfig,
     EvalConfig,
@@ -24,8 +24,9 @@ from empssl_ray.config import (
     RayConfig,
 )
 from empssl_ray.devices import device_for_reserved_gpus
-from empssl_ray.evaluate import embed_images, evaluate_features, match_channels
+from empssl_ray.evaluate import embed_images, knn_accuracy_streamed, match_channels, probe
 from empssl_ray.models import build_model
+from empssl_ray.ray_data import BATCHES_PER_BLOCK
 from empssl_ray.ray_read import read_images
 
 
@@ -51,15 +52,20 @@ class Embedder:
         images = match_channels(images, self.in_channels)  # another dataset's (transfer)
         emb = embed_images(self.model, images.to(self.device), self.cfg.num_patches,
                            self.patch_size, self.generator, patches=self.patches)
-        return {"embedding": emb.cpu().numpy(), "label": np.asarray(batch["label"])}
+        # float16 halves the shards; the probe and kNN compute in float32.
+        return {"embedding": emb.cpu().numpy().astype(np.float16),
+                "label": np.asarray(batch["label"])}
 
 
 def embed_split(
     encoder: Encoder, data: DataConfig, split: str, cfg: EvalConfig, ray_cfg: RayConfig,
-    seed: int, progress: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeds a whole split on Ray. Returns features (N, D) float32 and labels (N,) int64."""
-    ds, info, rows = read_images(data, split, read_cpus=ray_cfg.read_cpus)
+    seed: int, location: str,
+) -> None:
+    """Embeds a whole split on the workers, written as float16 Parquet shards at `location`
+    (a folder or URI) by the workers themselves: nothing passes through the driver."""
+    # Blocks of 16 embedding batches: one shard each, and work for every actor of the pool.
+    ds, info, _ = read_images(data, split, read_cpus=ray_cfg.read_cpus,
+                              block_rows=cfg.batch_size * BATCHES_PER_BLOCK)
     ds = ds.map_batches(
         Embedder,
         fn_constructor_args=(encoder.state, encoder.model, encoder.in_channels, cfg,
@@ -70,14 +76,48 @@ def embed_split(
         num_gpus=1 if ray_cfg.use_gpu else 0,
         resources=(ray_cfg.trainer_resources if ray_cfg.use_gpu else ray_cfg.aug_resources) or None,
     )
-    feats, labels = [], []
-    with tqdm(total=rows, desc=f"embedding {split}", unit="img", disable=not progress) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            # Batches are read-only views of the object store: torch wants its own copy.
-            feats.append(torch.tensor(batch["embedding"]))
-            labels.append(torch.tensor(batch["label"]))
-            bar.update(len(batch["label"]))
-    return torch.cat(feats), torch.cat(labels)
+    storage.remove_tree(location)  # a re-evaluation replaces the shards, never adds to them
+    ds.write_parquet(storage.resolve(location))
+
+
+def embedding_files(folder: str) -> list[str]:
+    """The shards `embed_split` wrote into a folder, in file order."""
+    return [e.location for e in storage.list_dir(folder) if e.name.endswith(".parquet")]
+
+
+def read_embeddings_file(location: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One shard: (n, D) float16 features and (n,) int64 labels."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(location)
+    with fs.open_input_file(path) as f:
+        table = pq.read_table(f)
+    # Ray's tensor column type (registered by importing ray) turns into an (n, D) array.
+    feats = table.column("embedding").combine_chunks().to_numpy()
+    return torch.from_numpy(feats), torch.from_numpy(table.column("label").to_numpy())
+
+
+def read_embeddings(folder: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every shard of a folder, concatenated: (N, D) float16 and (N,) int64."""
+    parts = [read_embeddings_file(f) for f in embedding_files(folder)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def probe_and_knn(features: str, cfg: EvalConfig, seed: int) -> dict[str, float]:
+    """Task body, on a worker: probe and kNN on the shards under `features` (train/, test/).
+
+    Memory on that worker: the training features (N x D x 2 bytes, float16) and the test ones;
+    the kNN bank is read file by file.
+    """
+    train_x, train_y = read_embeddings(storage.join(features, "train"))
+    test_x, test_y = read_embeddings(storage.join(features, "test"))
+    metrics = probe(train_x, train_y, test_x, test_y, cfg, seed)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    shards = (read_embeddings_file(f) for f in embedding_files(storage.join(features, "train")))
+    metrics["knn_acc"] = knn_accuracy_streamed(shards, test_x, test_y, num_classes, cfg.knn_k,
+                                               cfg.knn_temperature)
+    metrics.update(num_train=len(train_x), num_test=len(test_x))
+    return metrics
 
 
 @dataclass
@@ -130,16 +170,21 @@ def random_encoder(cfg: PretrainConfig, like: Encoder | None, data: DataConfig) 
 
 
 def evaluate_encoder(encoder: Encoder, data: DataConfig, cfg: EvalConfig, ray_cfg: RayConfig,
-                     seed: int = 0, progress: bool = True) -> dict[str, float]:
-    """Bag-of-features on train and test on Ray, then linear probe (last epoch) and kNN."""
-    train = embed_split(encoder, data, "train", cfg, ray_cfg, seed, progress)
-    test = embed_split(encoder, data, "test", cfg, ray_cfg, seed + 1, progress)
-    metrics = evaluate_features(*train, *test, cfg, seed, progress)
+                     features: str, seed: int = 0) -> dict[str, float]:
+    """Bag-of-features of train and test on the workers into `features` (a folder or URI),
+    then the linear probe (last epoch) and kNN in one task on a worker: the driver holds none
+    of the (N, D) features, only the metrics."""
+    embed_split(encoder, data, "train", cfg, ray_cfg, seed, storage.join(features, "train"))
+    embed_split(encoder, data, "test", cfg, ray_cfg, seed + 1, storage.join(features, "test"))
+    fit = ray.remote(probe_and_knn).options(
+        num_cpus=ray_cfg.cpus_per_worker, num_gpus=1 if ray_cfg.use_gpu else 0,
+        resources=ray_cfg.trainer_resources or None)
+    metrics = ray.get(fit.remote(features, cfg, seed))
     metrics["eval_patches"] = cfg.num_patches
     return metrics
 
 
-def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None,
+def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None, features: str,
                         with_random_init: bool = False,
                         eval_data: DataConfig | None = None) -> dict[str, Any]:
     """What both jobs report: the checkpoint's encoder and/or a random-init one, same protocol.
@@ -148,6 +193,7 @@ def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None,
         cfg: data, eval and Ray settings of the evaluation (patches: for random init only; a
             checkpoint's encoder is evaluated with the patch settings it was trained with).
         checkpoint: checkpoint file or folder (local or URI); None evaluates random init only.
+        features: folder or URI where each encoder's embeddings go (`<features>/<name>/`).
         with_random_init: also evaluate a random-init encoder of the same architecture.
         eval_data: evaluate on this dataset instead of cfg.data (transfer: channels and image
             size may differ from the pretraining data's).
@@ -165,6 +211,6 @@ def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None,
         "pretrain_data": trained.data_name if trained is not None else "none (random init)",
         "eval_data": data.name}
     for name, encoder in encoders.items():
-        results[name] = evaluate_encoder(encoder, data, cfg.eval, cfg.ray, cfg.run.seed,
-                                         cfg.run.progress)
+        folder = storage.join(features, name.replace(" ", "-"))
+        results[name] = evaluate_encoder(encoder, data, cfg.eval, cfg.ray, folder, cfg.run.seed)
     return results

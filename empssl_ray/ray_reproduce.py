@@ -85,7 +85,9 @@ def run_row(config: dict[str, Any]) -> None:
     cfg.run.storage_path = config["rows_dir"]
     start = time.perf_counter()
     pretrain(cfg)
-    results = evaluate_checkpoint(cfg, latest_checkpoint(run_dir_of(cfg)))["pretrained"]
+    run_dir = run_dir_of(cfg)
+    results = evaluate_checkpoint(cfg, latest_checkpoint(run_dir),
+                                  storage.join(run_dir, "features"))["pretrained"]
     wall = time.perf_counter() - start
     gpus = cfg.ray.num_workers if cfg.ray.use_gpu else 0
     tune.report({"probe_acc": results["probe_acc"], "knn_acc": results["knn_acc"],

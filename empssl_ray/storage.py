@@ -20,7 +20,7 @@ from empssl_ray.errors import StorageError
 
 __all__ = ["LocalMirror", "StorageError", "copy_file", "exists", "filesystem", "is_dir", "is_uri",
            "join", "list_dir", "modified_ns", "read_bytes", "read_text", "resolve", "uri_prefix",
-           "write_bytes", "write_text"]
+           "remove_tree", "write_bytes", "write_text"]
 
 
 def is_uri(location: str) -> bool:
@@ -121,6 +121,13 @@ def modified_ns(location: str) -> int | None:
     fs, path = filesystem(location)
     info = fs.get_file_info(path)
     return None if info.type == pafs.FileType.NotFound else info.mtime_ns
+
+
+def remove_tree(location: str) -> None:
+    """Deletes a folder and everything under it (nothing happens when it does not exist)."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
 
 
 def copy_file(source: str, destination: str) -> None:

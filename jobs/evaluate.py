@@ -42,7 +42,8 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.eval_data is not None:  # transfer: another dataset, with data's limits
         eval_data = DataConfig(name=cfg.eval_data, root=cfg.eval_data_root,
                                train_limit=cfg.data.train_limit, test_limit=cfg.data.test_limit)
-    results = evaluate_checkpoint(cfg, source, eval_data=eval_data)
+    results = evaluate_checkpoint(cfg, source, storage.join(run_dir, "features"),
+                                  eval_data=eval_data)
     output = storage.resolve(cfg.output or storage.join(run_dir, "eval.json"))
     write_eval(output, source or "random init", results)
     print(f"metrics: {output}")

@@ -62,7 +62,8 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
     print(f"curves: {storage.join(run_dir, 'curves.png')}", flush=True)
     if cfg.run.evaluate and result.checkpoint is not None:
         checkpoint = latest_checkpoint(run_dir)
-        results = evaluate_checkpoint(cfg, checkpoint, cfg.run.compare_random_init)
+        results = evaluate_checkpoint(cfg, checkpoint, storage.join(run_dir, "features"),
+                                      cfg.run.compare_random_init)
         write_eval(storage.join(run_dir, "eval.json"), checkpoint, results)
         summary["eval"] = results
     storage.write_text(storage.join(run_dir, "summary.json"),

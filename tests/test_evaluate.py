@@ -112,3 +112,18 @@ def test_match_channels_turns_grey_into_rgb_and_back() -> None:
     assert match_channels(grey, 1) is grey
     colour = torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1)
     assert int(match_channels(colour, 1)) == round(0.299 * 255)
+
+
+def test_knn_with_the_bank_streamed_in_chunks_equals_the_whole_bank() -> None:
+    from empssl_ray.evaluate import knn_accuracy_streamed
+
+    g = torch.Generator().manual_seed(0)
+    train_x, test_x = torch.randn(500, 16, generator=g), torch.randn(120, 16, generator=g)
+    train_y = torch.randint(0, 5, (500,), generator=g)
+    test_y = torch.randint(0, 5, (120,), generator=g)
+    whole = knn_accuracy(train_x, train_y, test_x, test_y, k=7)
+    chunks = [(train_x[i:i + 64], train_y[i:i + 64]) for i in range(0, 500, 64)]
+    assert knn_accuracy_streamed(chunks, test_x, test_y, 5, k=7, batch_size=50) == whole
+    # A bank smaller than k in its first chunk still keeps the k best of the whole bank.
+    tiny = [(train_x[:3], train_y[:3]), (train_x[3:], train_y[3:])]
+    assert knn_accuracy_streamed(tiny, test_x, test_y, 5, k=7) == whole

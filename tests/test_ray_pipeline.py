@@ -118,6 +118,26 @@ def test_transfer_evaluation_on_another_dataset(smoke_run, tmp_path: Path) -> No
     assert results["pretrained"]["probe_acc"] == written["pretrained"]["probe_acc"]
 
 
+def test_evaluation_through_shards_matches_the_in_memory_path(tmp_path: Path) -> None:
+    """Embeddings go to float16 Parquet shards, probe and kNN run in a task on a worker: the
+    same figures as the in-memory path on the same embeddings."""
+    from empssl_ray.evaluate import evaluate_features
+    from empssl_ray.ray_eval import embedding_files, read_embeddings
+    from jobs.evaluate import main
+
+    ev = compose("evaluate", ["experiment=smoke", "random_init=true", "run.progress=false",
+                              "eval.probe_epochs=5", "eval.batch_size=16", "run.name=shards",
+                              f"run.storage_path={tmp_path}"])
+    results = main(ev)["random init"]
+    features = tmp_path / "shards" / "features" / "random-init"
+    assert len(embedding_files(str(features / "train"))) == 2  # 512 images, blocks of 256
+    train, test = read_embeddings(str(features / "train")), read_embeddings(str(features / "test"))
+    assert train[0].dtype == torch.float16 and len(train[0]) == 512 and len(test[0]) == 256
+    again = evaluate_features(*train, *test, ev.eval, ev.run.seed)
+    for key in ("probe_acc", "knn_acc"):  # float reductions may order differently: one image
+        assert abs(again[key] - results[key]) <= 1 / 256, key
+
+
 def test_rerun_with_the_same_name_resumes(smoke_run) -> None:  # type: ignore[no-untyped-def]
     from jobs.pretrain import main
 
