@@ -176,9 +176,11 @@ def evaluate_encoder(encoder: Encoder, data: DataConfig, cfg: EvalConfig, ray_cf
     of the (N, D) features, only the metrics."""
     embed_split(encoder, data, "train", cfg, ray_cfg, seed, storage.join(features, "train"))
     embed_split(encoder, data, "test", cfg, ray_cfg, seed + 1, storage.join(features, "test"))
+    # "DEFAULT": out of a Tune trial's placement group (jobs/reproduce.py), whose bundles only
+    # hold the trial function's share.
     fit = ray.remote(probe_and_knn).options(
         num_cpus=ray_cfg.cpus_per_worker, num_gpus=1 if ray_cfg.use_gpu else 0,
-        resources=ray_cfg.trainer_resources or None)
+        resources=ray_cfg.trainer_resources or None, scheduling_strategy="DEFAULT")
     metrics = ray.get(fit.remote(features, cfg, seed))
     metrics["eval_patches"] = cfg.num_patches
     return metrics
