@@ -654,7 +654,7 @@ def test_docs_pretrain_command_is_valid_and_fits(section: str, command: str) -> 
 
 def test_readme_cluster_commands_pass_the_preflight() -> None:
     commands = _readme_commands()
-    assert len(commands) >= 2, commands
+    assert commands, "the README shows no ray job submit ... jobs/pretrain.py command"
     for command in commands:
         _assert_preflight_passes(_apply_overrides(_pretrain_overrides(command)))
 
