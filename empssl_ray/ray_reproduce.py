@@ -94,26 +94,30 @@ def run_row(config: dict[str, Any]) -> None:
                  "wall_s": wall, "gpu_hours": wall * gpus / 3600})
 
 
-def build_reproducer(settings: ReproduceConfig, compose: Any) -> tuple[tune.Tuner, str]:
-    """A Tuner over the chosen rows (restored when this sweep name has state) and its folder."""
+def chosen_rows(settings: ReproduceConfig) -> list[str]:
+    """reproduce.rows (all rows when empty); rows the table does not have are a ConfigError."""
     rows = settings.rows or paper_rows()
     unknown = sorted(set(rows) - set(paper_rows()))
     if unknown:
         raise ConfigError(f"reproduce.rows: {', '.join(unknown)} are not rows of the paper's "
                           f"table; choose from {', '.join(paper_rows())}")
+    return rows
+
+
+def build_reproducer(settings: ReproduceConfig,
+                     configs: dict[str, PretrainConfig]) -> tuple[tune.Tuner, str]:
+    """A Tuner over the rows' configs (restored when this sweep name has state) and its folder."""
     root = storage.resolve(settings.storage_path)
     sweep_dir = storage.join(root, settings.name)
     trainable = tune.with_resources(run_row, {"CPU": settings.trial_cpus})
     if tune.Tuner.can_restore(sweep_dir):
         return tune.Tuner.restore(sweep_dir, trainable, resume_errored=True), sweep_dir
-    configs = {}
-    for row in rows:
-        cfg = row_config(row, settings, compose)
+    for row, cfg in configs.items():
         cfg.run.name = f"{settings.name}-{row}"
-        configs[row] = asdict(cfg)
     tuner = tune.Tuner(
         trainable,
-        param_space={"row": tune.grid_search(rows), "configs": configs,
+        param_space={"row": tune.grid_search(list(configs)),
+                     "configs": {row: asdict(cfg) for row, cfg in configs.items()},
                      "rows_dir": storage.join(sweep_dir, "rows")},
         tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent_trials),
         run_config=tune.RunConfig(name=settings.name, storage_path=root, verbose=0),

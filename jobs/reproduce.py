@@ -47,7 +47,7 @@ def main(cfg: ReproduceJobConfig) -> dict[str, Any]:
     from empssl_ray.cli import preflight
     from empssl_ray.ray_reproduce import (
         build_reproducer,
-        paper_rows,
+        chosen_rows,
         paper_table,
         row_config,
         write_paper_table,
@@ -55,10 +55,10 @@ def main(cfg: ReproduceJobConfig) -> dict[str, Any]:
 
     init_ray(cfg.address)
     settings = cfg.reproduce
-    tuner, sweep_dir = build_reproducer(settings, compose_pretrain)
-    for row in settings.rows or paper_rows():  # every row's data and outputs, before any trial
-        preflight(row_config(row, settings, compose_pretrain),
-                  {"reproduce.storage_path": settings.storage_path})
+    configs = {row: row_config(row, settings, compose_pretrain) for row in chosen_rows(settings)}
+    for row_cfg in configs.values():  # every row's data and outputs, before any trial
+        preflight(row_cfg, {"reproduce.storage_path": settings.storage_path})
+    tuner, sweep_dir = build_reproducer(settings, configs)
     print(f"empssl-ray: paper rows -> {sweep_dir}", flush=True)
     table = paper_table(tuner.fit())
     print(write_paper_table(table, sweep_dir, settings.quick))
