@@ -118,19 +118,21 @@ def knn_accuracy(
     k: int = 20,
     temperature: float = 0.07,
     batch_size: int = 1024,
+    bank_chunk: int = 16_384,
 ) -> float:
     """Weighted kNN on cosine similarity; neighbours vote with weight exp(sim / temperature).
 
     Args:
-        train_x: (N, D) memory bank features; train_y: (N,) int labels.
+        train_x: (N, D) memory bank features (float16 or float32); train_y: (N,) int labels.
         test_x: (M, D) query features; test_y: (M,) int labels.
+        bank_chunk: bank rows turned into float32 at once (memory: bank_chunk x D x 4 bytes).
 
     Returns:
         Top-1 accuracy in [0, 1].
     """
     num_classes = int(max(train_y.max(), test_y.max())) + 1
-    return knn_accuracy_streamed([(train_x, train_y)], test_x, test_y, num_classes, k,
-                                 temperature, batch_size)
+    bank = ((train_x[sl], train_y[sl]) for sl in iterate_batches(len(train_x), bank_chunk))
+    return knn_accuracy_streamed(bank, test_x, test_y, num_classes, k, temperature, batch_size)
 
 
 @torch.no_grad()

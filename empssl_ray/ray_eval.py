@@ -24,18 +24,10 @@ from empssl_ray.config import (
     RayConfig,
 )
 from empssl_ray.devices import device_for_reserved_gpus
-from empssl_ray.evaluate import (
-    embed_images,
-    iterate_batches,
-    knn_accuracy_streamed,
-    match_channels,
-    probe,
-)
+from empssl_ray.evaluate import embed_images, evaluate_features, match_channels
 from empssl_ray.models import build_model
 from empssl_ray.ray_data import BATCHES_PER_BLOCK
 from empssl_ray.ray_read import read_images
-
-KNN_CHUNK_ROWS = 16_384  # training features the kNN holds in float32 at once
 
 
 class Embedder:
@@ -117,15 +109,9 @@ def probe_and_knn(features: str, cfg: EvalConfig, seed: int) -> dict[str, float]
     Memory on that worker: the training features (N x D x 2 bytes, float16) and the test ones;
     the kNN turns its bank into float32 a chunk at a time (a running top-k per test image).
     """
-    train_x, train_y = read_embeddings(storage.join(features, "train"))
-    test_x, test_y = read_embeddings(storage.join(features, "test"))
-    metrics = probe(train_x, train_y, test_x, test_y, cfg, seed)
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    bank = ((train_x[sl], train_y[sl]) for sl in iterate_batches(len(train_x), KNN_CHUNK_ROWS))
-    metrics["knn_acc"] = knn_accuracy_streamed(bank, test_x, test_y, num_classes, cfg.knn_k,
-                                               cfg.knn_temperature)
-    metrics.update(num_train=len(train_x), num_test=len(test_x))
-    return metrics
+    train = read_embeddings(storage.join(features, "train"))
+    test = read_embeddings(storage.join(features, "test"))
+    return evaluate_features(*train, *test, cfg, seed)
 
 
 @dataclass
