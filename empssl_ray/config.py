@@ -163,6 +163,9 @@ class RunConfig:
     evaluate: bool = True  # run the bag-of-features evaluation after pretraining
     compare_random_init: bool = False  # also evaluate a random-init encoder on the same protocol
     progress: bool = True  # progress bars on long stages
+    # Ray's own logs on the console (worker reports, Ray Data plans, raylet warnings); also on
+    # with the environment variable EMPSSL_VERBOSE=1
+    verbose: bool = False
 
 
 @dataclass
