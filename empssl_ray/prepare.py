@@ -22,7 +22,7 @@ from PIL import Image
 from empssl_ray import storage
 from empssl_ray.config import DataConfig
 from empssl_ray.datasets import SPLITS, ImageDataset, open_dataset
-from empssl_ray.image_decode import CHANNELS_KEY
+from empssl_ray.datasets.parquet import CHANNELS_KEY
 from empssl_ray.read_plan import epoch_plan, load_pieces, split_slices
 
 ROW_GROUP_ROWS = 1_000  # a row group is what one read task decodes: small enough to spread

@@ -22,13 +22,16 @@ from empssl_ray.datasets import (
     DATASETS,
     Chunk,
     DatasetError,
+    cifar,
     decode_images,
+    idx,
+    imagefolder,
     load_split,
     open_dataset,
 )
 from tests.conftest import SHARED_CIFAR
 
-DEBIAN_FASHION = Path(datasets.FASHION_MNIST_ROOT)
+DEBIAN_FASHION = Path(idx.FASHION_MNIST_ROOT)
 
 
 def cfg(**kw) -> DataConfig:
@@ -111,7 +114,7 @@ def test_cifar_download_then_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         calls.append((name, root, split))
         write_cifar10(Path(root))
 
-    monkeypatch.setattr(datasets, "_torchvision_download", fake_download)
+    monkeypatch.setattr(cifar, "torchvision_download", fake_download)
     monkeypatch.setenv("EMPSSL_DATA", str(tmp_path / "cache"))
     ds = open_dataset(cfg(name="cifar10", download=True), "test")
     assert calls == [("cifar10", str(tmp_path / "cache"), "test")] and len(ds) == 2
@@ -142,7 +145,7 @@ def write_idx(root: Path, prefix: str, images: np.ndarray, labels: np.ndarray, g
 
 
 def test_fashion_mnist_idx_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets, "IDX_CHUNK_ROWS", 4)
+    monkeypatch.setattr(idx, "IDX_CHUNK_ROWS", 4)
     rng = np.random.default_rng(1)
     images, labels = rng.integers(0, 256, (10, 28, 28)), rng.integers(0, 10, 10)
     write_idx(tmp_path, "train", images, labels, gz=True)
@@ -227,7 +230,7 @@ def test_imagefolder_converts_modes(tmp_path: Path) -> None:
 
 
 def test_imagefolder_chunks_and_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets, "FOLDER_CHUNK_FILES", 2)
+    monkeypatch.setattr(imagefolder, "FOLDER_CHUNK_FILES", 2)
     write_folder(tmp_path)
     ds = open_dataset(cfg(name="imagefolder", root=str(tmp_path)), "train")
     assert [(c.start, c.stop) for c in ds.chunks] == [(0, 2), (2, 3)]
