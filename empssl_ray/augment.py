@@ -55,6 +55,100 @@ class PatchParams:
     solarize: torch.Tensor  # (N,) bool
 
 
+def multi_patch(
+    images: torch.Tensor,
+    num_patches: int,
+    size: int,
+    generator: torch.Generator | None = None,
+    crop_scale: float = 0.25,
+    interpolation: str = "bilinear",
+    sync_free: bool | None = None,
+    aspect_ratio: tuple[float, float] = (1.0, 1.0),
+) -> torch.Tensor:
+    """Cuts `num_patches` independently augmented patches from every image.
+
+    Args:
+        images: (B, C, H, W) uint8, C in {1, 3}, on CPU or GPU.
+        num_patches: n, patches per image.
+        size: S, output side in pixels.
+        generator: a torch.Generator on images' device, for reproducible patches.
+        crop_scale: fraction of the image area each crop covers.
+        interpolation: "bilinear" or "bicubic" resize of the crop to S.
+        sync_free: the path that never waits for the device (see `render_patches`); None picks
+            it on any device but the CPU. Tests force either path on the CPU.
+        aspect_ratio: (min, max) width/height of the crops, drawn log-uniformly per patch;
+            (1, 1) cuts square crops as row copies, anything else resamples boxes
+            (`crops`), after which the same flip/colour/blur/solarize ops follow.
+
+    Returns:
+        (B, n, C, S, S) uint8.
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(
+            f"multi_patch expects uint8 (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+    b, c, h, w = images.shape
+    # Always float32: under a caller's bf16 autocast the blur's convolution would run in bf16
+    # and move pixels by up to 2 grey levels.
+    with torch.autocast(images.device.type, enabled=False):
+        if tuple(aspect_ratio) == (1.0, 1.0):
+            crop = crop_side(h, w, crop_scale)
+            params = sample_patch_params(b, num_patches, h, w, crop, generator, images.device)
+            x = render_patches(images, params, crop, size, interpolation, sync_free)
+        else:
+            ratio = (float(aspect_ratio[0]), float(aspect_ratio[1]))
+            boxes = sample_boxes(b * num_patches, h, w, crop_scale, ratio, generator,
+                                 images.device)
+            crops = resample_boxes(images, boxes, num_patches, size, interpolation)
+            # The boxes are the crops: the rest runs on them as whole S x S "images".
+            params = sample_patch_params(b * num_patches, 1, size, size, size, generator,
+                                         images.device)
+            x = render_patches(crops, params, size, size, interpolation, sync_free)
+    return x.view(b, num_patches, c, size, size)
+
+
+def cut_patches(
+    images: torch.Tensor,
+    cfg: PatchConfig,
+    size: int,
+    generator: torch.Generator | None = None,
+    num_patches: int | None = None,
+    sync_free: bool | None = None,
+) -> torch.Tensor:
+    """`multi_patch` with a run's patch settings: training and evaluation cut patches alike.
+
+    Args:
+        images: (B, C, H, W) uint8.
+        cfg: crop scale, aspect ratio, interpolation (and n, unless `num_patches` is given).
+        size: S (the run's resolved patch size).
+        generator: on images' device.
+        num_patches: n; None = cfg.num_patches (evaluation passes its own T).
+        sync_free: see `multi_patch`.
+
+    Returns:
+        (B, n, C, S, S) uint8.
+    """
+    return multi_patch(
+        images,
+        num_patches or cfg.num_patches,
+        size,
+        generator,
+        cfg.crop_scale,
+        cfg.interpolation,
+        sync_free,
+        (cfg.aspect_ratio[0], cfg.aspect_ratio[1]),
+    )
+
+
+def to_model_input(patches: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 patches (..., C, S, S) -> float (N, C, S, S) normalised with mean 0.5, std 0.5.
+
+    Runs on the training device after transfer, so the wire carries 1 byte per value.
+    """
+    x = patches.reshape(-1, *patches.shape[-3:]).float().div_(127.5).sub_(1.0)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def sample_patch_params(
     num_images: int,
     num_patches: int,
@@ -216,100 +310,6 @@ def _resize(x: torch.Tensor, size: int, interpolation: str, in_float: bool) -> t
         antialias=x.shape[-1] > size,
     )
     return out if out.dtype == torch.uint8 else out.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def multi_patch(
-    images: torch.Tensor,
-    num_patches: int,
-    size: int,
-    generator: torch.Generator | None = None,
-    crop_scale: float = 0.25,
-    interpolation: str = "bilinear",
-    sync_free: bool | None = None,
-    aspect_ratio: tuple[float, float] = (1.0, 1.0),
-) -> torch.Tensor:
-    """Cuts `num_patches` independently augmented patches from every image.
-
-    Args:
-        images: (B, C, H, W) uint8, C in {1, 3}, on CPU or GPU.
-        num_patches: n, patches per image.
-        size: S, output side in pixels.
-        generator: a torch.Generator on images' device, for reproducible patches.
-        crop_scale: fraction of the image area each crop covers.
-        interpolation: "bilinear" or "bicubic" resize of the crop to S.
-        sync_free: the path that never waits for the device (see `render_patches`); None picks
-            it on any device but the CPU. Tests force either path on the CPU.
-        aspect_ratio: (min, max) width/height of the crops, drawn log-uniformly per patch;
-            (1, 1) cuts square crops as row copies, anything else resamples boxes
-            (`crops`), after which the same flip/colour/blur/solarize ops follow.
-
-    Returns:
-        (B, n, C, S, S) uint8.
-    """
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(
-            f"multi_patch expects uint8 (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
-        )
-    b, c, h, w = images.shape
-    # Always float32: under a caller's bf16 autocast the blur's convolution would run in bf16
-    # and move pixels by up to 2 grey levels.
-    with torch.autocast(images.device.type, enabled=False):
-        if tuple(aspect_ratio) == (1.0, 1.0):
-            crop = crop_side(h, w, crop_scale)
-            params = sample_patch_params(b, num_patches, h, w, crop, generator, images.device)
-            x = render_patches(images, params, crop, size, interpolation, sync_free)
-        else:
-            ratio = (float(aspect_ratio[0]), float(aspect_ratio[1]))
-            boxes = sample_boxes(b * num_patches, h, w, crop_scale, ratio, generator,
-                                 images.device)
-            crops = resample_boxes(images, boxes, num_patches, size, interpolation)
-            # The boxes are the crops: the rest runs on them as whole S x S "images".
-            params = sample_patch_params(b * num_patches, 1, size, size, size, generator,
-                                         images.device)
-            x = render_patches(crops, params, size, size, interpolation, sync_free)
-    return x.view(b, num_patches, c, size, size)
-
-
-def cut_patches(
-    images: torch.Tensor,
-    cfg: PatchConfig,
-    size: int,
-    generator: torch.Generator | None = None,
-    num_patches: int | None = None,
-    sync_free: bool | None = None,
-) -> torch.Tensor:
-    """`multi_patch` with a run's patch settings: training and evaluation cut patches alike.
-
-    Args:
-        images: (B, C, H, W) uint8.
-        cfg: crop scale, aspect ratio, interpolation (and n, unless `num_patches` is given).
-        size: S (the run's resolved patch size).
-        generator: on images' device.
-        num_patches: n; None = cfg.num_patches (evaluation passes its own T).
-        sync_free: see `multi_patch`.
-
-    Returns:
-        (B, n, C, S, S) uint8.
-    """
-    return multi_patch(
-        images,
-        num_patches or cfg.num_patches,
-        size,
-        generator,
-        cfg.crop_scale,
-        cfg.interpolation,
-        sync_free,
-        (cfg.aspect_ratio[0], cfg.aspect_ratio[1]),
-    )
-
-
-def to_model_input(patches: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 patches (..., C, S, S) -> float (N, C, S, S) normalised with mean 0.5, std 0.5.
-
-    Runs on the training device after transfer, so the wire carries 1 byte per value.
-    """
-    x = patches.reshape(-1, *patches.shape[-3:]).float().div_(127.5).sub_(1.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def _apply_to(x: torch.Tensor, mask: torch.Tensor, fn, blend: bool) -> None:
