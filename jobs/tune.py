@@ -26,8 +26,8 @@ from empssl_ray.config import TuneJobConfig, register_configs  # noqa: E402
 def main(cfg: TuneJobConfig) -> dict[str, Any]:
     """Runs (or resumes) the sweep and writes results.csv, best.yaml and sweep.png."""
     from empssl_ray import storage
+    from empssl_ray.ray_sweep_report import plot_sweep, write_best_yaml, write_results_csv
     from empssl_ray.ray_tune import apply_overrides, build_tuner, trial_table
-    from empssl_ray.sweep_report import plot_sweep, write_best_yaml, write_results_csv
     from empssl_ray.tracking import format_table
 
     init_ray(cfg.ray.address)

@@ -1,4 +1,4 @@
-"""Sweep outputs: results table (CSV), best config (YAML pretrain accepts as is), plots."""
+"""Ray Tune sweep outputs: results table (CSV), best config (YAML pretrain accepts as is), plots."""
 
 from __future__ import annotations
 
