@@ -22,23 +22,24 @@ class ConfigError(UserError, ValueError):
 class DataConfig:
     # dataset registry name: cifar10, cifar100, fashion-mnist, imagefolder, parquet
     name: str = "fashion-mnist"
-    root: str | None = (
-        None  # directory or URI (s3://, gs://) of the data; None = the dataset's default place
-    )
-    download: bool = (
-        True  # let torchvision download cifar/fashion-mnist when absent (needs network)
-    )
-    train_limit: int | None = None  # use only the first N training images (None = all)
-    test_limit: int | None = None  # use only the first N test images (None = all)
-    image_column: str = "image"  # parquet: column of encoded image bytes (JPEG/PNG/...)
-    label_column: str = "label"  # parquet: column of integer labels
-    num_classes: int | None = None  # imagefolder/parquet: class count; None = infer from the labels
-    image_size: int | None = (
-        None  # imagefolder/parquet: side in pixels images are resized to; None = as stored
-    )
-    on_bad_image: str = (
-        "error"  # "error" stops naming the file/row; "skip" drops it and counts it in metrics
-    )
+    # directory or URI (s3://, gs://) of the data; None = the dataset's default place
+    root: str | None = None
+    # let torchvision download cifar/fashion-mnist when absent (needs network)
+    download: bool = True
+    # use only the first N training images (None = all)
+    train_limit: int | None = None
+    # use only the first N test images (None = all)
+    test_limit: int | None = None
+    # parquet: column of encoded image bytes (JPEG/PNG/...)
+    image_column: str = "image"
+    # parquet: column of integer labels
+    label_column: str = "label"
+    # imagefolder/parquet: class count; None = infer from the labels
+    num_classes: int | None = None
+    # imagefolder/parquet: side in pixels images are resized to; None = as stored
+    image_size: int | None = None
+    # "error" stops naming the file/row; "skip" drops it and counts it in metrics
+    on_bad_image: str = "error"
 
     def __post_init__(self) -> None:
         # Ray workers run in other directories: a local root is pinned where the config is made.
@@ -48,14 +49,14 @@ class DataConfig:
 
 @dataclass
 class PatchConfig:
-    num_patches: int = 20  # n: augmented patches per image in training (paper: 20 to 200)
-    size: int | None = (
-        None  # S: patch side in pixels fed to the model; None = the dataset's image size
-    )
-    crop_scale: float = 0.25  # fraction of the image area each crop covers (paper: a quarter)
-    interpolation: str = (
-        "bilinear"  # resize of the crop to S: bilinear, or bicubic (paper's ImageNet)
-    )
+    # n: augmented patches per image in training (paper: 20 to 200)
+    num_patches: int = 20
+    # S: patch side in pixels fed to the model; None = the dataset's image size
+    size: int | None = None
+    # fraction of the image area each crop covers (paper: a quarter)
+    crop_scale: float = 0.25
+    # resize of the crop to S: bilinear, or bicubic (paper's ImageNet)
+    interpolation: str = "bilinear"
     # [min, max] width/height ratio of the crops, drawn log-uniformly per patch as torchvision's
     # RandomResizedCrop does; [1, 1] = square crops (paper's CIFAR), [0.75, 1.333] its ImageNet
     aspect_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])
@@ -65,11 +66,16 @@ class PatchConfig:
 class ModelConfig:
     # registry: resnet18-cifar, resnet18-imagenet, resnet18-tinyimagenet, resnet-narrow
     backbone: str = "resnet18-cifar"
-    width: int = 64  # channels of the first stage; ResNet-18 is 64, CPU tests use 8-16
-    prefeature_dim: int = 4096  # output of head h, the representation evaluated
-    hidden_dim: int = 4096  # hidden width of projector g
-    proj_dim: int = 1024  # d: output of projector g, the space the loss lives in
-    channels_last: bool = False  # NHWC memory format: faster convolutions on recent GPUs
+    # channels of the first stage; ResNet-18 is 64, CPU tests use 8-16
+    width: int = 64
+    # output of head h, the representation evaluated
+    prefeature_dim: int = 4096
+    # hidden width of projector g
+    hidden_dim: int = 4096
+    # d: output of projector g, the space the loss lives in
+    proj_dim: int = 1024
+    # NHWC memory format: faster convolutions on recent GPUs
+    channels_last: bool = False
     # batch norm over all workers' patches (the reference's one GPU sees all n x B) instead of
     # each worker's share; used only with several GPU workers (SyncBatchNorm needs CUDA)
     sync_batchnorm: bool = False
@@ -77,24 +83,30 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    invariance_weight: float = 200.0  # lambda ("patch_sim") on the patch-invariance term
-    tcr_weight: float = 1.0  # weight on the total coding rate term
-    eps: float = (
-        0.2  # distortion eps in R(Z) = 1/2 logdet(I + d/(B eps) Z^T Z), as the reference passes it
-    )
+    # lambda ("patch_sim") on the patch-invariance term
+    invariance_weight: float = 200.0
+    # weight on the total coding rate term
+    tcr_weight: float = 1.0
+    # distortion eps in R(Z) = 1/2 logdet(I + d/(B eps) Z^T Z), as the reference passes it
+    eps: float = 0.2
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = 1  # passes over the training images
-    batch_size: int = (
-        100  # images per step across all workers (each image brings num_patches patches)
-    )
-    lr: float = 0.3  # peak learning rate, annealed by cosine to 0 over all steps
-    momentum: float = 0.9  # SGD momentum (Nesterov)
-    weight_decay: float = 1e-4  # L2 on weights; bias and norm parameters are excluded
-    lars_eta: float = 0.005  # LARS trust coefficient; trust ratio clipped at 1
-    warmup_steps: int = 0  # linear warm-up steps before the cosine (reference: 0)
+    # passes over the training images
+    epochs: int = 1
+    # images per step across all workers (each image brings num_patches patches)
+    batch_size: int = 100
+    # peak learning rate, annealed by cosine to 0 over all steps
+    lr: float = 0.3
+    # SGD momentum (Nesterov)
+    momentum: float = 0.9
+    # L2 on weights; bias and norm parameters are excluded
+    weight_decay: float = 1e-4
+    # LARS trust coefficient; trust ratio clipped at 1
+    lars_eta: float = 0.005
+    # linear warm-up steps before the cosine (reference: 0)
+    warmup_steps: int = 0
     # bf16 autocast of the model on GPU (ignored on CPU); False = float32, as the reference
     # trains. The loss and TCR run in float32 either way.
     bf16: bool = False
@@ -102,46 +114,62 @@ class OptimConfig:
 
 @dataclass
 class EvalConfig:
-    num_patches: int = 128  # T: patches averaged per image for bag-of-features (paper: 128)
-    batch_size: int = 256  # images per embedding batch
-    knn_k: int = 20  # neighbours in the weighted kNN
-    knn_temperature: float = 0.07  # temperature of the kNN's exp(similarity / T) weights
-    probe_epochs: int = 100  # epochs of the linear probe
-    probe_lr: float = 0.03  # linear probe SGD learning rate (cosine to 0, stepped per epoch)
-    probe_weight_decay: float = 5e-5  # linear probe SGD weight decay (reference: 5e-5)
+    # T: patches averaged per image for bag-of-features (paper: 128)
+    num_patches: int = 128
+    # images per embedding batch
+    batch_size: int = 256
+    # neighbours in the weighted kNN
+    knn_k: int = 20
+    # temperature of the kNN's exp(similarity / T) weights
+    knn_temperature: float = 0.07
+    # epochs of the linear probe
+    probe_epochs: int = 100
+    # linear probe SGD learning rate (cosine to 0, stepped per epoch)
+    probe_lr: float = 0.03
+    # linear probe SGD weight decay (reference: 5e-5)
+    probe_weight_decay: float = 5e-5
     # images per linear probe step; the last partial batch of an epoch is dropped (reference)
     probe_batch_size: int = 100
     # standardise features with the training set's mean/std before the probe (reference: no)
     probe_standardize: bool = False
-    monitor_train: int = 1000  # online kNN: labelled training images used as the memory bank
-    monitor_test: int = 500  # online kNN: test images scored each epoch (0 disables the monitor)
-    monitor_patches: int = 4  # online kNN: patches per image (few: it runs every epoch)
+    # online kNN: labelled training images used as the memory bank
+    monitor_train: int = 1000
+    # online kNN: test images scored each epoch (0 disables the monitor)
+    monitor_test: int = 500
+    # online kNN: patches per image (few: it runs every epoch)
+    monitor_patches: int = 4
 
 
 @dataclass
 class RayConfig:
-    address: str | None = (
-        None  # Ray cluster address; None = the job's cluster or an embedded local Ray
-    )
+    # Ray cluster address; None = the job's cluster or an embedded local Ray
+    address: str | None = None
     # training workers (DDP ranks); 0 = Ray Train's local mode in the driver, for debugging only:
     # it keeps no checkpoint on storage, so a rerun cannot resume
     num_workers: int = 2
-    use_gpu: bool = False  # one GPU per training worker (nccl); False = CPU workers (gloo)
-    cpus_per_worker: float = 1.0  # CPUs each training worker reserves
+    # one GPU per training worker (nccl); False = CPU workers (gloo)
+    use_gpu: bool = False
+    # CPUs each training worker reserves
+    cpus_per_worker: float = 1.0
     # Extra Ray resources per trainer, e.g. ++ray.trainer_resources={trainer: 1} (the ++: Hydra
     # refuses new keys in a typed dict without it)
     trainer_resources: dict[str, float] = field(default_factory=dict)
-    aug_min_actors: int = 1  # augmentation actor pool: fewest actors kept alive
-    aug_max_actors: int = 2  # augmentation actor pool: most actors it grows to under demand
-    aug_cpus_per_actor: float = 1.0  # CPUs each augmentation actor reserves
+    # augmentation actor pool: fewest actors kept alive
+    aug_min_actors: int = 1
+    # augmentation actor pool: most actors it grows to under demand
+    aug_max_actors: int = 2
+    # CPUs each augmentation actor reserves
+    aug_cpus_per_actor: float = 1.0
     # Extra Ray resources per augmentation actor, e.g. ++ray.aug_resources={augment: 1}
     aug_resources: dict[str, float] = field(default_factory=dict)
-    aug_batch_size: int = 64  # images per augmentation task
-    read_cpus: float = 1.0  # CPUs each read/decode/shuffle task reserves (fractional on laptops)
-    patches_on_trainer: bool = (
-        False  # ship raw images and cut patches on the training device (n x fewer bytes)
-    )
-    max_failures: int = 2  # worker failures survived by restarting from the latest checkpoint
+    # images per augmentation task
+    aug_batch_size: int = 64
+    # CPUs each read/decode/shuffle task reserves (fractional on laptops)
+    read_cpus: float = 1.0
+    # ship raw images and cut patches on the training device (n x fewer bytes)
+    patches_on_trainer: bool = False
+    # worker failures survived by restarting from the latest checkpoint
+    max_failures: int = 2
     # batches each trainer holds ready; they carry it across the next epoch's pipeline start-up
     # (seconds), so keep depth x step time above that (memory: depth x one per-worker batch)
     prefetch_batches: int = 16
@@ -149,20 +177,24 @@ class RayConfig:
 
 @dataclass
 class RunConfig:
-    name: str = (
-        "empssl"  # run name; rerunning with the same name resumes from its latest checkpoint
-    )
+    # run name; rerunning with the same name resumes from its latest checkpoint
+    name: str = "empssl"
     # where runs live: a local dir (made absolute) or a URI (s3://..., gs://...). On a cluster of
     # several nodes, or under `ray job submit`, a URI unless shared_filesystem is set
     storage_path: str = "runs"
     # local paths in data.root / storage paths are on a filesystem every node mounts (NFS, EFS,
     # Filestore): lets a multi-node job use them
     shared_filesystem: bool = False
-    seed: int = 0  # seeds model init and patch randomness
-    log_every_steps: int = 10  # report metrics every N steps (and at each epoch's end)
-    evaluate: bool = True  # run the bag-of-features evaluation after pretraining
-    compare_random_init: bool = False  # also evaluate a random-init encoder on the same protocol
-    progress: bool = True  # progress bars on long stages
+    # seeds model init and patch randomness
+    seed: int = 0
+    # report metrics every N steps (and at each epoch's end)
+    log_every_steps: int = 10
+    # run the bag-of-features evaluation after pretraining
+    evaluate: bool = True
+    # also evaluate a random-init encoder on the same protocol
+    compare_random_init: bool = False
+    # progress bars on long stages
+    progress: bool = True
     # Ray's own logs on the console (worker reports, Ray Data plans, raylet warnings); also on
     # with the environment variable EMPSSL_VERBOSE=1
     verbose: bool = False
@@ -184,40 +216,56 @@ class PretrainConfig:
 class EvaluateConfig(PretrainConfig):
     """A pretrain config (so the same experiment presets apply) plus what to evaluate."""
 
-    checkpoint: str | None = None  # checkpoint dir to evaluate; None = run.name's latest
-    random_init: bool = False  # evaluate a random-init encoder instead (the baseline)
-    output: str | None = None  # metrics JSON path or URI; None = <run dir>/eval.json
+    # checkpoint dir to evaluate; None = run.name's latest
+    checkpoint: str | None = None
+    # evaluate a random-init encoder instead (the baseline)
+    random_init: bool = False
+    # metrics JSON path or URI; None = <run dir>/eval.json
+    output: str | None = None
     # transfer: registry name of a dataset to evaluate on instead of `data` (channels and image
     # size may differ from the pretraining data's); data's limits apply to it too
     eval_data: str | None = None
-    eval_data_root: str | None = None  # its directory or URI; None = the dataset's default place
-
-
+    # its directory or URI; None = the dataset's default place
+    eval_data_root: str | None = None
 
 
 @dataclass
 class SearchParam:
-    kind: str = "choice"  # choice | grid | uniform | loguniform
-    values: list[Any] | None = None  # choice/grid: the candidates
-    low: float | None = None  # uniform/loguniform: lower bound
-    high: float | None = None  # uniform/loguniform: upper bound
+    # choice | grid | uniform | loguniform
+    kind: str = "choice"
+    # choice/grid: the candidates
+    values: list[Any] | None = None
+    # uniform/loguniform: lower bound
+    low: float | None = None
+    # uniform/loguniform: upper bound
+    high: float | None = None
 
 
 @dataclass
 class SweepConfig:
-    name: str = "sweep"  # sweep name; rerunning the same name resumes it
-    storage_path: str = "sweeps"  # where sweeps live (local dir or URI)
+    # sweep name; rerunning the same name resumes it
+    name: str = "sweep"
+    # where sweeps live (local dir or URI)
+    storage_path: str = "sweeps"
     # Search space: dotted config keys -> distributions. Tunable keys: patches.num_patches,
     # loss.invariance_weight, loss.tcr_weight, loss.eps, optim.lr, optim.batch_size
     space: dict[str, SearchParam] = field(default_factory=dict)
-    num_samples: int = 4  # samples drawn (with grid keys: repeats of the whole grid)
-    max_concurrent_trials: int = 2  # trials running at once
-    scheduler: str = "asha"  # asha (early-stops weak trials at each epoch) | fifo
-    objective: str = "knn_acc"  # knn_acc | knn_acc_per_mpatch (accuracy per million patch-forwards)
-    grace_period: int = 1  # ASHA: epochs every trial gets before it can be stopped
-    reduction_factor: int = 2  # ASHA: keep the best 1/reduction_factor at each rung
-    trial_cpus: float = 0.1  # CPUs the trial's driver function holds (its trainers ask their own)
-    seed: int = 0  # seeds the search
+    # samples drawn (with grid keys: repeats of the whole grid)
+    num_samples: int = 4
+    # trials running at once
+    max_concurrent_trials: int = 2
+    # asha (early-stops weak trials at each epoch) | fifo
+    scheduler: str = "asha"
+    # knn_acc | knn_acc_per_mpatch (accuracy per million patch-forwards)
+    objective: str = "knn_acc"
+    # ASHA: epochs every trial gets before it can be stopped
+    grace_period: int = 1
+    # ASHA: keep the best 1/reduction_factor at each rung
+    reduction_factor: int = 2
+    # CPUs the trial's driver function holds (its trainers ask their own)
+    trial_cpus: float = 0.1
+    # seeds the search
+    seed: int = 0
 
 
 @dataclass
@@ -239,29 +287,38 @@ class ReproduceConfig:
     # dataset name -> Parquet folder or URI made by jobs/prepare.py (read as data=parquet);
     # e.g. {cifar10: s3://bucket/cifar10}. Rows of other datasets use their preset's data
     data_roots: dict[str, str] = field(default_factory=dict)
-    name: str = "paper"  # sweep name; rerunning the same name resumes it
-    storage_path: str = "sweeps"  # where it lives: a local dir or a URI (s3://...)
-    max_concurrent_trials: int = 4  # rows trained at once
-    trial_cpus: float = 0.1  # CPUs each row's driver function holds (its trainers ask their own)
+    # sweep name; rerunning the same name resumes it
+    name: str = "paper"
+    # where it lives: a local dir or a URI (s3://...)
+    storage_path: str = "sweeps"
+    # rows trained at once
+    max_concurrent_trials: int = 4
+    # CPUs each row's driver function holds (its trainers ask their own)
+    trial_cpus: float = 0.1
 
 
 @dataclass
 class ReproduceJobConfig:
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
-    address: str | None = None  # Ray cluster address; None = the job's cluster or a local Ray
-    progress: bool = True  # progress bars while evaluating
+    # Ray cluster address; None = the job's cluster or a local Ray
+    address: str | None = None
+    # progress bars while evaluating
+    progress: bool = True
 
 
 @dataclass
 class PrepareConfig:
-    rows_per_file: int = 10_000  # images per part-NNNNN.parquet file
-    progress: bool = True  # progress bar per split
+    # images per part-NNNNN.parquet file
+    rows_per_file: int = 10_000
+    # progress bar per split
+    progress: bool = True
 
 
 @dataclass
 class PrepareJobConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    out: str | None = None  # folder or URI (s3://bucket/name) the Parquet dataset goes to
+    # folder or URI (s3://bucket/name) the Parquet dataset goes to
+    out: str | None = None
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
 
