@@ -28,6 +28,9 @@ from torchvision import transforms as T
 from empssl_ray.augment import multi_patch, to_model_input
 
 GOAL = 10.0  # the speed-up multi_patch should reach over the per-patch PIL pipeline
+# The two sides' normalised outputs (values in [-1, 1]) must roughly agree, or main returns 1:
+MEAN_TOL = 0.25  # largest |mean ref - mean ours|
+STD_TOL = 1.25  # largest ratio between the two stds, either way round
 # CIFAR-10 as Parquet beside the repository (../shared/data/cifar10); random pixels without it.
 CIFAR = Path(__file__).resolve().parents[2] / "shared/data/cifar10/test/part-00000.parquet"
 
@@ -145,8 +148,23 @@ def bench_size(side: int, num_images: int, num_patches: int, rounds: int) -> dic
     }
 
 
+def outputs_agree(r: dict[str, float | str]) -> bool:
+    """Whether a `bench_size` result's two pipelines gave roughly the same pixel statistics."""
+    mean_ref, mean_ours = float(r["mean_ref"]), float(r["mean_ours"])
+    std_ref, std_ours = float(r["std_ref"]), float(r["std_ours"])
+    if not (std_ref > 0 and std_ours > 0):
+        return False
+    return abs(mean_ref - mean_ours) <= MEAN_TOL and max(std_ref, std_ours) <= STD_TOL * min(
+        std_ref, std_ours
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Runs both sizes, prints a table and `ratio patches ...` lines."""
+    """Runs both sizes, prints a table and `ratio patches ...` lines.
+
+    Returns 1 (after printing which size) when the two pipelines' outputs do not agree
+    (`outputs_agree`), else 0.
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds")
@@ -169,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'size':<8}{'ref p/s':>10}{'ours p/s':>11}{'+norm p/s':>11}"
         f"{'mean ref/ours':>16}{'std ref/ours':>15}  images"
     )
-    lines = []
+    lines, ok = [], True
     for side in args.sizes:
         r = bench_size(side, args.images, args.patches, args.rounds)
         name = f"{side}x{side}"
@@ -182,9 +200,12 @@ def main(argv: list[str] | None = None) -> int:
         ratio_norm = float(r["ours_norm"]) / float(r["ref"])
         lines.append(f"ratio patches {name}: {ratio:.1f}x (goal >= {GOAL:.0f}x)")
         lines.append(f"ratio patches+normalise {name}: {ratio_norm:.1f}x (goal >= {GOAL:.0f}x)")
+        if not outputs_agree(r):
+            ok = False
+            lines.append(f"outputs differ at {name}: mean or std beyond MEAN_TOL / STD_TOL")
     for line in lines:
         print(line)
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -37,10 +37,18 @@ def test_reference_tcr_matches_core_on_tall_and_wide_views() -> None:
 
 
 def test_patches_quick_prints_both_ratios(capsys: pytest.CaptureFixture[str]) -> None:
-    assert patches.main(["--quick"]) == 0
+    assert patches.main(["--quick"]) == 0  # 1 would mean the two pipelines' outputs disagree
     ratios = _ratios(capsys.readouterr().out)
     assert set(ratios) == {"patches 32x32", "patches+normalise 32x32"}
     assert all(r > 0 for r in ratios.values())
+
+
+def test_patches_outputs_agree_rejects_blank_or_shifted_patches() -> None:
+    same = {"mean_ref": 0.0, "mean_ours": 0.1, "std_ref": 0.5, "std_ours": 0.55}
+    assert patches.outputs_agree(same)
+    assert not patches.outputs_agree({**same, "std_ours": 0.0})  # constant patches
+    assert not patches.outputs_agree({**same, "mean_ours": 0.5})  # e.g. normalisation skipped
+    assert not patches.outputs_agree({**same, "std_ours": 1.0})
 
 
 def test_reference_pipeline_output_is_normalised_patch() -> None:
