@@ -366,17 +366,24 @@ def test_parquet_empty_and_absent(tmp_path: Path) -> None:
 
 
 # ---- registry and shared behaviour ---------------------------------------------------------
-def test_unknown_name_and_bad_config(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match=r"unknown dataset.*'mnist'.*cifar10, cifar100, fashion"):
-        open_dataset(cfg(name="mnist"), "train")
-    with pytest.raises(DatasetError, match=r"unknown split 'valid'"):
-        open_dataset(cfg(name="cifar10"), "valid")
-    with pytest.raises(DatasetError, match=r"on_bad_image='ignore'.*'error'.*'skip'"):
-        open_dataset(cfg(name="cifar10", on_bad_image="ignore"), "train")
-    with pytest.raises(DatasetError, match=r"data.train_limit=0 must be at least 1"):
-        open_dataset(cfg(name="cifar10", train_limit=0), "train")
-    with pytest.raises(DatasetError, match=r"imagefolder has no default location: set data.root"):
-        open_dataset(cfg(name="imagefolder"), "train")
+@pytest.mark.parametrize(
+    ("overrides", "split", "error"),
+    [
+        ({"name": "mnist"}, "train", r"unknown dataset.*'mnist'.*cifar10, cifar100, fashion"),
+        ({"name": "cifar10"}, "valid", r"unknown split 'valid'"),
+        ({"name": "cifar10", "on_bad_image": "ignore"}, "train",
+         r"on_bad_image='ignore'.*'error'.*'skip'"),
+        ({"name": "cifar10", "train_limit": 0}, "train", r"data.train_limit=0 must be at least 1"),
+        ({"name": "imagefolder"}, "train", r"imagefolder has no default location: set data.root"),
+    ],
+    ids=["unknown-name", "unknown-split", "bad-on-bad-image", "zero-limit", "no-default-root"],
+)
+def test_unknown_name_and_bad_config(overrides: dict, split: str, error: str) -> None:
+    with pytest.raises(DatasetError, match=error):
+        open_dataset(cfg(**overrides), split)
+
+
+def test_registry_names() -> None:
     assert set(DATASETS) == {"cifar10", "cifar100", "fashion-mnist", "imagefolder", "parquet"}
 
 
