@@ -15,24 +15,29 @@ from empssl_ray.errors import user_error_line
 JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
-def init_ray(address: str | None, quiet: bool = True) -> None:
+def init_ray(address: str | None, verbose: bool = False) -> None:
     """Joins `address`, or the job's cluster (RAY_ADDRESS, set by `ray job submit`), or else
     starts an embedded local Ray. A bare ray.init() would instead try to join whatever cluster
-    /tmp/ray last recorded, even a dead one."""
+    /tmp/ray last recorded, even a dead one.
+
+    Args:
+        verbose: Ray's own logs on the console (run.verbose, or EMPSSL_VERBOSE=1); otherwise
+            the console shows only our progress (`ray_console`).
+    """
     import ray
+
+    from empssl_ray.console import verbose_wanted
+    from empssl_ray.ray_console import quiet_ray, silence_driver
 
     if ray.is_initialized():
         return
+    verbose = verbose_wanted(verbose)
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     # The dashboard stays on even locally: Ray Train V2 watches its controller through the
     # state API that the dashboard serves.
-    kwargs = {"logging_level": "WARNING"} if quiet else {}
-    ray.init(address=address, **kwargs)  # type: ignore[arg-type]
-    if quiet:
-        from ray.data import DataContext
-
-        ctx = DataContext.get_current()
-        ctx.enable_progress_bars = sys.stderr.isatty()  # bars on a terminal, not in job logs
+    ray.init(address=address, **quiet_ray(verbose))
+    if not verbose:
+        silence_driver()
 
 
 def preflight(cfg: PretrainConfig, outputs: dict[str, str] | None = None) -> None:

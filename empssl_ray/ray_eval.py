@@ -1,7 +1,8 @@
 """Evaluation on Ray: bag-of-features over whole splits as batch inference, then probe and kNN.
 
-Embedding is `evaluate.embed_images` inside an actor pool; the linear probe and kNN run on the
-driver, where the (N, D) features end up.
+Embedding is `evaluate.embed_images` inside an actor pool whose actors write float16 Parquet
+shards; the linear probe and kNN run in one task on a worker that reads them back. The driver
+holds metrics only.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from empssl_ray.config import (
 from empssl_ray.devices import device_for_reserved_gpus
 from empssl_ray.evaluate import embed_images, evaluate_features, match_channels
 from empssl_ray.models import build_model
+from empssl_ray.ray_console import post
 from empssl_ray.ray_data import BATCHES_PER_BLOCK
 from empssl_ray.ray_read import read_images
 
@@ -35,7 +37,8 @@ class Embedder:
 
     def __init__(self, state: dict[str, Any], model_cfg: ModelConfig, in_channels: int,
                  cfg: EvalConfig, patch_size: int, seed: int,
-                 patches: PatchConfig | None = None) -> None:
+                 patches: PatchConfig | None = None, board: Any = None,
+                 stage: str = "") -> None:
         cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(cpus)
         # The GPU Ray reserved, if any: a CPU-reserved actor on a GPU node stays off the GPU.
@@ -45,6 +48,7 @@ class Embedder:
         self.model.eval()
         self.cfg, self.patch_size, self.patches = cfg, patch_size, patches  # training's cuts
         self.in_channels = in_channels
+        self.board, self.stage = board, stage  # where progress goes: the driver's console
         self.generator = torch.Generator(device=self.device).manual_seed(seed + os.getpid())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -52,6 +56,7 @@ class Embedder:
         images = match_channels(images, self.in_channels)  # another dataset's (transfer)
         emb = embed_images(self.model, images.to(self.device), self.cfg.num_patches,
                            self.patch_size, self.generator, patches=self.patches)
+        post(self.board, {"kind": "rows", "name": self.stage, "rows": len(images)})
         # float16 halves the shards; the probe and kNN compute in float32.
         return {"embedding": emb.cpu().numpy().astype(np.float16),
                 "label": np.asarray(batch["label"])}
@@ -59,17 +64,27 @@ class Embedder:
 
 def embed_split(
     encoder: Encoder, data: DataConfig, split: str, cfg: EvalConfig, ray_cfg: RayConfig,
-    seed: int, location: str,
+    seed: int, location: str, board: Any = None, stage: str = "",
 ) -> None:
     """Embeds a whole split on the workers, written as float16 Parquet shards at `location`
-    (a folder or URI) by the workers themselves: nothing passes through the driver."""
+    (a folder or URI) by the workers themselves: nothing passes through the driver.
+
+    Runs as a task (see `evaluate_encoder`), so Ray Data's own logs stay in the worker logs.
+
+    Args:
+        board: a `ray_console.ProgressBoard` for the driver's bars, or None.
+        stage: the name its progress shows under, e.g. "embed train (pretrained)".
+    """
+    ray.data.DataContext.get_current().enable_progress_bars = False  # ours are on the driver
     # Blocks of 16 embedding batches: one shard each, and work for every actor of the pool.
-    ds, info, _ = read_images(data, split, read_cpus=ray_cfg.read_cpus,
-                              block_rows=cfg.batch_size * BATCHES_PER_BLOCK)
+    ds, info, rows = read_images(data, split, read_cpus=ray_cfg.read_cpus,
+                                 block_rows=cfg.batch_size * BATCHES_PER_BLOCK)
+    post(board, {"kind": "stage", "name": stage, "total": rows})
     ds = ds.map_batches(
         Embedder,
         fn_constructor_args=(encoder.state, encoder.model, encoder.in_channels, cfg,
-                             encoder.patch_size or info.image_size, seed, encoder.patches),
+                             encoder.patch_size or info.image_size, seed, encoder.patches,
+                             board, stage),
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, ray_cfg.aug_max_actors)),
         num_cpus=ray_cfg.aug_cpus_per_actor,
@@ -164,25 +179,35 @@ def random_encoder(cfg: PretrainConfig, like: Encoder | None, data: DataConfig) 
 
 
 def evaluate_encoder(encoder: Encoder, data: DataConfig, cfg: EvalConfig, ray_cfg: RayConfig,
-                     features: str, seed: int = 0) -> dict[str, float]:
+                     features: str, seed: int = 0, board: Any = None,
+                     label: str = "encoder") -> dict[str, float]:
     """Bag-of-features of train and test on the workers into `features` (a folder or URI),
     then the linear probe (last epoch) and kNN in one task on a worker: the driver holds none
-    of the (N, D) features, only the metrics."""
-    embed_split(encoder, data, "train", cfg, ray_cfg, seed, storage.join(features, "train"))
-    embed_split(encoder, data, "test", cfg, ray_cfg, seed + 1, storage.join(features, "test"))
-    # "DEFAULT": out of a Tune trial's placement group (jobs/reproduce.py), whose bundles only
-    # hold the trial function's share.
+    of the (N, D) features, only the metrics.
+
+    Args:
+        board: a `ray_console.ProgressBoard` for the driver's bars, or None.
+        label: the encoder's name on the console, e.g. "pretrained".
+    """
+    # Tasks, not the driver, run the embedding and the probe. "DEFAULT": out of a Tune trial's
+    # placement group (jobs/reproduce.py), whose bundles only hold the trial function's share.
+    # The embedding task only coordinates (no CPU of its own): its actors hold the CPUs.
+    embed = ray.remote(embed_split).options(num_cpus=0, scheduling_strategy="DEFAULT")
+    for split, split_seed in (("train", seed), ("test", seed + 1)):
+        ray.get(embed.remote(encoder, data, split, cfg, ray_cfg, split_seed,
+                             storage.join(features, split), board, f"embed {split} ({label})"))
     fit = ray.remote(probe_and_knn).options(
         num_cpus=ray_cfg.cpus_per_worker, num_gpus=1 if ray_cfg.use_gpu else 0,
         resources=ray_cfg.trainer_resources or None, scheduling_strategy="DEFAULT")
+    post(board, {"kind": "note", "text": f"linear probe and kNN ({label}) ..."})
     metrics = ray.get(fit.remote(features, cfg, seed))
     metrics["eval_patches"] = cfg.num_patches
     return metrics
 
 
 def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None, features: str,
-                        with_random_init: bool = False,
-                        eval_data: DataConfig | None = None) -> dict[str, Any]:
+                        with_random_init: bool = False, eval_data: DataConfig | None = None,
+                        board: Any = None) -> dict[str, Any]:
     """What both jobs report: the checkpoint's encoder and/or a random-init one, same protocol.
 
     Args:
@@ -193,6 +218,7 @@ def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None, features: s
         with_random_init: also evaluate a random-init encoder of the same architecture.
         eval_data: evaluate on this dataset instead of cfg.data (transfer: channels and image
             size may differ from the pretraining data's).
+        board: a `ray_console.ProgressBoard` for the driver's bars, or None.
 
     Returns:
         {"pretrain_data": name, "eval_data": name, "pretrained": metrics, "random init":
@@ -208,5 +234,6 @@ def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None, features: s
         "eval_data": data.name}
     for name, encoder in encoders.items():
         folder = storage.join(features, name.replace(" ", "-"))
-        results[name] = evaluate_encoder(encoder, data, cfg.eval, cfg.ray, folder, cfg.run.seed)
+        results[name] = evaluate_encoder(encoder, data, cfg.eval, cfg.ray, folder, cfg.run.seed,
+                                         board, name)
     return results

@@ -37,10 +37,13 @@ from empssl_ray.errors import UserError, find_user_error, user_error_line
 from empssl_ray.faults import fault_dir, faults_from_env, maybe_die
 from empssl_ray.monitor import KnnMonitor
 from empssl_ray.prefetch import EpochPrefetcher
+from empssl_ray.ray_console import HEAD_NODE_RESOURCE, post
 from empssl_ray.ray_data import RowCounter, patch_stream
 from empssl_ray.tracking import MetricsLogger
 
-HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives the head node one of this resource
+# What the console shows of a report (the rest goes to metrics.jsonl and TensorBoard).
+CONSOLE_KEYS = ("epoch", "step", "loss", "tcr", "invariance", "patches_per_s", "data_wait_frac",
+                "epoch_time_s", "knn_acc")
 
 
 def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
@@ -100,6 +103,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if state is not None:
         trainer.load_state_dict(state)
     lead = rank == 0
+    board = config["board"] if lead else None  # the driver's console, if it has one
+    post(board, {"kind": "start", "epochs": cfg.optim.epochs, "steps_per_epoch": per_epoch,
+                 "start_epoch": trainer.epoch})
     logger = MetricsLogger(run_dir) if lead else None
     monitor = None
     if lead and cfg.eval.monitor_test > 0:
@@ -111,6 +117,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             maybe_die(faults, "KILL_TRAINER_AT_STEP", trainer.step, config["fault_dir"])
         if logger:
             logger.log("step", metrics)
+        post(board, {"kind": "step", **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}})
         ray.train.report({**metrics, "kind": "step"})  # every rank: report is a barrier
 
     def epoch_batches(_: int) -> Any:
@@ -149,13 +156,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if logger:
                     logger.log("epoch", metrics)
                     logger.flush()  # CSV, PNG and TensorBoard on storage after every epoch
+                post(board, {"kind": "epoch",
+                             **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}})
             ray.train.report(metrics, checkpoint=saved)
     if logger:
         logger.close()
 
 
-def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTrainer:
-    """A TorchTrainer for the config; rerunning the same run name resumes its latest checkpoint."""
+def build_trainer(cfg: PretrainConfig, callbacks: list | None = None,
+                  board: Any = None) -> TorchTrainer:
+    """A TorchTrainer for the config; rerunning the same run name resumes its latest checkpoint.
+
+    Args:
+        callbacks: Ray Train callbacks (a Tune trial's report callback).
+        board: a `ray_console.ProgressBoard` that rank 0 sends its progress to, or None.
+    """
     run_dir = run_dir_of(cfg)
     # On the head node, as Ray Train pins its own state actor: a counter on a worker node that
     # leaves would take the run with it (seen in tests/cluster_scenario.py). "DEFAULT" leaves a
@@ -176,7 +191,7 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
         train_loop_per_worker,
         train_loop_config={"cfg": asdict(cfg), "info": info, "steps_per_epoch": per_epoch,
                            "run_dir": run_dir, "faults": faults, "counter": counter,
-                           "fault_dir": fault_dir(faults, run_dir)},
+                           "fault_dir": fault_dir(faults, run_dir), "board": board},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
@@ -191,7 +206,8 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None) -> TorchTr
     )
 
 
-def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> ray.train.Result:
+def pretrain(cfg: PretrainConfig, callbacks: list | None = None,
+             board: Any = None) -> ray.train.Result:
     """Fits the run (resuming it if its name has checkpoints) and returns Ray Train's Result.
 
     A worker or node that fails is restarted from the latest checkpoint, up to
@@ -201,7 +217,7 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> ray.train.Re
     failures = 0
     while True:
         try:
-            return build_trainer(cfg, callbacks).fit()
+            return build_trainer(cfg, callbacks, board).fit()
         except ray.train.TrainingFailedError as exc:
             # Ray Data's errors reach here as text only: the line is all there is to keep.
             line = user_error_line(exc)
@@ -211,6 +227,8 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None) -> ray.train.Re
                 raise
             failures += 1
             reason = str(exc).strip().splitlines()[-1][:200]
-            print(f"empssl-ray: a training worker failed ({reason}); restarting from the latest "
-                  f"checkpoint, restart {failures} of ray.max_failures={cfg.ray.max_failures}",
-                  flush=True)
+            note = (f"a training worker failed ({reason}); restarting from the latest "
+                    f"checkpoint, restart {failures} of ray.max_failures={cfg.ray.max_failures}")
+            if board is None:
+                print(f"empssl-ray: {note}", flush=True)
+            post(board, {"kind": "note", "text": note})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import posixpath
+import sys
 from dataclasses import asdict
 from typing import Any
 
@@ -17,6 +18,7 @@ from ray import tune
 
 from empssl_ray import storage
 from empssl_ray.config import ConfigError, PretrainConfig, SearchParam, TuneJobConfig, to_dataclass
+from empssl_ray.tracking import format_table
 
 TUNABLE = (
     "patches.num_patches",
@@ -162,7 +164,10 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
             num_samples=sweep.num_samples,
             max_concurrent_trials=sweep.max_concurrent_trials,
         ),
-        run_config=tune.RunConfig(name=sweep.name, storage_path=root, verbose=1),
+        # verbose=0: the driver's console is TrialConsole's table, not Tune's status output.
+        run_config=tune.RunConfig(name=sweep.name, storage_path=root, verbose=0,
+                                  callbacks=[TrialConsole(list(sweep.space), sweep.objective,
+                                                          cfg.optim.epochs)]),
     )
     return tuner, sweep_dir
 
@@ -188,3 +193,49 @@ def trial_table(results: tune.ResultGrid, objective: str) -> list[dict[str, Any]
     return sorted(
         rows, key=lambda row: -row[objective] if math.isfinite(row[objective]) else math.inf
     )
+
+
+class TrialConsole(tune.Callback):
+    """A sweep's console in the driver, in place of Tune's own status output: the table of
+    trials with their latest epoch figures, redrawn at each epoch report on a terminal, or one
+    plain line per report in a job log; a line when a trial ends early or fails."""
+
+    def __init__(self, space: list[str], objective: str, epochs: int) -> None:
+        self.space, self.objective, self.epochs = space, objective, epochs
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.drawn = 0  # lines of the table now on screen
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if result.get("kind") != "epoch":
+            return
+        params = {k: v for k, v in (trial.config or {}).get("params", {}).items()}
+        row = {**params, self.objective: result.get(self.objective, math.nan),
+               "epoch": f"{result.get('epoch', 0)}/{self.epochs}",
+               "loss": result.get("loss", math.nan)}
+        self.rows[trial.trial_id] = row
+        if not sys.stdout.isatty():
+            cells = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                             for k, v in params.items())
+            self.say(f"trial {trial.trial_id} epoch {row['epoch']} | {self.objective} "
+                     f"{100 * row[self.objective]:.1f}% | loss {row['loss']:.3f} | {cells}")
+            return
+        table = format_table(self.rows, [*self.space, self.objective, "epoch", "loss"])
+        if self.drawn:  # move up over the previous table and clear it
+            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
+        sys.stdout.write(table + "\n")
+        sys.stdout.flush()
+        self.drawn = table.count("\n") + 1
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epochs = (trial.last_result or {}).get("epoch", 0)
+        if epochs < self.epochs:
+            self.say(f"trial {trial.trial_id} stopped early by the scheduler after epoch "
+                     f"{epochs}/{self.epochs}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.say(f"trial {trial.trial_id} failed; its error is in {trial.path}")
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.drawn = 0  # a line under the table: the next table starts below it

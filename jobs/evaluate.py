@@ -32,9 +32,11 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     from empssl_ray import storage
     from empssl_ray.checkpoints import latest_checkpoint, run_dir_of
     from empssl_ray.config import DataConfig
+    from empssl_ray.console import Console
+    from empssl_ray.ray_console import console_feed
     from empssl_ray.ray_eval import evaluate_checkpoint
 
-    init_ray(cfg.ray.address)
+    init_ray(cfg.ray.address, cfg.run.verbose)
     preflight(cfg)
     run_dir = run_dir_of(cfg)
     source = None if cfg.random_init else (cfg.checkpoint or latest_checkpoint(run_dir))
@@ -42,8 +44,11 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.eval_data is not None:  # transfer: another dataset, with data's limits
         eval_data = DataConfig(name=cfg.eval_data, root=cfg.eval_data_root,
                                train_limit=cfg.data.train_limit, test_limit=cfg.data.test_limit)
-    results = evaluate_checkpoint(cfg, source, storage.join(run_dir, "features"),
-                                  eval_data=eval_data)
+    console = Console(bars=None if cfg.run.progress else False)
+    with console_feed(console) as board:
+        results = evaluate_checkpoint(cfg, source, storage.join(run_dir, "features"),
+                                      eval_data=eval_data, board=board)
+    console.close()
     output = storage.resolve(cfg.output or storage.join(run_dir, "eval.json"))
     write_eval(output, source or "random init", results)
     print(f"metrics: {output}")

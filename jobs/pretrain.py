@@ -44,28 +44,34 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
     """Pretrains (resuming if the run exists), evaluates, and returns a summary."""
     from empssl_ray import storage
     from empssl_ray.checkpoints import latest_checkpoint, run_dir_of
+    from empssl_ray.console import Console
+    from empssl_ray.ray_console import console_feed
     from empssl_ray.ray_eval import evaluate_checkpoint
     from empssl_ray.ray_train import pretrain
 
-    init_ray(cfg.ray.address)
+    init_ray(cfg.ray.address, cfg.run.verbose)
     preflight(cfg)
     run_dir = run_dir_of(cfg)
-    print(f"empssl-ray: run {cfg.run.name} -> {run_dir}", flush=True)
+    console = Console(bars=None if cfg.run.progress else False)
+    console.line(f"empssl-ray: run {cfg.run.name} -> {run_dir}")
     start = time.perf_counter()
-    result = pretrain(cfg)
-    final = result.metrics or {}
-    summary: dict[str, Any] = {"run_dir": run_dir, "train_time_s": time.perf_counter() - start,
-                               "final": final}
-    print(f"pretraining done in {summary['train_time_s']:.0f} s: "
-          f"loss {final.get('loss', float('nan')):.3f}, "
-          f"kNN {100 * final.get('knn_acc', float('nan')):.1f}%", flush=True)
-    print(f"curves: {storage.join(run_dir, 'curves.png')}", flush=True)
-    if cfg.run.evaluate and result.checkpoint is not None:
-        checkpoint = latest_checkpoint(run_dir)
-        results = evaluate_checkpoint(cfg, checkpoint, storage.join(run_dir, "features"),
-                                      cfg.run.compare_random_init)
-        write_eval(storage.join(run_dir, "eval.json"), checkpoint, results)
-        summary["eval"] = results
+    with console_feed(console) as board:
+        result = pretrain(cfg, board=board)
+        final = result.metrics or {}
+        summary: dict[str, Any] = {"run_dir": run_dir, "final": final,
+                                   "train_time_s": time.perf_counter() - start}
+        console.line(f"pretraining done in {summary['train_time_s']:.0f} s: "
+                     f"loss {final.get('loss', float('nan')):.3f}, "
+                     f"kNN {100 * final.get('knn_acc', float('nan')):.1f}%; "
+                     f"curves: {storage.join(run_dir, 'curves.png')}")
+        if cfg.run.evaluate and result.checkpoint is not None:
+            checkpoint = latest_checkpoint(run_dir)
+            results = evaluate_checkpoint(cfg, checkpoint, storage.join(run_dir, "features"),
+                                          cfg.run.compare_random_init, board=board)
+            summary["eval"] = results
+    console.close()
+    if "eval" in summary:
+        write_eval(storage.join(run_dir, "eval.json"), checkpoint, summary["eval"])
     storage.write_text(storage.join(run_dir, "summary.json"),
                        json.dumps({**summary, "config": asdict(cfg)}, indent=2, default=str))
     return summary

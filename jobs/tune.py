@@ -30,7 +30,7 @@ def main(cfg: TuneJobConfig) -> dict[str, Any]:
     from empssl_ray.ray_tune import apply_overrides, build_tuner, trial_table
     from empssl_ray.tracking import format_table
 
-    init_ray(cfg.ray.address)
+    init_ray(cfg.ray.address, cfg.run.verbose)
     # Trials write into the sweep's folder; each trial's values are checked by the search space.
     preflight(cfg.pretrain_config(), {"sweep.storage_path": cfg.sweep.storage_path})
     tuner, sweep_dir = build_tuner(cfg)
