@@ -31,8 +31,9 @@ GOAL = 10.0  # the speed-up multi_patch should reach over the per-patch PIL pipe
 # The two sides' normalised outputs (values in [-1, 1]) must roughly agree, or main returns 1:
 MEAN_TOL = 0.25  # largest |mean ref - mean ours|
 STD_TOL = 1.25  # largest ratio between the two stds, either way round
+REPO = Path(__file__).resolve().parents[1]
 # CIFAR-10 as Parquet beside the repository (../shared/data/cifar10); random pixels without it.
-CIFAR = Path(__file__).resolve().parents[2] / "shared/data/cifar10/test/part-00000.parquet"
+CIFAR = REPO.parent / "shared" / "data" / "cifar10" / "test" / "part-00000.parquet"
 
 
 class PILGaussianBlur:

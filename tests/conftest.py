@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "empssl_ray" / "conf")
-# CIFAR-10 as Parquet beside the repository; tests that need it skip without it.
+# CIFAR-10 as Parquet beside the repository (../shared/data/cifar10): every test that reads it
+# takes the path from here, and skips without it.
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 

@@ -13,17 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import SHARED_CIFAR
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_headline.py"
-DATA = next(
-    (
-        p
-        for p in (REPO.parent / "shared" / "data" / "cifar10", Path("/work/shared/data/cifar10"))
-        if (p / "train").is_dir() and (p / "test").is_dir()
-    ),
-    None,
+needs_data = pytest.mark.skipif(
+    not ((SHARED_CIFAR / "train").is_dir() and (SHARED_CIFAR / "test").is_dir()),
+    reason="shared CIFAR-10 Parquet is absent",
 )
-needs_data = pytest.mark.skipif(DATA is None, reason="shared CIFAR-10 Parquet is absent")
 
 # Makes `import ray` (and hydra/omegaconf, absent on a bare GPU box) fail in the child.
 BLOCK = "import sys; sys.modules.update(ray=None, hydra=None, omegaconf=None)\n"
@@ -75,7 +72,7 @@ def test_parallel_decode_matches_serial() -> None:
     from bench.gpu_headline import load_split_parallel
     from empssl_ray.config import DataConfig
 
-    cfg = DataConfig(name="parquet", root=str(DATA), test_limit=40)
+    cfg = DataConfig(name="parquet", root=str(SHARED_CIFAR), test_limit=40)
     serial = load_split_parallel(cfg, "test", workers=1)
     pooled = load_split_parallel(cfg, "test", workers=2)
     assert serial[2] == 1 and pooled[2] == 2
@@ -88,7 +85,7 @@ def test_parallel_decode_matches_serial() -> None:
 @needs_data
 def test_quick_run_on_cpu(tmp_path: Path) -> None:
     out = tmp_path / "result.json"
-    argv = ["--quick", "--device", "cpu", "--data", str(DATA), "--workers", "2"]
+    argv = ["--quick", "--device", "cpu", "--data", str(SHARED_CIFAR), "--workers", "2"]
     argv += ["--no-progress", "--json-out", str(out)]
     code = (
         "import runpy\n"
