@@ -27,7 +27,10 @@ VALUE_TOL, GRAD_TOL = 1e-3, 1e-2
 
 
 def reference_tcr(z: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """The spec's formula, view by view: R(Z) = 1/2 logdet(I_d + d/(B eps) Z^T Z). z: (n, B, d)."""
+    """The paper's formula, view by view: R(Z) = 1/2 logdet(I_d + d/(B eps) Z^T Z). z: (n, B, d).
+
+    Also the reference tests/test_loss.py holds the core's `total_coding_rate` to.
+    """
     _, b, d = z.shape
     eye = torch.eye(d, dtype=z.dtype, device=z.device)
     return torch.stack([0.5 * torch.logdet(eye + d / (b * eps) * zi.T @ zi) for zi in z])

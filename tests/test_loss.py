@@ -1,20 +1,11 @@
-"""TCR and the EMP-SSL loss against the spec's formula, written out here independently."""
+"""TCR and the EMP-SSL loss against the paper's formula, written out per view in bench/tcr.py."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.tcr import reference_tcr
 from empssl_ray.loss import EMPSSLLoss, _logdet_spd, patch_invariance, total_coding_rate
-
-
-def reference_tcr(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """The spec: R(Z) = 1/2 logdet(I_d + d / (B eps) Z^T Z), one d x d logdet per view."""
-    n, b, d = z.shape
-    out = []
-    for i in range(n):
-        zi = z[i]
-        out.append(0.5 * torch.logdet(torch.eye(d, dtype=z.dtype) + d / (b * eps) * zi.T @ zi))
-    return torch.stack(out)
 
 
 @pytest.mark.parametrize("b,d", [(16, 64), (64, 16)])  # B < d uses the Gram matrix, B > d the d x d
