@@ -78,7 +78,8 @@ def test_grayscale_rate_end_to_end() -> None:
 def test_crop_covers_a_quarter_of_the_area() -> None:
     assert A.crop_side(32, 32, 0.25) == 16 and A.crop_side(64, 64, 0.25) == 32
     assert A.crop_side(28, 28, 0.25) == 14
-    # The rendered crop with no other op is exactly the top-left quarter, upsampled 2x.
+    # With every other op off, a 16x16 crop at the origin rendered at size 16 (no resize) is
+    # exactly the image's top-left 16x16 corner, a quarter of its area.
     x = _images(3)
     out = A.render_patches(x, _plain_params(3), crop=16, size=16)
     assert torch.equal(out, x[:, :, :16, :16])
