@@ -17,7 +17,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -149,7 +149,7 @@ def bench_size(side: int, num_images: int, num_patches: int, rounds: int) -> dic
     }
 
 
-def outputs_agree(r: dict[str, float | str]) -> bool:
+def outputs_agree(r: Mapping[str, float | str]) -> bool:
     """Whether a `bench_size` result's two pipelines gave roughly the same pixel statistics."""
     mean_ref, mean_ours = float(r["mean_ref"]), float(r["mean_ours"])
     std_ref, std_ours = float(r["std_ref"]), float(r["std_ours"])

@@ -18,6 +18,7 @@ The token is a file in the work dir, so ~/.ray is left alone.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -41,7 +42,7 @@ def ray_cli(*args: str, timeout: float = 120) -> str:
     return out.stdout
 
 
-def job_client(address: str):  # type: ignore[no-untyped-def]
+def job_client(address: str):
     """A JobSubmissionClient once the head's dashboard answers (it reads the same token)."""
     from ray.job_submission import JobSubmissionClient
 
@@ -73,7 +74,7 @@ def log(what: str) -> None:
     print(f"[{time.time() - T0:6.1f} s] {what}", flush=True)
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float, what: str) -> None:
     end = time.time() + timeout
     while time.time() < end:
         if predicate():
@@ -116,10 +117,10 @@ def main(work: Path, data: str, store: str) -> dict:
     try:
         aug_a = cluster.add_node(num_cpus=1, resources={"augment": 1})
         trainer = cluster.add_node(num_cpus=1, resources={"trainer": 2})
-        ray.init(address=cluster.address, logging_level="ERROR")
+        ray.init(address=cluster.address, logging_level=logging.ERROR)
         address = f"http://127.0.0.1:{DASHBOARD_PORT}"
         names = {aug_a.node_id: "augment-a", trainer.node_id: "trainer",
-                 cluster.head_node.node_id: "head"}
+                 cluster.head_node.node_id: "head"}  # type: ignore[attr-defined]
 
         def actors(class_name: str, **filters: str) -> list:
             found = list_actors(filters=[(k, "=", v) for k, v in filters.items()], limit=10_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import socket
 import subprocess
@@ -77,12 +78,12 @@ def ray_session(s3: str) -> Iterator[None]:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, logging_level=logging.WARNING)
     yield
     ray.shutdown()
 
 
-def compose(config_name: str, overrides: list[str]):  # type: ignore[no-untyped-def]
+def compose(config_name: str, overrides: list[str]):
     """The typed config the job would get from `python jobs/<name>.py <overrides>`."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -103,7 +104,7 @@ def compose(config_name: str, overrides: list[str]):  # type: ignore[no-untyped-
 
 
 @pytest.fixture
-def fault_env(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def fault_env(monkeypatch: pytest.MonkeyPatch):
     """Sets EMPSSL_FAULT_* variables for one test (the driver forwards them to workers)."""
 
     def set_faults(**faults: object) -> None:

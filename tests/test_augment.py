@@ -163,11 +163,12 @@ def _smooth(b: int, seed: int) -> torch.Tensor:
 @pytest.mark.parametrize("images", [_images(16), _smooth(16, 1)], ids=["noise", "smooth"])
 def test_grouped_and_sync_free_paths_differ_only_by_the_resize(images: torch.Tensor) -> None:
     def both(size: int, interpolation: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
-        return tuple(  # type: ignore[return-value]
+        grouped, sync_free = (
             A.multi_patch(images, 20, size, torch.Generator().manual_seed(4),
-                          interpolation=interpolation, sync_free=sync_free)
-            for sync_free in (False, True)
+                          interpolation=interpolation, sync_free=free)
+            for free in (False, True)
         )
+        return grouped, sync_free
 
     grouped, sync_free = both(16)  # crop side 16 == output side: no resize at all
     assert grouped.shape == sync_free.shape == (16, 20, 3, 16, 16)

@@ -22,7 +22,7 @@ SCENARIO = Path(__file__).with_name("cluster_scenario.py")
 
 
 @pytest.fixture(scope="module")
-def scenario(s3, tmp_path_factory) -> dict:  # type: ignore[no-untyped-def]
+def scenario(s3, tmp_path_factory) -> dict:
     from empssl_ray.config import DataConfig
     from empssl_ray.prepare import prepare
 

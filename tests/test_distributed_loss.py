@@ -29,6 +29,7 @@ def _loss_and_grads(
     z = F.normalize(raw @ weight, dim=-1)
     loss, _ = EMPSSLLoss(eps=0.2, gather=gather)(z)
     loss.backward()
+    assert raw.grad is not None and weight.grad is not None
     return loss.item(), raw.grad, weight.grad
 
 
@@ -68,10 +69,11 @@ def test_gathered_loss_and_gradients_match_single_process() -> None:
     procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(WORLD)]
     for p in procs:
         p.start()
-    results = {}
+    results: dict[int, tuple[float, torch.Tensor, torch.Tensor, float]] = {}
     for _ in range(WORLD):
-        rank, *rest = queue.get(timeout=120)
-        results[rank] = [torch.as_tensor(r) if not isinstance(r, float) else r for r in rest]
+        rank, rank_loss, rank_raw_grad, rank_weight_grad, rank_tcr = queue.get(timeout=120)
+        results[rank] = (rank_loss, torch.as_tensor(rank_raw_grad),
+                         torch.as_tensor(rank_weight_grad), rank_tcr)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0

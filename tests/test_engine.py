@@ -69,7 +69,9 @@ def test_checkpoint_round_trip_resumes_identically() -> None:
 def test_nan_loss_stops_with_a_clear_message() -> None:
     trainer = Trainer(tiny_config(), 3, 32, steps_total=2)
     with torch.no_grad():
-        trainer.model.projector[0].weight.fill_(float("nan"))
+        first = trainer.model.projector[0]
+        assert isinstance(first, torch.nn.Linear)
+        first.weight.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="lower optim.lr"):
         trainer.run_epoch(batches(1))
 
@@ -153,7 +155,7 @@ def host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     for name in HOST_READS:
         original = getattr(torch.Tensor, name)
 
-        def counted(self, *args, _name=name, _original=original, **kwargs):  # type: ignore[no-untyped-def]
+        def counted(self, *args, _name=name, _original=original, **kwargs):
             calls.append(_name)
             return _original(self, *args, **kwargs)
 

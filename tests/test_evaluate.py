@@ -5,7 +5,7 @@ import torch
 from empssl_ray.augment import cut_patches, to_model_input
 from empssl_ray.config import ModelConfig, PatchConfig
 from empssl_ray.evaluate import embed_dataset, embed_images, knn_accuracy, linear_probe
-from empssl_ray.models import build_model
+from empssl_ray.models import EMPSSLModel, build_model
 
 
 def _clusters(n_per: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,7 +30,7 @@ def test_probe_and_knn_are_at_chance_on_random_labels() -> None:
     assert linear_probe(xtr, ytr, xte, yte, epochs=10)["probe_acc"] < 0.45
 
 
-def _small_model() -> torch.nn.Module:
+def _small_model() -> EMPSSLModel:
     cfg = ModelConfig(backbone="resnet-narrow", width=4, prefeature_dim=8, hidden_dim=8, proj_dim=4)
     return build_model(cfg, 3).eval()
 
@@ -71,13 +71,14 @@ def test_evaluation_cuts_patches_with_the_training_settings() -> None:
 class InputRecorder(torch.nn.Module):
     """Wraps a model's encode and keeps every input it sees."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: EMPSSLModel) -> None:
         super().__init__()
-        self.model, self.inputs = model, []
+        self.model = model
+        self.inputs: list[torch.Tensor] = []
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         self.inputs.append(x.clone())
-        return self.model.encode(x)  # type: ignore[operator]
+        return self.model.encode(x)
 
 
 def test_bf16_autocast_leaves_the_evaluation_patches_float32_exact() -> None:

@@ -9,11 +9,11 @@ import torch
 import torchvision
 
 from empssl_ray.config import ModelConfig, PretrainConfig
-from empssl_ray.models import build_model
+from empssl_ray.models import EMPSSLModel, build_model
 from jobs.export import main
 
 
-def _checkpoint(tmp_path: Path, backbone: str, width: int = 64) -> tuple[Path, torch.nn.Module]:
+def _checkpoint(tmp_path: Path, backbone: str, width: int = 64) -> tuple[Path, EMPSSLModel]:
     torch.manual_seed(0)
     cfg = ModelConfig(backbone=backbone, width=width, prefeature_dim=32, hidden_dim=16,
                       proj_dim=8)
@@ -21,6 +21,7 @@ def _checkpoint(tmp_path: Path, backbone: str, width: int = 64) -> tuple[Path, t
     with torch.no_grad():  # trained-looking batch norms: eval-mode features depend on them
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)

@@ -25,7 +25,7 @@ def test_tcr_is_finite_on_collapsed_embeddings() -> None:
     z = F.normalize(torch.ones(3, 100, 1024), dim=-1).requires_grad_()  # every row identical
     r = total_coding_rate(z, 0.2)
     r.sum().backward()
-    assert torch.isfinite(r).all() and torch.isfinite(z.grad).all()
+    assert z.grad is not None and torch.isfinite(r).all() and torch.isfinite(z.grad).all()
     assert r.min() > 0  # rank one: log(1 + c * B) / 2 for the single non-zero eigenvalue
     expected = torch.full((3,), 0.5 * torch.log(torch.tensor(1 + 1024 / 0.2)).item())
     torch.testing.assert_close(r, expected, rtol=1e-4, atol=0)
@@ -77,6 +77,7 @@ def test_logdet_falls_back_per_view_where_cholesky_fails() -> None:
                             torch.logdet(good)])
     torch.testing.assert_close(value, expected)
     value.sum().backward()
+    assert mat.grad is not None
     assert torch.isfinite(mat.grad).all()  # the failed factor's NaNs stay out of the gradient
     torch.testing.assert_close(mat.grad[0], torch.linalg.inv(good).T)
     torch.testing.assert_close(mat.grad[1], torch.linalg.inv(bad).T)

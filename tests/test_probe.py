@@ -1,5 +1,7 @@
 """The linear probe against the reference's protocol written out here, on fixed features."""
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -48,7 +50,7 @@ def test_probe_follows_the_reference_protocol() -> None:
 
 def test_each_protocol_knob_reaches_the_probe() -> None:
     (xtr, ytr), (xte, yte) = overlapping_features(350, 0), overlapping_features(200, 1)
-    base = dict(epochs=12, lr=0.03, seed=7)
+    base: dict[str, Any] = dict(epochs=12, lr=0.03, seed=7)
     runs = {
         "reference": linear_probe(xtr, ytr, xte, yte, **base),
         "standardised": linear_probe(xtr, ytr, xte, yte, standardize=True, **base),

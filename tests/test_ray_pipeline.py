@@ -27,7 +27,7 @@ def epoch_records(run_dir: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(ray_session, s3, tmp_path_factory):  # type: ignore[no-untyped-def]
+def smoke_run(ray_session, s3, tmp_path_factory):
     """The smoke preset with its data and every output on the loopback S3 endpoint."""
     from empssl_ray.config import DataConfig
     from empssl_ray.prepare import prepare
@@ -52,7 +52,7 @@ def smoke_run(ray_session, s3, tmp_path_factory):  # type: ignore[no-untyped-def
     return cfg, summary, f"{s3}/pipeline/runs/smoke", work
 
 
-def test_run_on_s3_survives_a_killed_trainer_without_redoing_epochs(smoke_run) -> None:  # type: ignore[no-untyped-def]
+def test_run_on_s3_survives_a_killed_trainer_without_redoing_epochs(smoke_run) -> None:
     from empssl_ray.checkpoints import latest_checkpoint, load_checkpoint
 
     _, summary, run_dir, work = smoke_run
@@ -64,7 +64,7 @@ def test_run_on_s3_survives_a_killed_trainer_without_redoing_epochs(smoke_run) -
     assert {"model", "optimizer", "scheduler"} <= set(state)
 
 
-def test_run_writes_everything_to_the_bucket_and_nothing_local(smoke_run) -> None:  # type: ignore[no-untyped-def]
+def test_run_writes_everything_to_the_bucket_and_nothing_local(smoke_run) -> None:
     _, summary, run_dir, work = smoke_run
     keys = s3_keys(run_dir)
     for name in ("metrics.jsonl", "metrics.csv", "curves.png", "summary.json", "eval.json"):
@@ -86,7 +86,7 @@ def test_run_writes_everything_to_the_bucket_and_nothing_local(smoke_run) -> Non
     assert m["num_train"] == 512 and m["num_test"] == 256
 
 
-def test_evaluate_job_reevaluates_the_run_from_s3(smoke_run) -> None:  # type: ignore[no-untyped-def]
+def test_evaluate_job_reevaluates_the_run_from_s3(smoke_run) -> None:
     from jobs.evaluate import main
 
     cfg, _, run_dir, _ = smoke_run
@@ -100,7 +100,7 @@ def test_evaluate_job_reevaluates_the_run_from_s3(smoke_run) -> None:  # type: i
     assert results["pretrained"]["num_test"] == 256
 
 
-def test_transfer_evaluation_on_another_dataset(smoke_run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_transfer_evaluation_on_another_dataset(smoke_run, tmp_path: Path) -> None:
     """Pretrained on 1-channel 28x28 Fashion-MNIST, evaluated on 3-channel 16x16 images."""
     from jobs.evaluate import main
 
@@ -138,7 +138,7 @@ def test_evaluation_through_shards_matches_the_in_memory_path(tmp_path: Path) ->
         assert abs(again[key] - results[key]) <= 1 / 256, key
 
 
-def test_rerun_with_the_same_name_resumes(smoke_run) -> None:  # type: ignore[no-untyped-def]
+def test_rerun_with_the_same_name_resumes(smoke_run) -> None:
     from jobs.pretrain import main
 
     cfg, _, run_dir, _ = smoke_run
@@ -169,7 +169,7 @@ def test_evaluate_job_on_a_random_init_encoder(tmp_path: Path) -> None:
     assert results["random init"]["num_test"] == 256
 
 
-def local_cfg(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]
+def local_cfg(tmp_path: Path, *extra: str):
     """One CPU worker on a small parquet dataset (one bad image): the cheap way to test failures.
 
     Not Ray Train's local mode (num_workers=0): it keeps no checkpoints on storage.
@@ -194,7 +194,7 @@ def local_cfg(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]
     )
 
 
-def test_bad_image_stops_with_one_line_naming_the_file(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_image_stops_with_one_line_naming_the_file(tmp_path: Path, capsys) -> None:
     from empssl_ray.cli import user_errors
     from empssl_ray.config import DataConfig, PatchConfig, RayConfig
     from empssl_ray.ray_data import patch_stream
@@ -212,7 +212,7 @@ def test_bad_image_stops_with_one_line_naming_the_file(tmp_path: Path, capsys) -
 
 def test_skips_bad_images_then_stops_on_nan_keeping_the_checkpoint(
     tmp_path: Path, fault_env, capsys
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from empssl_ray.cli import user_errors
     from jobs.pretrain import main
 
@@ -236,7 +236,7 @@ def test_skips_bad_images_then_stops_on_nan_keeping_the_checkpoint(
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
-def test_bad_image_in_training_ends_the_run_at_once(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_image_in_training_ends_the_run_at_once(tmp_path: Path, capsys) -> None:
     from empssl_ray.cli import user_errors
     from jobs.pretrain import main
 
@@ -259,7 +259,7 @@ def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
     ray_cfg = RayConfig(
         aug_min_actors=1, aug_max_actors=1, aug_cpus_per_actor=0.5, aug_batch_size=50
     )
-    counter = RowCounter.remote()
+    counter = RowCounter.remote()  # type: ignore[attr-defined]
     faults = {"EMPSSL_FAULT_KILL_AUGMENT_AFTER": "3"}
     ds, _, rows = patch_stream(
         data,
@@ -309,7 +309,7 @@ def test_training_stream_shuffles_each_epoch_without_an_all_to_all() -> None:
     ray_cfg = RayConfig(aug_max_actors=1, aug_cpus_per_actor=0.5, read_cpus=0.25,
                         aug_batch_size=10)
 
-    def stream(seed: int, epochs: int):  # type: ignore[no-untyped-def]
+    def stream(seed: int, epochs: int):
         ds, _, _ = patch_stream(data, PatchConfig(num_patches=2, size=8), ray_cfg, seed=seed,
                                 carry=("id",))
         ds.context.execution_options.preserve_order = True  # the planned order, as planned

@@ -25,13 +25,13 @@ from tests.conftest import compose, s3_keys
         ({}, "empty"),
     ],
 )
-def test_bad_search_spaces_fail_before_any_trial(space, message) -> None:  # type: ignore[no-untyped-def]
+def test_bad_search_spaces_fail_before_any_trial(space, message) -> None:
     with pytest.raises(ConfigError, match=message):
         validate_space(space)
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_session, s3):  # type: ignore[no-untyped-def]
+def sweep(ray_session, s3):
     """The tune-demo sweep with the sweep and every trial on the loopback S3 endpoint."""
     from jobs.tune import main
 
@@ -40,7 +40,7 @@ def sweep(ray_session, s3):  # type: ignore[no-untyped-def]
     return cfg, main(cfg), overrides
 
 
-def test_sweep_runs_trials_in_parallel_and_asha_stops_some(sweep) -> None:  # type: ignore[no-untyped-def]
+def test_sweep_runs_trials_in_parallel_and_asha_stops_some(sweep) -> None:
     cfg, out, _ = sweep
     assert out["sweep_dir"].startswith("s3://")
     table = pd.read_csv(io.StringIO(storage.read_text(f"{out['sweep_dir']}/results.csv")))
@@ -57,7 +57,7 @@ def test_sweep_runs_trials_in_parallel_and_asha_stops_some(sweep) -> None:  # ty
     assert sum(k.endswith("/metrics.jsonl") for k in keys) == 4  # every trial's run on S3
 
 
-def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -86,7 +86,7 @@ def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:  # type: igno
     ] == [1]
 
 
-def test_rerunning_the_sweep_resumes_without_rerunning_trials(sweep) -> None:  # type: ignore[no-untyped-def]
+def test_rerunning_the_sweep_resumes_without_rerunning_trials(sweep) -> None:
     from jobs.tune import main
 
     _, out, overrides = sweep

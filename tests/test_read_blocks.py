@@ -8,7 +8,7 @@ from empssl_ray.read_plan import epoch_plan, pack, slices_of
 CHUNKS = [Chunk("a", 0, 100), Chunk("b", 0, 100), Chunk("c", 50, 80)]
 
 
-def rows_of(plan) -> list[int]:  # type: ignore[no-untyped-def]
+def rows_of(plan) -> list[int]:
     return [first + r for block, _ in plan for _, s, t, first in block for r in range(t - s)]
 
 

@@ -21,7 +21,7 @@ def test_every_row_of_the_papers_table_has_a_preset_and_its_figure() -> None:
 
 
 @pytest.fixture(scope="module")
-def quick_run(ray_session, tmp_path_factory):  # type: ignore[no-untyped-def]
+def quick_run(ray_session, tmp_path_factory):
     from empssl_ray.config import DataConfig, ReproduceConfig, ReproduceJobConfig
     from empssl_ray.prepare import prepare
     from jobs.reproduce import main
@@ -38,7 +38,7 @@ def quick_run(ray_session, tmp_path_factory):  # type: ignore[no-untyped-def]
     return cfg, main(cfg)
 
 
-def test_quick_run_writes_the_table_with_one_row_per_chosen_row(quick_run) -> None:  # type: ignore[no-untyped-def]
+def test_quick_run_writes_the_table_with_one_row_per_chosen_row(quick_run) -> None:
     _, out = quick_run
     table = pd.read_csv(os.path.join(out["sweep_dir"], "paper_table.csv"))
     assert list(table["row"]) == ROWS and table["error"].isna().all()
@@ -50,7 +50,7 @@ def test_quick_run_writes_the_table_with_one_row_per_chosen_row(quick_run) -> No
     assert "CPU-sized rows" in markdown and all(row in markdown for row in ROWS)
 
 
-def test_rerun_resumes_without_training_again(quick_run) -> None:  # type: ignore[no-untyped-def]
+def test_rerun_resumes_without_training_again(quick_run) -> None:
     from jobs.reproduce import main
 
     cfg, out = quick_run

@@ -20,7 +20,7 @@ from tests.conftest import s3_keys
 
 
 @pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path: Path) -> str:  # type: ignore[no-untyped-def]
+def root(request, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "store")
     return request.getfixturevalue("s3") + f"/storage-{os.getpid()}-{tmp_path.name}"
