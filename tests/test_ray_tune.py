@@ -40,7 +40,7 @@ def sweep(ray_session, s3):
     return cfg, main(cfg), overrides
 
 
-def test_sweep_runs_trials_in_parallel_and_asha_stops_some(sweep) -> None:
+def test_sweep_tables_every_trial_and_asha_keeps_one_to_the_end(sweep) -> None:
     cfg, out, _ = sweep
     assert out["sweep_dir"].startswith("s3://")
     table = pd.read_csv(io.StringIO(storage.read_text(f"{out['sweep_dir']}/results.csv")))
@@ -49,9 +49,15 @@ def test_sweep_runs_trials_in_parallel_and_asha_stops_some(sweep) -> None:
     objective = table["knn_acc_per_mpatch"]
     assert list(objective) == sorted(objective, reverse=True)
     assert (table["patch_forwards"] > 0).all()
-    # The 8-patch trials spend 4x the compute of the 2-patch ones: ASHA stops at least one
-    # trial before the last epoch (which one depends on the draws, so it is not asserted).
-    assert (table["epochs"] < cfg.optim.epochs).any()
+    # Which trials ASHA stops depends on the draws and on the order they reach its rung (the
+    # first to arrive always goes on), so only what holds for any outcome is asserted: each
+    # trial ran from the grace period up to the last epoch, one ran them all, and compute
+    # follows the epochs run (the same steps per epoch for every trial).
+    epochs = table["epochs"]
+    assert epochs.between(cfg.sweep.grace_period, cfg.optim.epochs).all()
+    assert (epochs == cfg.optim.epochs).any()
+    per_epoch_and_patch = table["patch_forwards"] / (epochs * table["patches.num_patches"])
+    assert per_epoch_and_patch.nunique() == 1
     assert len(storage.read_bytes(f"{out['sweep_dir']}/sweep.png")) > 0
     keys = s3_keys(out["sweep_dir"])
     assert sum(k.endswith("/metrics.jsonl") for k in keys) == 4  # every trial's run on S3
