@@ -20,7 +20,7 @@ demo: setup  ## short pretrain + evaluation on Fashion-MNIST on an embedded loca
 	$(PY) jobs/pretrain.py experiment=demo
 
 lint: setup
-	$(VENV)/bin/ruff check . && $(VENV)/bin/mypy --warn-unused-ignores empssl_ray jobs bench
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy --warn-unused-ignores empssl_ray jobs bench tests
 
 bench: setup  ## the CPU benchmarks of docs/benchmarks.md
 	$(PY) bench/tcr.py && $(PY) bench/patches.py && $(PY) bench/pipeline.py

@@ -56,7 +56,7 @@ from empssl_ray.engine import Trainer  # noqa: E402
 from empssl_ray.evaluate import embed_dataset, knn_accuracy, probe  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
-PAPER_PROBE_ACC = 0.806  # CIFAR-10, 1 epoch, 20 patches, ResNet-18, T = 128 (spec's table)
+PAPER_PROBE_ACC = 0.806  # CIFAR-10, 1 epoch, 20 patches, ResNet-18, T = 128 (the paper's Table 1)
 
 # --quick: a CPU smoke run of every stage in seconds. Anything given explicitly wins.
 QUICK = dict(
@@ -232,7 +232,11 @@ def shuffled_batches(
 
 
 def warm_up(
-    cfg: PretrainConfig, channels: int, side: int, images: torch.Tensor, steps: int,
+    cfg: PretrainConfig,
+    channels: int,
+    side: int,
+    images: torch.Tensor,
+    steps: int,
     device: torch.device,
 ) -> None:
     """`steps` training steps on a throwaway trainer of the timed run's shapes.
@@ -366,17 +370,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed = cfg.run.seed + (2 if split == "train" else 3)
         with Clock(device) as clock:
             feats[split] = embed_dataset(
-                model, split_images, t, trainer.patch_size, cfg.eval.batch_size, device, seed,
-                desc, cfg.model.channels_last, cfg.optim.bf16, out_device=device,
-                patches=cfg.patches)
-        report(Stage(f"embed {split}", clock.seconds, len(split_images) * t, "patches"),
-               f" (T={t})")
+                model,
+                split_images,
+                t,
+                trainer.patch_size,
+                cfg.eval.batch_size,
+                device,
+                seed,
+                desc,
+                cfg.model.channels_last,
+                cfg.optim.bf16,
+                out_device=device,
+                patches=cfg.patches,
+            )
+        report(
+            Stage(f"embed {split}", clock.seconds, len(split_images) * t, "patches"), f" (T={t})"
+        )
 
     # ---- linear probe and kNN on the device, where the features are ----------------------
     e = cfg.eval
     with Clock(device) as clock:  # the jobs' probe, with the run's eval config (no copy)
-        result_probe = probe(feats["train"], train_y, feats["test"], test_y, e, cfg.run.seed,
-                             args.progress)
+        result_probe = probe(
+            feats["train"], train_y, feats["test"], test_y, e, cfg.run.seed, args.progress
+        )
     samples = len(train_y) * e.probe_epochs
     report(
         Stage("linear probe", clock.seconds, samples, "samples", result_probe["probe_acc"]),

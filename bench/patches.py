@@ -1,5 +1,5 @@
 """Benchmark: augmented patches per second per core, the core's batched `multi_patch` against the
-usual pipeline (torchvision.transforms v1 on PIL images, one patch at a time, as the spec lists).
+usual pipeline (torchvision.transforms v1 on PIL images, one patch at a time, as the paper lists).
 
 Ours returns uint8 and normalisation happens on the training device; to compare like with like it
 is also timed followed by `to_model_input` (float, mean 0.5 / std 0.5), which is what the
@@ -59,7 +59,7 @@ class PILSolarize:
 
 
 def reference_transform(size: int) -> T.Compose:
-    """The spec's per-patch pipeline, PIL image -> normalised float tensor (C, S, S)."""
+    """The paper's per-patch pipeline, PIL image -> normalised float tensor (C, S, S)."""
     return T.Compose(
         [
             T.RandomResizedCrop(size, scale=(0.25, 0.25), ratio=(1.0, 1.0)),

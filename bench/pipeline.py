@@ -45,8 +45,7 @@ class BatchClock:
         pids = {b[0] for b in self.batches}
         lo = max(min(b[1] for b in self.batches if b[0] == p) for p in pids)
         hi = min(max(b[2] for b in self.batches if b[0] == p) for p in pids)
-        inside = sum(n * max(0.0, min(e, hi) - max(s, lo)) / (e - s)
-                     for _, s, e, n in self.batches)
+        inside = sum(n * max(0.0, min(e, hi) - max(s, lo)) / (e - s) for _, s, e, n in self.batches)
         return inside / (hi - lo)
 
 
@@ -69,20 +68,33 @@ def timed_cutter() -> type:
     return TimedPatchCutter
 
 
-def patch_pool(images: ray.data.Dataset, patches: PatchConfig, image_size: int,
-               actors: int, batch: int, clock: Any = None) -> ray.data.Dataset:
+def patch_pool(
+    images: ray.data.Dataset,
+    patches: PatchConfig,
+    image_size: int,
+    actors: int,
+    batch: int,
+    clock: Any = None,
+) -> ray.data.Dataset:
     """The training stream's augmentation stage over `images`, on `actors` 1-CPU actors."""
     from empssl_ray.ray_data import PatchCutter, exact_tensors
 
     timed = clock is not None
-    return exact_tensors(images.map_batches(
-        timed_cutter() if timed else PatchCutter, fn_constructor_args=(patches, image_size, 0),
-        fn_constructor_kwargs={"clock": clock} if timed else None, batch_size=batch,
-        compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors), num_cpus=1))
+    return exact_tensors(
+        images.map_batches(
+            timed_cutter() if timed else PatchCutter,
+            fn_constructor_args=(patches, image_size, 0),
+            fn_constructor_kwargs={"clock": clock} if timed else None,
+            batch_size=batch,
+            compute=ray.data.ActorPoolStrategy(min_size=actors, max_size=actors),
+            num_cpus=1,
+        )
+    )
 
 
-def augment_rate(images: ray.data.Dataset, patches: PatchConfig, image_size: int,
-                 actors: int, batch: int) -> float:
+def augment_rate(
+    images: ray.data.Dataset, patches: PatchConfig, image_size: int, actors: int, batch: int
+) -> float:
     """Steady patches/s of a pool of `actors` 1-CPU actors, timed by the actors themselves.
 
     Counted while every actor of the pool works: actor start-up (a torch import per process,
@@ -97,8 +109,9 @@ def augment_rate(images: ray.data.Dataset, patches: PatchConfig, image_size: int
     return ray.get(clock.steady_rate.remote())
 
 
-def bytes_per_patch(images: ray.data.Dataset, patches: PatchConfig, image_size: int,
-                    batch: int) -> float:
+def bytes_per_patch(
+    images: ray.data.Dataset, patches: PatchConfig, image_size: int, batch: int
+) -> float:
     """Object-store bytes of the training stream's blocks, per patch (what travels to trainers)."""
     done = patch_pool(images, patches, image_size, 1, batch).materialize()
     return done.size_bytes() / (done.count() * patches.num_patches)
@@ -108,15 +121,23 @@ def trainer_config(args: argparse.Namespace) -> PretrainConfig:
     cfg = PretrainConfig()
     cfg.data = DataConfig(name="fashion-mnist", train_limit=args.train_images)
     cfg.patches = PatchConfig(num_patches=args.patches, size=args.size)
-    cfg.model = ModelConfig(backbone="resnet-narrow", width=args.width, prefeature_dim=128,
-                            hidden_dim=128, proj_dim=64)
+    cfg.model = ModelConfig(
+        backbone="resnet-narrow", width=args.width, prefeature_dim=128, hidden_dim=128, proj_dim=64
+    )
     cfg.optim.epochs, cfg.optim.batch_size = args.epochs, args.batch_size
     cfg.eval.monitor_test = 0
     # One core each for the trainer and the augmentation actor; the read/shuffle tasks need a
     # logical share too, or they never schedule on a 2-CPU Ray (so the trainer asks 0.75).
-    cfg.ray = RayConfig(num_workers=1, cpus_per_worker=0.75, aug_min_actors=1, aug_max_actors=1,
-                        aug_cpus_per_actor=1.0, read_cpus=0.25, aug_batch_size=args.batch_size,
-                        max_failures=0)
+    cfg.ray = RayConfig(
+        num_workers=1,
+        cpus_per_worker=0.75,
+        aug_min_actors=1,
+        aug_max_actors=1,
+        aug_cpus_per_actor=1.0,
+        read_cpus=0.25,
+        aug_batch_size=args.batch_size,
+        max_failures=0,
+    )
     cfg.run.name, cfg.run.log_every_steps, cfg.run.evaluate = "bench-pipeline", 0, False
     return cfg
 
@@ -130,8 +151,10 @@ def in_memory_loop(cfg: PretrainConfig, steps: int) -> float:
     images, _ = load_split(cfg.data, "train", limit=cfg.optim.batch_size * steps)
     trainer = Trainer(cfg, images.shape[1], images.shape[2], steps)
     x = torch.from_numpy(images)
-    batches = [{"patches": trainer.patches_from_images(x[i:i + cfg.optim.batch_size])}
-               for i in range(0, len(x), cfg.optim.batch_size)]
+    batches = [
+        {"patches": trainer.patches_from_images(x[i : i + cfg.optim.batch_size])}
+        for i in range(0, len(x), cfg.optim.batch_size)
+    ]
     trainer.run_epoch(batches[:2])  # warm-up
     return trainer.run_epoch(batches)["patches_per_s"]
 
@@ -158,8 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     patches = PatchConfig(num_patches=args.patches, size=args.size)
     data = DataConfig(name="fashion-mnist", train_limit=args.aug_images)
     # Read and shuffle into the training stream's blocks once, outside the timings.
-    images, info, rows = read_images(data, "train", read_cpus=0.25, shuffle_seed=0,
-                                     block_rows=BATCHES_PER_BLOCK * args.batch_size)
+    images, info, rows = read_images(
+        data,
+        "train",
+        read_cpus=0.25,
+        shuffle_seed=0,
+        block_rows=BATCHES_PER_BLOCK * args.batch_size,
+    )
     images = images.materialize()
     rates: dict[int, list[float]] = {}
     for actors in (1, 2, 1, 2):  # interleaved: drift on a shared machine hits both alike
@@ -168,8 +196,10 @@ def main(argv: list[str] | None = None) -> None:
     best = {k: max(v) for k, v in rates.items()}
     per_patch = bytes_per_patch(images.limit(2000), patches, info.image_size, args.batch_size)
     wire = info.channels * args.size * args.size
-    print(f"augmentation, {rows} images x {args.patches} patches of {args.size}x{args.size}, "
-          "while every actor works, best of 2 passes:")
+    print(
+        f"augmentation, {rows} images x {args.patches} patches of {args.size}x{args.size}, "
+        "while every actor works, best of 2 passes:"
+    )
     print(f"  1 actor : {best[1]:10,.0f} patches/s   2 actors: {best[2]:10,.0f} patches/s")
     print(f"  object store: {per_patch:.2f} bytes per patch (uint8 S*S*C = {wire})")
 
@@ -187,11 +217,15 @@ def main(argv: list[str] | None = None) -> None:
     wait = waited / sum(r["epoch_time_s"] for r in epochs)
     ray_rate = epochs[-1]["patches_per_s"]
     memory_rate = in_memory_loop(cfg, steps=30)
-    print(f"trainer (1 CPU, {cfg.model.backbone} width {args.width}) fed by 1 augmentation actor "
-          f"(1 CPU), {args.train_images} images x {args.epochs} epochs:")
+    print(
+        f"trainer (1 CPU, {cfg.model.backbone} width {args.width}) fed by 1 augmentation actor "
+        f"(1 CPU), {args.train_images} images x {args.epochs} epochs:"
+    )
     for r in epochs:
-        print(f"  epoch {r['epoch']}: data wait {r['data_wait_frac']:.3f} of "
-              f"{r['epoch_time_s']:.0f} s, {r['patches_per_s']:,.0f} patches/s")
+        print(
+            f"  epoch {r['epoch']}: data wait {r['data_wait_frac']:.3f} of "
+            f"{r['epoch_time_s']:.0f} s, {r['patches_per_s']:,.0f} patches/s"
+        )
     print(f"  last epoch {ray_rate:,.0f} patches/s fed by Ray Data, {memory_rate:,.0f} from memory")
     print(f"ratio data wait over the run: {wait:.3f} of trainer time (goal <= 0.10)")
     print(f"ratio Ray-fed vs in-memory trainer: {ray_rate / memory_rate:.2f}x")

@@ -63,20 +63,30 @@ def make_dataset(root: Path, images: int, side: int) -> DataConfig:
     return DataConfig(name="parquet", root=str(root))
 
 
-def all_to_all_stream(data: DataConfig, patches: PatchConfig, ray_cfg: RayConfig,
-                      seed: int) -> ray.data.Dataset:
+def all_to_all_stream(
+    data: DataConfig, patches: PatchConfig, ray_cfg: RayConfig, seed: int
+) -> ray.data.Dataset:
     """The training stream as it was: in-order read, `random_shuffle`, then the actor pool."""
     from empssl_ray.ray_data import BATCHES_PER_BLOCK, PatchCutter, exact_tensors
     from empssl_ray.ray_read import read_images
 
-    ds, info, _ = read_images(data, "train", read_cpus=ray_cfg.read_cpus,
-                              block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK)
-    ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True),
-                           num_cpus=ray_cfg.read_cpus)
-    ds = ds.map_batches(PatchCutter, fn_constructor_args=(patches, info.image_size, seed),
-                        batch_size=ray_cfg.aug_batch_size,
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
-                        num_cpus=ray_cfg.aug_cpus_per_actor)
+    ds, info, _ = read_images(
+        data,
+        "train",
+        read_cpus=ray_cfg.read_cpus,
+        block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK,
+    )
+    ds = ds.random_shuffle(
+        seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True),
+        num_cpus=ray_cfg.read_cpus,
+    )
+    ds = ds.map_batches(
+        PatchCutter,
+        fn_constructor_args=(patches, info.image_size, seed),
+        batch_size=ray_cfg.aug_batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1),
+        num_cpus=ray_cfg.aug_cpus_per_actor,
+    )
     return exact_tensors(ds)
 
 
@@ -123,8 +133,12 @@ def consume(ds: ray.data.Dataset, batch: int, epochs: int = 2) -> dict[str, floa
     from empssl_ray.prefetch import EpochPrefetcher
 
     start = time.perf_counter()
-    stream = EpochPrefetcher(lambda _: ds.iter_batches(batch_size=batch, batch_format="numpy",
-                                                       drop_last=True), 0, epochs, 16)
+    stream = EpochPrefetcher(
+        lambda _: ds.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True),
+        0,
+        epochs,
+        16,
+    )
     first_batch, epoch_spans, boundary_wait, images = None, [], 0.0, 0
     for epoch in range(epochs):
         t0 = time.perf_counter()
@@ -137,8 +151,11 @@ def consume(ds: ray.data.Dataset, batch: int, epochs: int = 2) -> dict[str, floa
             images += len(b["patches"])
         epoch_spans.append(time.perf_counter() - t0)
     total = time.perf_counter() - start
-    return {"first_batch_s": first_batch or float("nan"), "images_per_s": images / total,
-            "boundary_frac": boundary_wait / epoch_spans[-1]}
+    return {
+        "first_batch_s": first_batch or float("nan"),
+        "images_per_s": images / total,
+        "boundary_frac": boundary_wait / epoch_spans[-1],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,12 +170,17 @@ def main(argv: list[str] | None = None) -> None:
 
     from empssl_ray.ray_data import patch_stream
 
-    ray.init(address="local", num_cpus=2, logging_level=logging.ERROR,
-             object_store_memory=args.store_mib * 2**20)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        logging_level=logging.ERROR,
+        object_store_memory=args.store_mib * 2**20,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     patches = PatchConfig(num_patches=2, size=16)
-    ray_cfg = RayConfig(aug_min_actors=1, aug_max_actors=1, aug_cpus_per_actor=1.0,
-                        read_cpus=0.5, aug_batch_size=64)
+    ray_cfg = RayConfig(
+        aug_min_actors=1, aug_max_actors=1, aug_cpus_per_actor=1.0, read_cpus=0.5, aug_batch_size=64
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for scale in args.scales:
@@ -171,13 +193,24 @@ def main(argv: list[str] | None = None) -> None:
                     ds = all_to_all_stream(data, patches, ray_cfg, seed=0)
                 with StorePeak() as store:
                     timings = consume(ds, batch=64)
-                rows.append({"design": design, "scale": scale, "images": n, **timings,
-                             "peak_store_mib": store.peak, "spilled_mib": store.spilled})
+                rows.append(
+                    {
+                        "design": design,
+                        "scale": scale,
+                        "images": n,
+                        **timings,
+                        "peak_store_mib": store.peak,
+                        "spilled_mib": store.spilled,
+                    }
+                )
                 r = rows[-1]
-                print(f"{design:>10} {scale:>3}x {n:>7,} images: first batch "
-                      f"{r['first_batch_s']:6.2f} s, {r['images_per_s']:8,.0f} images/s, peak "
-                      f"store {r['peak_store_mib']:7.1f} MiB, spilled {r['spilled_mib']:.1f} MiB,"
-                      f" epoch-2 boundary wait {100 * r['boundary_frac']:.2f}%", flush=True)
+                print(
+                    f"{design:>10} {scale:>3}x {n:>7,} images: first batch "
+                    f"{r['first_batch_s']:6.2f} s, {r['images_per_s']:8,.0f} images/s, peak "
+                    f"store {r['peak_store_mib']:7.1f} MiB, spilled {r['spilled_mib']:.1f} MiB,"
+                    f" epoch-2 boundary wait {100 * r['boundary_frac']:.2f}%",
+                    flush=True,
+                )
     ray.shutdown()
     lo, hi = min(args.scales), max(args.scales)
     for design in ("all-to-all", "streaming"):
@@ -185,9 +218,11 @@ def main(argv: list[str] | None = None) -> None:
         b = next(r for r in rows if r["design"] == design and r["scale"] == hi)
         first = b["first_batch_s"] / a["first_batch_s"]
         store = b["peak_store_mib"] / max(a["peak_store_mib"], 1e-9)
-        print(f"{design}: {hi}x vs {lo}x: first batch {first:.2f}x, peak store {store:.2f}x, "
-              f"images/s {b['images_per_s'] / a['images_per_s']:.2f}x "
-              "(goals: <= 1.5x, <= 1.5x, flat)")
+        print(
+            f"{design}: {hi}x vs {lo}x: first batch {first:.2f}x, peak store {store:.2f}x, "
+            f"images/s {b['images_per_s'] / a['images_per_s']:.2f}x "
+            "(goals: <= 1.5x, <= 1.5x, flat)"
+        )
 
 
 if __name__ == "__main__":

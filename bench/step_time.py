@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     import empssl_ray
 
-    print(f"empssl_ray from {Path(empssl_ray.__file__).parent}, torch {torch.__version__}, "
-          f"threads {args.threads}, batch {args.batch_size}")
+    print(
+        f"empssl_ray from {Path(empssl_ray.__file__).parent}, torch {torch.__version__}, "
+        f"threads {args.threads}, batch {args.batch_size}"
+    )
     paths = ["grouped", "sync-free"] if args.path == "both" else [args.path]
     has_both = hasattr(Trainer(smoke_config(8), 1, 28, 1), "sync_free_patches")
     for path in paths:
@@ -77,8 +79,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{path:<10} (not in this checkout)")
             continue
         times = time_steps(path, args.steps, args.warmup, args.batch_size)
-        print(f"{path:<10} median {1e3 * statistics.median(times):7.1f} ms/step "
-              f"(min {1e3 * min(times):.1f}, {len(times)} steps)")
+        print(
+            f"{path:<10} median {1e3 * statistics.median(times):7.1f} ms/step "
+            f"(min {1e3 * min(times):.1f}, {len(times)} steps)"
+        )
 
 
 if __name__ == "__main__":

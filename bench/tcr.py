@@ -1,5 +1,5 @@
 """Benchmark: total coding rate (TCR) forward + backward, the core's batched B x B Gram + Cholesky
-against the spec's per-view d x d formula.
+against the paper's per-view d x d formula.
 
 Both sides are timed interleaved (ref, ours, ref, ours, ...) in one run, so that load from other
 work on a shared machine hits both alike; the ratio of the medians is the number to read.

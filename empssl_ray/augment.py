@@ -97,12 +97,12 @@ def multi_patch(
             x = render_patches(images, params, crop, size, interpolation, sync_free)
         else:
             ratio = (float(aspect_ratio[0]), float(aspect_ratio[1]))
-            boxes = sample_boxes(b * num_patches, h, w, crop_scale, ratio, generator,
-                                 images.device)
+            boxes = sample_boxes(b * num_patches, h, w, crop_scale, ratio, generator, images.device)
             crops = resample_boxes(images, boxes, num_patches, size, interpolation)
             # The boxes are the crops: the rest runs on them as whole S x S "images".
-            params = sample_patch_params(b * num_patches, 1, size, size, size, generator,
-                                         images.device)
+            params = sample_patch_params(
+                b * num_patches, 1, size, size, size, generator, images.device
+            )
             x = render_patches(crops, params, size, size, interpolation, sync_free)
     return x.view(b, num_patches, c, size, size)
 

@@ -31,8 +31,11 @@ def run_dir_of(cfg: PretrainConfig) -> str:
 
 def checkpoint_files(run_dir: str) -> list[str]:
     """Every `checkpoint_*/checkpoint.pt` of a run, oldest first (the names sort by time)."""
-    return [storage.join(e.location, CHECKPOINT_FILE) for e in storage.list_dir(run_dir)
-            if e.is_dir and e.name.startswith(CHECKPOINT_PREFIX)]
+    return [
+        storage.join(e.location, CHECKPOINT_FILE)
+        for e in storage.list_dir(run_dir)
+        if e.is_dir and e.name.startswith(CHECKPOINT_PREFIX)
+    ]
 
 
 def latest_checkpoint(run_dir: str) -> str:
@@ -41,7 +44,8 @@ def latest_checkpoint(run_dir: str) -> str:
     if not found:
         raise CheckpointNotFoundError(
             f"no checkpoint under {run_dir}: pretrain first (same run.name and "
-            "run.storage_path), or pass checkpoint=<folder or file of checkpoint.pt>")
+            "run.storage_path), or pass checkpoint=<folder or file of checkpoint.pt>"
+        )
     return found[-1]
 
 

@@ -35,10 +35,13 @@ def _num(value: Any, spec: str) -> str:
 
 def metrics_text(m: dict[str, Any]) -> str:
     """The figures of a step or epoch report, as one short line fragment."""
-    parts = [f"loss {_num(m.get('loss'), '.3f')}", f"tcr {_num(m.get('tcr'), '.2f')}",
-             f"inv {_num(m.get('invariance'), '.3f')}",
-             f"{_num(m.get('patches_per_s'), ',.0f')} patches/s",
-             f"data wait {_num(100 * m.get('data_wait_frac', math.nan), '.0f')}%"]
+    parts = [
+        f"loss {_num(m.get('loss'), '.3f')}",
+        f"tcr {_num(m.get('tcr'), '.2f')}",
+        f"inv {_num(m.get('invariance'), '.3f')}",
+        f"{_num(m.get('patches_per_s'), ',.0f')} patches/s",
+        f"data wait {_num(100 * m.get('data_wait_frac', math.nan), '.0f')}%",
+    ]
     if "knn_acc" in m:
         parts.append(f"kNN {_num(100 * m['knn_acc'], '.1f')}%")
     return " | ".join(parts)
@@ -66,8 +69,9 @@ class Console:
         elif kind == "epoch":
             self.close_bar()
             took = _num(event.get("epoch_time_s"), ".1f")
-            self.line(f"epoch {event['epoch']}/{self.epochs} done in {took} s | "
-                      + metrics_text(event))
+            self.line(
+                f"epoch {event['epoch']}/{self.epochs} done in {took} s | " + metrics_text(event)
+            )
         elif kind == "stage":
             self.close_bar()
             self.stages[event["name"]] = [time.perf_counter(), event["total"], 0]
@@ -82,8 +86,7 @@ class Console:
         epoch, per = event["epoch"], max(1, self.per_epoch)
         done = event["step"] - epoch * per  # steps of this epoch, after resumes too
         if not self.bars:
-            self.line(f"epoch {epoch + 1}/{self.epochs} step {done}/{per} | "
-                      + metrics_text(event))
+            self.line(f"epoch {epoch + 1}/{self.epochs} step {done}/{per} | " + metrics_text(event))
             return
         if self.bar_key != ("epoch", epoch):
             self.open_bar(("epoch", epoch), per, f"epoch {epoch + 1}/{self.epochs}", "step")
@@ -104,8 +107,9 @@ class Console:
         from tqdm.auto import tqdm
 
         self.close_bar()
-        self.bar = tqdm(total=total, desc=desc, unit=unit, file=self.stream, leave=False,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, desc=desc, unit=unit, file=self.stream, leave=False, dynamic_ncols=True
+        )
         self.bar_key = key
 
     def close_bar(self) -> None:

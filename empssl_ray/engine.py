@@ -63,8 +63,10 @@ def sync_batchnorm(model: EMPSSLModel, device: torch.device) -> EMPSSLModel:
     GPU, over all B x n. SyncBatchNorm has only GPU kernels for the synchronisation.
     """
     if device.type == "cpu":
-        raise ValueError("model.sync_batchnorm=true needs GPU workers (ray.use_gpu=true): "
-                         "SyncBatchNorm does not synchronise CPU tensors")
+        raise ValueError(
+            "model.sync_batchnorm=true needs GPU workers (ray.use_gpu=true): "
+            "SyncBatchNorm does not synchronise CPU tensors"
+        )
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
@@ -276,4 +278,3 @@ class Trainer:
             self.generator.set_state(saved.cpu())
             return
         self.generator.manual_seed(patch_seed(self.cfg.run.seed, self.rank, self.step))
-

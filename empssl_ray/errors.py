@@ -30,8 +30,13 @@ def _nested(exc: BaseException | None) -> list[Any]:
             continue
         seen.add(id(e))
         found.append(e)
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None),
-                 getattr(e, "_base_exc", None), *getattr(e, "worker_failures", {}).values()]
+        todo += [
+            e.__cause__,
+            e.__context__,
+            getattr(e, "cause", None),
+            getattr(e, "_base_exc", None),
+            *getattr(e, "worker_failures", {}).values(),
+        ]
     return found
 
 
@@ -62,8 +67,10 @@ def user_error_line(exc: BaseException) -> str | None:
     if found is not None:
         message = str(found).splitlines()[0] if str(found) else ""
         # A RayTaskError subclass carries the original's name beside its own.
-        name = next((c.__name__ for c in type(found).__mro__
-                     if c.__name__ in _user_error_names()), type(found).__name__)
+        name = next(
+            (c.__name__ for c in type(found).__mro__ if c.__name__ in _user_error_names()),
+            type(found).__name__,
+        )
         return f"{name}: {message}"
     # Ray ships some remote errors as text only (Ray Data's, inside a worker's traceback text,
     # which the outer message may cut short): find our error's line in any of them.

@@ -100,11 +100,16 @@ def embed_dataset(
     generator = torch.Generator(device=device).manual_seed(seed)
     autocast = bf16 and device.type == "cuda"
     out = []
-    for sl in tqdm(list(iterate_batches(len(images), batch_size)), desc=progress,
-                   disable=progress is None, leave=False):
+    for sl in tqdm(
+        list(iterate_batches(len(images), batch_size)),
+        desc=progress,
+        disable=progress is None,
+        leave=False,
+    ):
         batch = to_device(torch.as_tensor(images[sl]), device)
-        emb = embed_images(model, batch, num_patches, patch_size, generator, channels_last,
-                           patches, bf16=autocast)
+        emb = embed_images(
+            model, batch, num_patches, patch_size, generator, channels_last, patches, bf16=autocast
+        )
         out.append(emb.to(out_device))
     return torch.cat(out)
 
@@ -216,8 +221,10 @@ def linear_probe(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     full = len(train_x) // batch_size * batch_size  # the last partial batch is dropped
     if full == 0:
-        raise ConfigError(f"eval.probe_batch_size={batch_size} exceeds the {len(train_x)} "
-                          "training images evaluated: lower it, or raise data.train_limit")
+        raise ConfigError(
+            f"eval.probe_batch_size={batch_size} exceeds the {len(train_x)} "
+            "training images evaluated: lower it, or raise data.train_limit"
+        )
     train_correct = torch.zeros((), device=device)
     for _ in trange(epochs, desc=progress, disable=progress is None, leave=False):
         order = torch.randperm(len(train_x), device=device)
@@ -253,8 +260,16 @@ def probe(
 ) -> dict[str, float]:
     """`linear_probe` with the eval config's protocol: what the jobs and the GPU script run."""
     return linear_probe(
-        train_x, train_y, test_x, test_y, cfg.probe_epochs, cfg.probe_lr, cfg.probe_batch_size,
-        cfg.probe_weight_decay, cfg.probe_standardize, seed,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        cfg.probe_epochs,
+        cfg.probe_lr,
+        cfg.probe_batch_size,
+        cfg.probe_weight_decay,
+        cfg.probe_standardize,
+        seed,
         progress="linear probe" if progress else None,
     )
 
@@ -270,7 +285,8 @@ def evaluate_features(
 ) -> dict[str, float]:
     """kNN and linear probe on the same features: the metrics an evaluation reports."""
     metrics = probe(train_x, train_y, test_x, test_y, cfg, seed, progress)
-    metrics["knn_acc"] = knn_accuracy(train_x, train_y, test_x, test_y, cfg.knn_k,
-                                      cfg.knn_temperature)
+    metrics["knn_acc"] = knn_accuracy(
+        train_x, train_y, test_x, test_y, cfg.knn_k, cfg.knn_temperature
+    )
     metrics.update(num_train=len(train_x), num_test=len(test_x))
     return metrics

@@ -14,11 +14,14 @@ from typing import Any
 
 import torch
 
-EXPORTABLE = {"resnet18-cifar": "cifar", "resnet18-imagenet": "imagenet",
-              "resnet18-tinyimagenet": "imagenet"}  # backbone -> stem
+EXPORTABLE = {
+    "resnet18-cifar": "cifar",
+    "resnet18-imagenet": "imagenet",
+    "resnet18-tinyimagenet": "imagenet",
+}  # backbone -> stem
 STEM_NOTES = {
     "cifar": "CIFAR stem: set model.conv1 = torch.nn.Conv2d(C, 64, 3, 1, 1, bias=False) and "
-             "model.maxpool = torch.nn.Identity() before loading",
+    "model.maxpool = torch.nn.Identity() before loading",
     "imagenet": "torchvision's own stem (7x7 stride 2, max-pool): loads as is",
 }
 
@@ -51,13 +54,16 @@ def export_encoder(
     """
     backbone, width = model_cfg["backbone"], model_cfg["width"]
     if backbone not in EXPORTABLE or width != 64:
-        raise ValueError(f"model.backbone={backbone} width={width} is not torchvision's "
-                         f"resnet18: export needs one of {sorted(EXPORTABLE)} at width 64")
+        raise ValueError(
+            f"model.backbone={backbone} width={width} is not torchvision's "
+            f"resnet18: export needs one of {sorted(EXPORTABLE)} at width 64"
+        )
     state = {k.removeprefix("module."): v for k, v in model_state.items()}
     renamed = {_torchvision_key(k): v for k, v in state.items()}
     encoder = {k: v for k, v in renamed.items() if k is not None}
-    head = {k.removeprefix("prefeature."): v for k, v in state.items()
-            if k.startswith("prefeature.")}
+    head = {
+        k.removeprefix("prefeature."): v for k, v in state.items() if k.startswith("prefeature.")
+    }
     stem = EXPORTABLE[backbone]
     in_channels = int(state["backbone.stem.0.weight"].shape[1])
     notes = {
@@ -85,13 +91,17 @@ def write_export(checkpoint: str, out_dir: str) -> dict[str, str]:
 
     state = load_checkpoint(checkpoint)
     encoder, head, notes = export_encoder(state["model"], state["config"]["model"])
-    paths = {name: storage.join(storage.resolve(out_dir), name)
-             for name in ("resnet18.pt", "prefeature_head.pt", "export.json")}
+    paths = {
+        name: storage.join(storage.resolve(out_dir), name)
+        for name in ("resnet18.pt", "prefeature_head.pt", "export.json")
+    }
     for name, weights in (("resnet18.pt", encoder), ("prefeature_head.pt", head)):
         buf = io.BytesIO()
         torch.save(weights, buf)
         storage.write_bytes(paths[name], buf.getvalue())
     source = storage.resolve(checkpoint_file(checkpoint))
-    storage.write_text(paths["export.json"], json.dumps(
-        {"checkpoint": source, "epoch": state.get("epoch"), **notes}, indent=2))
+    storage.write_text(
+        paths["export.json"],
+        json.dumps({"checkpoint": source, "epoch": state.get("epoch"), **notes}, indent=2),
+    )
     return paths

@@ -38,8 +38,14 @@ def sample_split(
 class KnnMonitor:
     """Holds a small labelled bank and query set; `__call__` scores an encoder on them."""
 
-    def __init__(self, data: DataConfig, cfg: EvalConfig, patch_size: int, seed: int = 0,
-                 patches: PatchConfig | None = None) -> None:
+    def __init__(
+        self,
+        data: DataConfig,
+        cfg: EvalConfig,
+        patch_size: int,
+        seed: int = 0,
+        patches: PatchConfig | None = None,
+    ) -> None:
         self.cfg, self.patch_size, self.seed = cfg, patch_size, seed
         self.patches = patches  # the run's patch settings: cut as training cuts
         self.train = sample_split(data, "train", cfg.monitor_train, seed)
@@ -49,11 +55,24 @@ class KnnMonitor:
         """Weighted kNN accuracy of bag-of-features (monitor_patches per image) in [0, 1]."""
         was_training = model.training
         feats = [
-            embed_dataset(model, x, self.cfg.monitor_patches, self.patch_size,
-                          self.cfg.batch_size, device, self.seed, patches=self.patches)
+            embed_dataset(
+                model,
+                x,
+                self.cfg.monitor_patches,
+                self.patch_size,
+                self.cfg.batch_size,
+                device,
+                self.seed,
+                patches=self.patches,
+            )
             for x, _ in (self.train, self.test)
         ]
         model.train(was_training)
-        return knn_accuracy(feats[0], torch.as_tensor(self.train[1]), feats[1],
-                            torch.as_tensor(self.test[1]), self.cfg.knn_k,
-                            self.cfg.knn_temperature)
+        return knn_accuracy(
+            feats[0],
+            torch.as_tensor(self.train[1]),
+            feats[1],
+            torch.as_tensor(self.test[1]),
+            self.cfg.knn_k,
+            self.cfg.knn_temperature,
+        )

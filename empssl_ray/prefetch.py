@@ -32,13 +32,18 @@ class EpochPrefetcher(Generic[T]):
         depth: batches held ready at most (memory: depth x one batch).
     """
 
-    def __init__(self, make_epoch: Callable[[int], Iterable[T]], first: int, last: int,
-                 depth: int) -> None:
+    def __init__(
+        self, make_epoch: Callable[[int], Iterable[T]], first: int, last: int, depth: int
+    ) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
         self._remaining = last - first
         # A daemon: a trainer that stops early (NaN, a failure) must not wait on its producer.
-        threading.Thread(target=self._produce, args=(make_epoch, first, last), daemon=True,
-                         name="epoch-prefetcher").start()
+        threading.Thread(
+            target=self._produce,
+            args=(make_epoch, first, last),
+            daemon=True,
+            name="epoch-prefetcher",
+        ).start()
 
     def _produce(self, make_epoch: Callable[[int], Iterable[T]], first: int, last: int) -> None:
         try:

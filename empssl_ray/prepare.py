@@ -37,16 +37,18 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def write_shard(location: str, images: list[bytes], labels: list[int], channels: int) -> None:
-    table = pa.table({"image": pa.array(images, pa.binary()),
-                      "label": pa.array(labels, pa.int64())})
+    table = pa.table(
+        {"image": pa.array(images, pa.binary()), "label": pa.array(labels, pa.int64())}
+    )
     table = table.replace_schema_metadata({CHANNELS_KEY: str(channels).encode()})
     buf = io.BytesIO()
     pq.write_table(table, buf, row_group_size=ROW_GROUP_ROWS, compression="zstd")
     storage.write_bytes(location, buf.getvalue())
 
 
-def encoded_rows(dataset: ImageDataset, bar: Any,
-                 shuffle_seed: int | None) -> Iterator[tuple[bytes, int]]:
+def encoded_rows(
+    dataset: ImageDataset, bar: Any, shuffle_seed: int | None
+) -> Iterator[tuple[bytes, int]]:
     """(PNG bytes, label) of every row of a split, a block at a time (bounded memory); with a
     seed, in a shuffled order (slices permuted, rows shuffled inside each row group's worth)."""
     pieces = split_slices(dataset, ROW_GROUP_ROWS)
@@ -57,8 +59,9 @@ def encoded_rows(dataset: ImageDataset, bar: Any,
         bar.update(sum(stop - start for _, start, stop, _ in block))
 
 
-def prepare(data: DataConfig, out: str, rows_per_file: int = 10_000,
-            progress: bool = True, seed: int = 0) -> dict[str, int]:
+def prepare(
+    data: DataConfig, out: str, rows_per_file: int = 10_000, progress: bool = True, seed: int = 0
+) -> dict[str, int]:
     """Writes both splits of `data` (its train_limit / test_limit subsets) as Parquet at `out`.
 
     The training rows are written in a shuffled order (`seed`): the training stream shuffles
@@ -74,15 +77,20 @@ def prepare(data: DataConfig, out: str, rows_per_file: int = 10_000,
     written = {}
     for split in SPLITS:
         dataset = open_dataset(data, split)
-        with tqdm(total=len(dataset), desc=f"{split} -> parquet", unit="img",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=len(dataset), desc=f"{split} -> parquet", unit="img", disable=not progress
+        ) as bar:
             rows = encoded_rows(dataset, bar, seed if split == "train" else None)
             for shard in itertools.count():
                 part = list(itertools.islice(rows, rows_per_file))
                 if not part:
                     break
                 images, labels = zip(*part, strict=True)
-                write_shard(storage.join(out, split, f"part-{shard:05d}.parquet"), list(images),
-                            list(labels), dataset.info.channels)
+                write_shard(
+                    storage.join(out, split, f"part-{shard:05d}.parquet"),
+                    list(images),
+                    list(labels),
+                    dataset.info.channels,
+                )
         written[split] = len(dataset)
     return written

@@ -67,7 +67,8 @@ class ProgressBoard:
 def new_board() -> Any:
     """A ProgressBoard on the head node (outside any Tune trial's placement group)."""
     return ProgressBoard.options(  # type: ignore[attr-defined]
-        resources={HEAD_NODE_RESOURCE: 0.001}, scheduling_strategy="DEFAULT").remote()
+        resources={HEAD_NODE_RESOURCE: 0.001}, scheduling_strategy="DEFAULT"
+    ).remote()
 
 
 def post(board: Any, event: dict[str, Any]) -> None:
@@ -78,8 +79,12 @@ def post(board: Any, event: dict[str, Any]) -> None:
 
 def alive_nodes() -> dict[str, str]:
     """Node id -> a short description, for the nodes alive now."""
-    return {n["NodeID"]: f"{n['NodeManagerAddress']} ({n['Resources'].get('CPU', 0):g} CPUs, "
-            f"{n['Resources'].get('GPU', 0):g} GPUs)" for n in ray.nodes() if n.get("Alive")}
+    return {
+        n["NodeID"]: f"{n['NodeManagerAddress']} ({n['Resources'].get('CPU', 0):g} CPUs, "
+        f"{n['Resources'].get('GPU', 0):g} GPUs)"
+        for n in ray.nodes()
+        if n.get("Alive")
+    }
 
 
 class _Feed(threading.Thread):

@@ -58,9 +58,16 @@ class PatchCutter:
             carries none, so the object store holds exactly S*S*C bytes per patch.
     """
 
-    def __init__(self, patches: PatchConfig, image_size: int, seed: int,
-                 faults: dict[str, str] | None = None, fault_dir: str = ".",
-                 counter: Any = None, carry: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        patches: PatchConfig,
+        image_size: int,
+        seed: int,
+        faults: dict[str, str] | None = None,
+        fault_dir: str = ".",
+        counter: Any = None,
+        carry: tuple[str, ...] = (),
+    ) -> None:
         cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(cpus)  # the actor's share, not the node's every core
         self.cfg, self.size = patches, patches.size or image_size
@@ -81,8 +88,13 @@ class PatchCutter:
 
 
 def patch_stream(
-    data: DataConfig, patches: PatchConfig, ray_cfg: RayConfig, seed: int,
-    faults: dict[str, str] | None = None, fault_dir: str = ".", counter: Any = None,
+    data: DataConfig,
+    patches: PatchConfig,
+    ray_cfg: RayConfig,
+    seed: int,
+    faults: dict[str, str] | None = None,
+    fault_dir: str = ".",
+    counter: Any = None,
     carry: tuple[str, ...] = (),
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
     """The training stream: images in a new order each epoch, then patches cut on the actor pool.
@@ -102,9 +114,14 @@ def patch_stream(
         info, rows).
     """
     # Blocks of a few augmentation batches: the actors share the work from the first block on.
-    ds, info, rows = read_images(data, "train", counter, ray_cfg.read_cpus,
-                                 block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK,
-                                 shuffle_seed=seed)
+    ds, info, rows = read_images(
+        data,
+        "train",
+        counter,
+        ray_cfg.read_cpus,
+        block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK,
+        shuffle_seed=seed,
+    )
     if ray_cfg.patches_on_trainer:
         # A map at read_cpus, not select_columns: its projection task asks a whole CPU, which a
         # small cluster busy with trainers never frees.
@@ -114,8 +131,9 @@ def patch_stream(
         PatchCutter,
         fn_constructor_args=(patches, info.image_size, seed, faults, fault_dir, counter, carry),
         batch_size=ray_cfg.aug_batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=ray_cfg.aug_min_actors,
-                                           max_size=ray_cfg.aug_max_actors),
+        compute=ray.data.ActorPoolStrategy(
+            min_size=ray_cfg.aug_min_actors, max_size=ray_cfg.aug_max_actors
+        ),
         num_cpus=ray_cfg.aug_cpus_per_actor,
         resources=ray_cfg.aug_resources or None,
         # Ray Data's actor pools restart a killed actor and retry its batch by default

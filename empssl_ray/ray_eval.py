@@ -35,10 +35,18 @@ from empssl_ray.ray_read import read_images
 class Embedder:
     """Actor body: uint8 images -> bag-of-features embeddings with a frozen encoder."""
 
-    def __init__(self, state: dict[str, Any], model_cfg: ModelConfig, in_channels: int,
-                 cfg: EvalConfig, patch_size: int, seed: int,
-                 patches: PatchConfig | None = None, board: Any = None,
-                 stage: str = "") -> None:
+    def __init__(
+        self,
+        state: dict[str, Any],
+        model_cfg: ModelConfig,
+        in_channels: int,
+        cfg: EvalConfig,
+        patch_size: int,
+        seed: int,
+        patches: PatchConfig | None = None,
+        board: Any = None,
+        stage: str = "",
+    ) -> None:
         cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
         torch.set_num_threads(cpus)
         # The GPU Ray reserved, if any: a CPU-reserved actor on a GPU node stays off the GPU.
@@ -54,17 +62,32 @@ class Embedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = torch.from_numpy(np.ascontiguousarray(np.stack(list(batch["image"]))))
         images = match_channels(images, self.in_channels)  # another dataset's (transfer)
-        emb = embed_images(self.model, images.to(self.device), self.cfg.num_patches,
-                           self.patch_size, self.generator, patches=self.patches)
+        emb = embed_images(
+            self.model,
+            images.to(self.device),
+            self.cfg.num_patches,
+            self.patch_size,
+            self.generator,
+            patches=self.patches,
+        )
         post(self.board, {"kind": "rows", "name": self.stage, "rows": len(images)})
         # float16 halves the shards; the probe and kNN compute in float32.
-        return {"embedding": emb.cpu().numpy().astype(np.float16),
-                "label": np.asarray(batch["label"])}
+        return {
+            "embedding": emb.cpu().numpy().astype(np.float16),
+            "label": np.asarray(batch["label"]),
+        }
 
 
 def embed_split(
-    encoder: Encoder, data: DataConfig, split: str, cfg: EvalConfig, ray_cfg: RayConfig,
-    seed: int, location: str, board: Any = None, stage: str = "",
+    encoder: Encoder,
+    data: DataConfig,
+    split: str,
+    cfg: EvalConfig,
+    ray_cfg: RayConfig,
+    seed: int,
+    location: str,
+    board: Any = None,
+    stage: str = "",
 ) -> None:
     """Embeds a whole split on the workers, written as float16 Parquet shards at `location`
     (a folder or URI) by the workers themselves: nothing passes through the driver.
@@ -77,14 +100,23 @@ def embed_split(
     """
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours are on the driver
     # Blocks of 16 embedding batches: one shard each, and work for every actor of the pool.
-    ds, info, rows = read_images(data, split, read_cpus=ray_cfg.read_cpus,
-                                 block_rows=cfg.batch_size * BATCHES_PER_BLOCK)
+    ds, info, rows = read_images(
+        data, split, read_cpus=ray_cfg.read_cpus, block_rows=cfg.batch_size * BATCHES_PER_BLOCK
+    )
     post(board, {"kind": "stage", "name": stage, "total": rows})
     ds = ds.map_batches(
         Embedder,
-        fn_constructor_args=(encoder.state, encoder.model, encoder.in_channels, cfg,
-                             encoder.patch_size or info.image_size, seed, encoder.patches,
-                             board, stage),
+        fn_constructor_args=(
+            encoder.state,
+            encoder.model,
+            encoder.in_channels,
+            cfg,
+            encoder.patch_size or info.image_size,
+            seed,
+            encoder.patches,
+            board,
+            stage,
+        ),
         batch_size=cfg.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, ray_cfg.aug_max_actors)),
         num_cpus=ray_cfg.aug_cpus_per_actor,
@@ -156,8 +188,14 @@ def load_encoder(checkpoint: str) -> Encoder:
         channels, patch_size = info.channels, patches.size or info.image_size
     else:
         patch_size = state["patch_size"]
-    return Encoder(state["model"], ModelConfig(**run["model"]), channels, patches, patch_size,
-                   run["data"]["name"])
+    return Encoder(
+        state["model"],
+        ModelConfig(**run["model"]),
+        channels,
+        patches,
+        patch_size,
+        run["data"]["name"],
+    )
 
 
 def random_init_state(model_cfg: ModelConfig, in_channels: int, seed: int) -> dict[str, Any]:
@@ -171,16 +209,35 @@ def random_encoder(cfg: PretrainConfig, like: Encoder | None, data: DataConfig) 
     from empssl_ray.datasets import open_dataset
 
     if like is not None:
-        return Encoder(random_init_state(like.model, like.in_channels, cfg.run.seed), like.model,
-                       like.in_channels, like.patches, like.patch_size, "none (random init)")
+        return Encoder(
+            random_init_state(like.model, like.in_channels, cfg.run.seed),
+            like.model,
+            like.in_channels,
+            like.patches,
+            like.patch_size,
+            "none (random init)",
+        )
     channels = open_dataset(data, "train").info.channels
-    return Encoder(random_init_state(cfg.model, channels, cfg.run.seed), cfg.model, channels,
-                   cfg.patches, cfg.patches.size, "none (random init)")
+    return Encoder(
+        random_init_state(cfg.model, channels, cfg.run.seed),
+        cfg.model,
+        channels,
+        cfg.patches,
+        cfg.patches.size,
+        "none (random init)",
+    )
 
 
-def evaluate_encoder(encoder: Encoder, data: DataConfig, cfg: EvalConfig, ray_cfg: RayConfig,
-                     features: str, seed: int = 0, board: Any = None,
-                     label: str = "encoder") -> dict[str, float]:
+def evaluate_encoder(
+    encoder: Encoder,
+    data: DataConfig,
+    cfg: EvalConfig,
+    ray_cfg: RayConfig,
+    features: str,
+    seed: int = 0,
+    board: Any = None,
+    label: str = "encoder",
+) -> dict[str, float]:
     """Bag-of-features of train and test on the workers into `features` (a folder or URI),
     then the linear probe (last epoch) and kNN in one task on a worker: the driver holds none
     of the (N, D) features, only the metrics.
@@ -194,20 +251,39 @@ def evaluate_encoder(encoder: Encoder, data: DataConfig, cfg: EvalConfig, ray_cf
     # The embedding task only coordinates (no CPU of its own): its actors hold the CPUs.
     embed = ray.remote(embed_split).options(num_cpus=0, scheduling_strategy="DEFAULT")
     for split, split_seed in (("train", seed), ("test", seed + 1)):
-        ray.get(embed.remote(encoder, data, split, cfg, ray_cfg, split_seed,
-                             storage.join(features, split), board, f"embed {split} ({label})"))
+        ray.get(
+            embed.remote(
+                encoder,
+                data,
+                split,
+                cfg,
+                ray_cfg,
+                split_seed,
+                storage.join(features, split),
+                board,
+                f"embed {split} ({label})",
+            )
+        )
     fit = ray.remote(probe_and_knn).options(
-        num_cpus=ray_cfg.cpus_per_worker, num_gpus=1 if ray_cfg.use_gpu else 0,
-        resources=ray_cfg.trainer_resources or None, scheduling_strategy="DEFAULT")
+        num_cpus=ray_cfg.cpus_per_worker,
+        num_gpus=1 if ray_cfg.use_gpu else 0,
+        resources=ray_cfg.trainer_resources or None,
+        scheduling_strategy="DEFAULT",
+    )
     post(board, {"kind": "note", "text": f"linear probe and kNN ({label}) ..."})
     metrics = ray.get(fit.remote(features, cfg, seed))
     metrics["eval_patches"] = cfg.num_patches
     return metrics
 
 
-def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None, features: str,
-                        with_random_init: bool = False, eval_data: DataConfig | None = None,
-                        board: Any = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    cfg: PretrainConfig,
+    checkpoint: str | None,
+    features: str,
+    with_random_init: bool = False,
+    eval_data: DataConfig | None = None,
+    board: Any = None,
+) -> dict[str, Any]:
     """What both jobs report: the checkpoint's encoder and/or a random-init one, same protocol.
 
     Args:
@@ -231,9 +307,11 @@ def evaluate_checkpoint(cfg: PretrainConfig, checkpoint: str | None, features: s
         encoders["random init"] = random_encoder(cfg, trained, data)
     results: dict[str, Any] = {
         "pretrain_data": trained.data_name if trained is not None else "none (random init)",
-        "eval_data": data.name}
+        "eval_data": data.name,
+    }
     for name, encoder in encoders.items():
         folder = storage.join(features, name.replace(" ", "-"))
-        results[name] = evaluate_encoder(encoder, data, cfg.eval, cfg.ray, folder, cfg.run.seed,
-                                         board, name)
+        results[name] = evaluate_encoder(
+            encoder, data, cfg.eval, cfg.ray, folder, cfg.run.seed, board, name
+        )
     return results

@@ -42,17 +42,20 @@ class SplitSource(Datasource):
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
-                       data_context: Any = None) -> list[ReadTask]:
+    def get_read_tasks(
+        self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
+    ) -> list[ReadTask]:
         # Ray counts executions of a dataset in its context: the epoch, as Ray's own file-order
         # shuffle (FileShuffleConfig(reseed_after_execution=True)) reads it.
         epoch = getattr(data_context, "_execution_idx", 0) if data_context is not None else 0
-        return [ReadTask(partial(_plan_block, block, shuffle_seed),
-                         BlockMetadata(num_rows=1, size_bytes=None, exec_stats=None,
-                                       input_files=None),
-                         per_task_row_limit=per_task_row_limit)
-                for block, shuffle_seed in epoch_plan(self.pieces, self.block_rows, self.seed,
-                                                      epoch)]
+        return [
+            ReadTask(
+                partial(_plan_block, block, shuffle_seed),
+                BlockMetadata(num_rows=1, size_bytes=None, exec_stats=None, input_files=None),
+                per_task_row_limit=per_task_row_limit,
+            )
+            for block, shuffle_seed in epoch_plan(self.pieces, self.block_rows, self.seed, epoch)
+        ]
 
 
 def _plan_block(block: list[Piece], shuffle_seed: int | None) -> Iterable[Any]:
@@ -62,8 +65,9 @@ def _plan_block(block: list[Piece], shuffle_seed: int | None) -> Iterable[Any]:
     return [pa.table({**columns, "shuffle_seed": [-1 if shuffle_seed is None else shuffle_seed]})]
 
 
-def load_block(batch: dict[str, np.ndarray], dataset: ImageDataset,
-               counter: Any = None) -> dict[str, np.ndarray]:
+def load_block(
+    batch: dict[str, np.ndarray], dataset: ImageDataset, counter: Any = None
+) -> dict[str, np.ndarray]:
     """Map body: a plan row (one block) -> its rows, shuffled by the block's seed."""
     pieces = list(zip(*(map(int, np.concatenate(batch[k])) for k in _PIECE_KEYS), strict=True))
     seed = int(batch["shuffle_seed"][0])
@@ -71,8 +75,12 @@ def load_block(batch: dict[str, np.ndarray], dataset: ImageDataset,
 
 
 def read_images(
-    cfg: DataConfig, split: str, counter: Any = None, read_cpus: float = 1.0,
-    block_rows: int = ROWS_PER_READ_TASK, shuffle_seed: int | None = None,
+    cfg: DataConfig,
+    split: str,
+    counter: Any = None,
+    read_cpus: float = 1.0,
+    block_rows: int = ROWS_PER_READ_TASK,
+    shuffle_seed: int | None = None,
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
     """A split as a Ray Dataset of rows {"image": uint8 (C, H, W), "label": int64, "id"}.
 
@@ -92,6 +100,7 @@ def read_images(
     source = SplitSource(dataset, block_rows, shuffle_seed)
     blocks = len(epoch_plan(source.pieces, block_rows, None, 0))
     ds = ray.data.read_datasource(source, num_cpus=read_cpus, override_num_blocks=blocks)
-    ds = ds.map_batches(partial(load_block, dataset=dataset, counter=counter), batch_size=1,
-                        num_cpus=read_cpus)
+    ds = ds.map_batches(
+        partial(load_block, dataset=dataset, counter=counter), batch_size=1, num_cpus=read_cpus
+    )
     return ds, dataset.info, len(dataset)

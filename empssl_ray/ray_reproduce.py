@@ -33,7 +33,7 @@ _FIGURE = re.compile(r"^# Paper figure: ([\d.]+)%", re.MULTILINE)
 
 def paper_rows() -> list[str]:
     """Every row of the paper's table that has a preset, e.g. "cifar10-1ep-20p"."""
-    return [p[len(PAPER_PREFIX):] for p in experiment_presets() if p.startswith(PAPER_PREFIX)]
+    return [p[len(PAPER_PREFIX) :] for p in experiment_presets() if p.startswith(PAPER_PREFIX)]
 
 
 def paper_figure(row: str) -> float:
@@ -68,8 +68,13 @@ def row_config(row: str, settings: ReproduceConfig, compose: Any) -> PretrainCon
     cfg: PretrainConfig = compose([f"experiment={PAPER_PREFIX}{row}"])
     root = settings.data_roots.get(cfg.data.name)
     if root is not None:
-        cfg.data = DataConfig(name="parquet", root=root, train_limit=cfg.data.train_limit,
-                              test_limit=cfg.data.test_limit, num_classes=cfg.data.num_classes)
+        cfg.data = DataConfig(
+            name="parquet",
+            root=root,
+            train_limit=cfg.data.train_limit,
+            test_limit=cfg.data.test_limit,
+            num_classes=cfg.data.num_classes,
+        )
     if settings.quick:
         shrink_for_cpu(cfg)
     return cfg
@@ -86,12 +91,19 @@ def run_row(config: dict[str, Any]) -> None:
     start = time.perf_counter()
     pretrain(cfg)
     run_dir = run_dir_of(cfg)
-    results = evaluate_checkpoint(cfg, latest_checkpoint(run_dir),
-                                  storage.join(run_dir, "features"))["pretrained"]
+    results = evaluate_checkpoint(
+        cfg, latest_checkpoint(run_dir), storage.join(run_dir, "features")
+    )["pretrained"]
     wall = time.perf_counter() - start
     gpus = cfg.ray.num_workers if cfg.ray.use_gpu else 0
-    tune.report({"probe_acc": results["probe_acc"], "knn_acc": results["knn_acc"],
-                 "wall_s": wall, "gpu_hours": wall * gpus / 3600})
+    tune.report(
+        {
+            "probe_acc": results["probe_acc"],
+            "knn_acc": results["knn_acc"],
+            "wall_s": wall,
+            "gpu_hours": wall * gpus / 3600,
+        }
+    )
 
 
 def chosen_rows(settings: ReproduceConfig) -> list[str]:
@@ -99,13 +111,16 @@ def chosen_rows(settings: ReproduceConfig) -> list[str]:
     rows = settings.rows or paper_rows()
     unknown = sorted(set(rows) - set(paper_rows()))
     if unknown:
-        raise ConfigError(f"reproduce.rows: {', '.join(unknown)} are not rows of the paper's "
-                          f"table; choose from {', '.join(paper_rows())}")
+        raise ConfigError(
+            f"reproduce.rows: {', '.join(unknown)} are not rows of the paper's "
+            f"table; choose from {', '.join(paper_rows())}"
+        )
     return rows
 
 
-def build_reproducer(settings: ReproduceConfig,
-                     configs: dict[str, PretrainConfig]) -> tuple[tune.Tuner, str]:
+def build_reproducer(
+    settings: ReproduceConfig, configs: dict[str, PretrainConfig]
+) -> tuple[tune.Tuner, str]:
     """A Tuner over the rows' configs (restored when this sweep name has state) and its folder."""
     root = storage.resolve(settings.storage_path)
     sweep_dir = storage.join(root, settings.name)
@@ -116,9 +131,11 @@ def build_reproducer(settings: ReproduceConfig,
         cfg.run.name = f"{settings.name}-{row}"
     tuner = tune.Tuner(
         trainable,
-        param_space={"row": tune.grid_search(list(configs)),
-                     "configs": {row: asdict(cfg) for row, cfg in configs.items()},
-                     "rows_dir": storage.join(sweep_dir, "rows")},
+        param_space={
+            "row": tune.grid_search(list(configs)),
+            "configs": {row: asdict(cfg) for row, cfg in configs.items()},
+            "rows_dir": storage.join(sweep_dir, "rows"),
+        },
         tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent_trials),
         run_config=tune.RunConfig(name=settings.name, storage_path=root, verbose=0),
     )
@@ -131,13 +148,18 @@ def paper_table(results: tune.ResultGrid) -> list[dict[str, Any]]:
     for result in (results[i] for i in range(len(results))):
         row, m = (result.config or {})["row"], result.metrics or {}
         ours = 100 * m["probe_acc"] if "probe_acc" in m else float("nan")
-        table.append({
-            "row": row, "paper_probe_%": paper_figure(row), "probe_%": round(ours, 2),
-            "knn_%": round(100 * m.get("knn_acc", float("nan")), 2),
-            "diff_points": round(ours - paper_figure(row), 2),
-            "wall_min": round(m.get("wall_s", float("nan")) / 60, 2),
-            "gpu_hours": round(m.get("gpu_hours", float("nan")), 3),
-            "error": None if result.error is None else type(result.error).__name__})
+        table.append(
+            {
+                "row": row,
+                "paper_probe_%": paper_figure(row),
+                "probe_%": round(ours, 2),
+                "knn_%": round(100 * m.get("knn_acc", float("nan")), 2),
+                "diff_points": round(ours - paper_figure(row), 2),
+                "wall_min": round(m.get("wall_s", float("nan")) / 60, 2),
+                "gpu_hours": round(m.get("gpu_hours", float("nan")), 3),
+                "error": None if result.error is None else type(result.error).__name__,
+            }
+        )
     return sorted(table, key=lambda r: r["row"])
 
 
@@ -147,8 +169,12 @@ def write_paper_table(table: list[dict[str, Any]], sweep_dir: str, quick: bool) 
 
     frame = pd.DataFrame(table)
     storage.write_text(storage.join(sweep_dir, "paper_table.csv"), frame.to_csv(index=False))
-    note = ("CPU-sized rows (--quick): smoke model, 512 images, 1 epoch; not comparable with "
-            "the paper's figures.\n\n" if quick else "")
+    note = (
+        "CPU-sized rows (--quick): smoke model, 512 images, 1 epoch; not comparable with "
+        "the paper's figures.\n\n"
+        if quick
+        else ""
+    )
     buf = io.StringIO()
     buf.write(f"# EMP-SSL: the paper's table beside this run\n\n{note}")
     buf.write("| " + " | ".join(frame.columns) + " |\n")

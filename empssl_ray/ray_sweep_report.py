@@ -35,8 +35,7 @@ def write_results_csv(rows: list[dict[str, Any]], location: str) -> None:
     storage.write_text(location, pd.DataFrame(rows).to_csv(index=False))
 
 
-def write_best_yaml(best_cfg: Any, sweep: str, objective: str, value: float,
-                    location: str) -> None:
+def write_best_yaml(best_cfg: Any, sweep: str, objective: str, value: float, location: str) -> None:
     """The winning trial's full PretrainConfig as a YAML jobs/pretrain.py starts from."""
     from dataclasses import asdict
 
@@ -45,10 +44,13 @@ def write_best_yaml(best_cfg: Any, sweep: str, objective: str, value: float,
     body = OmegaConf.to_yaml(OmegaConf.create(asdict(best_cfg)))
     remote = storage.is_uri(location)
     header = _BEST_HEADER.format(
-        sweep=sweep, objective=objective, value=value,
+        sweep=sweep,
+        objective=objective,
+        value=value,
         sweep_dir="DIR" if remote else posixpath.dirname(location),
         # Hydra reads config folders from local disk only.
-        fetch=f"\n#   after copying {location} into a local folder DIR" if remote else "")
+        fetch=f"\n#   after copying {location} into a local folder DIR" if remote else "",
+    )
     storage.write_text(location, header + body)
 
 

@@ -42,8 +42,17 @@ from empssl_ray.ray_data import RowCounter, patch_stream
 from empssl_ray.tracking import MetricsLogger
 
 # What the console shows of a report (the rest goes to metrics.jsonl and TensorBoard).
-CONSOLE_KEYS = ("epoch", "step", "loss", "tcr", "invariance", "patches_per_s", "data_wait_frac",
-                "epoch_time_s", "knn_acc")
+CONSOLE_KEYS = (
+    "epoch",
+    "step",
+    "loss",
+    "tcr",
+    "invariance",
+    "patches_per_s",
+    "data_wait_frac",
+    "epoch_time_s",
+    "knn_acc",
+)
 
 
 def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
@@ -94,18 +103,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
     per_epoch = config["steps_per_epoch"]
-    trainer = Trainer(cfg, info.channels, info.image_size, per_epoch * cfg.optim.epochs, device,
-                      gather=gather_batch if world > 1 else None,
-                      wrap=ray.train.torch.prepare_model if world > 1 else None,
-                      rank=rank)  # patches differ across ranks, also after a resume
+    trainer = Trainer(
+        cfg,
+        info.channels,
+        info.image_size,
+        per_epoch * cfg.optim.epochs,
+        device,
+        gather=gather_batch if world > 1 else None,
+        wrap=ray.train.torch.prepare_model if world > 1 else None,
+        rank=rank,
+    )  # patches differ across ranks, also after a resume
     run_dir, faults, counter = config["run_dir"], config["faults"], config["counter"]
     state = resume_state(run_dir)
     if state is not None:
         trainer.load_state_dict(state)
     lead = rank == 0
     board = config["board"] if lead else None  # the driver's console, if it has one
-    post(board, {"kind": "start", "epochs": cfg.optim.epochs, "steps_per_epoch": per_epoch,
-                 "start_epoch": trainer.epoch})
+    post(
+        board,
+        {
+            "kind": "start",
+            "epochs": cfg.optim.epochs,
+            "steps_per_epoch": per_epoch,
+            "start_epoch": trainer.epoch,
+        },
+    )
     logger = MetricsLogger(run_dir) if lead else None
     monitor = None
     if lead and cfg.eval.monitor_test > 0:
@@ -122,19 +144,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def epoch_batches(_: int) -> Any:
         return shard.iter_torch_batches(
-            batch_size=cfg.optim.batch_size // world, drop_last=True, prefetch_batches=1,
+            batch_size=cfg.optim.batch_size // world,
+            drop_last=True,
+            prefetch_batches=1,
             # uint8 on the wire; the Trainer moves and normalises on its device. Pinned pages
             # let that copy run beside the GPU's compute (non_blocking).
-            dtypes=torch.uint8, device="cpu", pin_memory=cfg.ray.use_gpu)
+            dtypes=torch.uint8,
+            device="cpu",
+            pin_memory=cfg.ray.use_gpu,
+        )
 
-    stream = EpochPrefetcher(epoch_batches, trainer.epoch, cfg.optim.epochs,
-                             cfg.ray.prefetch_batches)
+    stream = EpochPrefetcher(
+        epoch_batches, trainer.epoch, cfg.optim.epochs, cfg.ray.prefetch_batches
+    )
     while trainer.epoch < cfg.optim.epochs:
         batches = stream.next_epoch()
         maybe_poison(trainer, faults)
         step_hook = on_step if cfg.run.log_every_steps > 0 else None
-        metrics: dict[str, Any] = trainer.run_epoch(batches, step_hook,
-                                                    max(1, cfg.run.log_every_steps))
+        metrics: dict[str, Any] = trainer.run_epoch(
+            batches, step_hook, max(1, cfg.run.log_every_steps)
+        )
         metrics.update(epoch=trainer.epoch, step=trainer.step, kind="epoch")
         # Compute spent so far, for compute-aware objectives: one patch-forward is one patch
         # through the model (and back) on any worker.
@@ -156,15 +185,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if logger:
                     logger.log("epoch", metrics)
                     logger.flush()  # CSV, PNG and TensorBoard on storage after every epoch
-                post(board, {"kind": "epoch",
-                             **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}})
+                post(
+                    board,
+                    {"kind": "epoch", **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}},
+                )
             ray.train.report(metrics, checkpoint=saved)
     if logger:
         logger.close()
 
 
-def build_trainer(cfg: PretrainConfig, callbacks: list | None = None,
-                  board: Any = None) -> TorchTrainer:
+def build_trainer(
+    cfg: PretrainConfig, callbacks: list | None = None, board: Any = None
+) -> TorchTrainer:
     """A TorchTrainer for the config; rerunning the same run name resumes its latest checkpoint.
 
     Args:
@@ -176,38 +208,53 @@ def build_trainer(cfg: PretrainConfig, callbacks: list | None = None,
     # leaves would take the run with it (seen in tests/cluster_scenario.py). "DEFAULT" leaves a
     # Tune trial's placement group, whose bundles hold no head-node resource.
     counter = RowCounter.options(  # type: ignore[attr-defined]
-        resources={HEAD_NODE_RESOURCE: 0.001}, scheduling_strategy="DEFAULT").remote()
+        resources={HEAD_NODE_RESOURCE: 0.001}, scheduling_strategy="DEFAULT"
+    ).remote()
     faults = faults_from_env()
-    ds, info, rows = patch_stream(cfg.data, cfg.patches, cfg.ray, cfg.run.seed, faults,
-                                  fault_dir(faults, run_dir), counter)
+    ds, info, rows = patch_stream(
+        cfg.data, cfg.patches, cfg.ray, cfg.run.seed, faults, fault_dir(faults, run_dir), counter
+    )
     # The stream runs in a coordinator actor whose bars would only fill the logs.
     ray.data.DataContext.get_current().enable_progress_bars = False
     per_epoch = steps_per_epoch(rows, cfg)
     if per_epoch < 1:
-        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is larger than the {rows} "
-                          "training images: lower optim.batch_size or raise data.train_limit")
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} is larger than the {rows} "
+            "training images: lower optim.batch_size or raise data.train_limit"
+        )
     resources = {"CPU": cfg.ray.cpus_per_worker, **(cfg.ray.trainer_resources or {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": asdict(cfg), "info": info, "steps_per_epoch": per_epoch,
-                           "run_dir": run_dir, "faults": faults, "counter": counter,
-                           "fault_dir": fault_dir(faults, run_dir), "board": board},
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                     resources_per_worker=resources),
+        train_loop_config={
+            "cfg": asdict(cfg),
+            "info": info,
+            "steps_per_epoch": per_epoch,
+            "run_dir": run_dir,
+            "faults": faults,
+            "counter": counter,
+            "fault_dir": fault_dir(faults, run_dir),
+            "board": board,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources
+        ),
         run_config=RunConfig(
-            name=cfg.run.name, storage_path=storage.resolve(cfg.run.storage_path),
+            name=cfg.run.name,
+            storage_path=storage.resolve(cfg.run.storage_path),
             # Restarts happen in `pretrain`, which ends at once on errors a rerun would repeat.
             failure_config=FailureConfig(max_failures=0),
             # Not a log line per report per rank. (mypy sees Train V1's RunConfig stub.)
             logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=callbacks),
+            callbacks=callbacks,
+        ),
         datasets={"train": ds},
     )
 
 
-def pretrain(cfg: PretrainConfig, callbacks: list | None = None,
-             board: Any = None) -> ray.train.Result:
+def pretrain(
+    cfg: PretrainConfig, callbacks: list | None = None, board: Any = None
+) -> ray.train.Result:
     """Fits the run (resuming it if its name has checkpoints) and returns Ray Train's Result.
 
     A worker or node that fails is restarted from the latest checkpoint, up to
@@ -227,8 +274,10 @@ def pretrain(cfg: PretrainConfig, callbacks: list | None = None,
                 raise
             failures += 1
             reason = str(exc).strip().splitlines()[-1][:200]
-            note = (f"a training worker failed ({reason}); restarting from the latest "
-                    f"checkpoint, restart {failures} of ray.max_failures={cfg.ray.max_failures}")
+            note = (
+                f"a training worker failed ({reason}); restarting from the latest "
+                f"checkpoint, restart {failures} of ray.max_failures={cfg.ray.max_failures}"
+            )
             if board is None:
                 print(f"empssl-ray: {note}", flush=True)
             post(board, {"kind": "note", "text": note})

@@ -165,9 +165,12 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
             max_concurrent_trials=sweep.max_concurrent_trials,
         ),
         # verbose=0: the driver's console is TrialConsole's table, not Tune's status output.
-        run_config=tune.RunConfig(name=sweep.name, storage_path=root, verbose=0,
-                                  callbacks=[TrialConsole(list(sweep.space), sweep.objective,
-                                                          cfg.optim.epochs)]),
+        run_config=tune.RunConfig(
+            name=sweep.name,
+            storage_path=root,
+            verbose=0,
+            callbacks=[TrialConsole(list(sweep.space), sweep.objective, cfg.optim.epochs)],
+        ),
     )
     return tuner, sweep_dir
 
@@ -205,20 +208,29 @@ class TrialConsole(tune.Callback):
         self.rows: dict[str, dict[str, Any]] = {}
         self.drawn = 0  # lines of the table now on screen
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         if result.get("kind") != "epoch":
             return
         params = {k: v for k, v in (trial.config or {}).get("params", {}).items()}
-        row = {**params, self.objective: result.get(self.objective, math.nan),
-               "epoch": f"{result.get('epoch', 0)}/{self.epochs}",
-               "loss": result.get("loss", math.nan)}
+        row = {
+            **params,
+            self.objective: result.get(self.objective, math.nan),
+            "epoch": f"{result.get('epoch', 0)}/{self.epochs}",
+            "loss": result.get("loss", math.nan),
+        }
         self.rows[trial.trial_id] = row
         if not sys.stdout.isatty():
-            cells = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                             for k, v in params.items())
-            self.say(f"trial {trial.trial_id} epoch {row['epoch']} | {self.objective} "
-                     f"{100 * row[self.objective]:.1f}% | loss {row['loss']:.3f} | {cells}")
+            cells = " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+            )
+            value = row[self.objective]
+            shown = f"{100 * value:.1f}%" if self.objective.endswith("acc") else f"{value:.4g}"
+            self.say(
+                f"trial {trial.trial_id} epoch {row['epoch']} | {self.objective} {shown} "
+                f"| loss {row['loss']:.3f} | {cells}"
+            )
             return
         table = format_table(self.rows, [*self.space, self.objective, "epoch", "loss"])
         if self.drawn:  # move up over the previous table and clear it
@@ -230,8 +242,10 @@ class TrialConsole(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epochs = (trial.last_result or {}).get("epoch", 0)
         if epochs < self.epochs:
-            self.say(f"trial {trial.trial_id} stopped early by the scheduler after epoch "
-                     f"{epochs}/{self.epochs}")
+            self.say(
+                f"trial {trial.trial_id} stopped early by the scheduler after epoch "
+                f"{epochs}/{self.epochs}"
+            )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.say(f"trial {trial.trial_id} failed; its error is in {trial.path}")

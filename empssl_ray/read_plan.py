@@ -50,19 +50,23 @@ def pack(pieces: Sequence[Piece], block_rows: int) -> list[list[Piece]]:
     return [b for b in blocks if b]
 
 
-def epoch_plan(pieces: Sequence[Piece], block_rows: int, seed: int | None,
-               epoch: int) -> list[tuple[list[Piece], int | None]]:
+def epoch_plan(
+    pieces: Sequence[Piece], block_rows: int, seed: int | None, epoch: int
+) -> list[tuple[list[Piece], int | None]]:
     """The blocks of one epoch and the seed shuffling rows inside each (None: split order)."""
     if seed is None:
         return [(block, None) for block in pack(pieces, block_rows)]
     rng = np.random.default_rng([seed, epoch])
     blocks = pack([pieces[i] for i in rng.permutation(len(pieces))], block_rows)
-    return [(block, int(s)) for block, s in zip(blocks, rng.integers(2**31, size=len(blocks)),
-                                                strict=True)]
+    return [
+        (block, int(s))
+        for block, s in zip(blocks, rng.integers(2**31, size=len(blocks)), strict=True)
+    ]
 
 
-def load_pieces(pieces: Sequence[Piece], dataset: ImageDataset, shuffle_seed: int | None,
-                counter: Any = None) -> dict[str, np.ndarray]:
+def load_pieces(
+    pieces: Sequence[Piece], dataset: ImageDataset, shuffle_seed: int | None, counter: Any = None
+) -> dict[str, np.ndarray]:
     """Task body: one block's pieces -> rows of image (N, C, H, W) uint8, label, id.
 
     `id` is the row's position in the split (skipped bad rows leave gaps), so an epoch's coverage
@@ -77,8 +81,11 @@ def load_pieces(pieces: Sequence[Piece], dataset: ImageDataset, shuffle_seed: in
         skipped += bad
     if skipped and counter is not None:
         counter.add.remote("skipped_images", skipped)
-    rows = {"image": np.concatenate(images), "label": np.concatenate(labels),
-            "id": np.concatenate(ids)}
+    rows = {
+        "image": np.concatenate(images),
+        "label": np.concatenate(labels),
+        "id": np.concatenate(ids),
+    }
     if shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(len(rows["id"]))
         rows = {k: v[order] for k, v in rows.items()}

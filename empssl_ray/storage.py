@@ -18,9 +18,25 @@ import pyarrow.fs as pafs
 
 from empssl_ray.errors import StorageError
 
-__all__ = ["LocalMirror", "StorageError", "copy_file", "exists", "filesystem", "is_dir", "is_uri",
-           "join", "list_dir", "modified_ns", "read_bytes", "read_text", "resolve", "uri_prefix",
-           "remove_tree", "write_bytes", "write_text"]
+__all__ = [
+    "LocalMirror",
+    "StorageError",
+    "copy_file",
+    "exists",
+    "filesystem",
+    "is_dir",
+    "is_uri",
+    "join",
+    "list_dir",
+    "modified_ns",
+    "read_bytes",
+    "read_text",
+    "resolve",
+    "uri_prefix",
+    "remove_tree",
+    "write_bytes",
+    "write_text",
+]
 
 
 def is_uri(location: str) -> bool:
@@ -111,9 +127,12 @@ def list_dir(location: str, recursive: bool = False) -> list[Entry]:
     prefix = uri_prefix(location)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
     return sorted(
-        (Entry(prefix + i.path, i.base_name, i.type == pafs.FileType.Directory, i.mtime_ns)
-         for i in infos),
-        key=lambda e: e.location)
+        (
+            Entry(prefix + i.path, i.base_name, i.type == pafs.FileType.Directory, i.mtime_ns)
+            for i in infos
+        ),
+        key=lambda e: e.location,
+    )
 
 
 def modified_ns(location: str) -> int | None:

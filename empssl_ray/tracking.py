@@ -106,7 +106,7 @@ def plot_curves(frame: Any, path: str) -> str:
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     axes.flat[0].legend()
     fig.tight_layout()
@@ -126,7 +126,9 @@ def format_table(rows: dict[str, dict[str, Any]], columns: list[str]) -> str:
     header = ["", *columns]
     body = [[name, *(cell(c, r.get(c, "")) for c in columns)] for name, r in rows.items()]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
-    lines = [" | ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True))
-             for line in (header, *body)]
+    lines = [
+        " | ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True))
+        for line in (header, *body)
+    ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """Bag-of-features evaluation of a checkpoint (or of a random-init encoder) on Ray.
 
-    python jobs/evaluate.py run.name=smoke experiment=smoke        # latest checkpoint of a run
-    python jobs/evaluate.py checkpoint=s3://bucket/runs/smoke/checkpoint_... random_init=true
-    python jobs/evaluate.py run.name=smoke experiment=smoke eval_data=cifar100   # transfer
+python jobs/evaluate.py run.name=smoke experiment=smoke        # latest checkpoint of a run
+python jobs/evaluate.py checkpoint=s3://bucket/runs/smoke/checkpoint_... random_init=true
+python jobs/evaluate.py run.name=smoke experiment=smoke eval_data=cifar100   # transfer
 """
 
 from __future__ import annotations
@@ -42,12 +42,17 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     source = None if cfg.random_init else (cfg.checkpoint or latest_checkpoint(run_dir))
     eval_data = None
     if cfg.eval_data is not None:  # transfer: another dataset, with data's limits
-        eval_data = DataConfig(name=cfg.eval_data, root=cfg.eval_data_root,
-                               train_limit=cfg.data.train_limit, test_limit=cfg.data.test_limit)
+        eval_data = DataConfig(
+            name=cfg.eval_data,
+            root=cfg.eval_data_root,
+            train_limit=cfg.data.train_limit,
+            test_limit=cfg.data.test_limit,
+        )
     console = Console(bars=None if cfg.run.progress else False)
     with console_feed(console) as board:
-        results = evaluate_checkpoint(cfg, source, storage.join(run_dir, "features"),
-                                      eval_data=eval_data, board=board)
+        results = evaluate_checkpoint(
+            cfg, source, storage.join(run_dir, "features"), eval_data=eval_data, board=board
+        )
     console.close()
     output = storage.resolve(cfg.output or storage.join(run_dir, "eval.json"))
     write_eval(output, source or "random init", results)

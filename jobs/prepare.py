@@ -31,8 +31,10 @@ def main(cfg: PrepareJobConfig) -> dict[str, Any]:
     if cfg.prepare.rows_per_file < 1:
         raise ConfigError(f"prepare.rows_per_file={cfg.prepare.rows_per_file} must be >= 1")
     rows = prepare(cfg.data, cfg.out, cfg.prepare.rows_per_file, cfg.prepare.progress)
-    print(f"wrote {rows['train']} train and {rows['test']} test images to {cfg.out}; read them "
-          f"with data=parquet data.root={cfg.out}")
+    print(
+        f"wrote {rows['train']} train and {rows['test']} test images to {cfg.out}; read them "
+        f"with data=parquet data.root={cfg.out}"
+    )
     return rows
 
 

@@ -58,22 +58,34 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
     with console_feed(console) as board:
         result = pretrain(cfg, board=board)
         final = result.metrics or {}
-        summary: dict[str, Any] = {"run_dir": run_dir, "final": final,
-                                   "train_time_s": time.perf_counter() - start}
-        console.line(f"pretraining done in {summary['train_time_s']:.0f} s: "
-                     f"loss {final.get('loss', float('nan')):.3f}, "
-                     f"kNN {100 * final.get('knn_acc', float('nan')):.1f}%; "
-                     f"curves: {storage.join(run_dir, 'curves.png')}")
+        summary: dict[str, Any] = {
+            "run_dir": run_dir,
+            "final": final,
+            "train_time_s": time.perf_counter() - start,
+        }
+        console.line(
+            f"pretraining done in {summary['train_time_s']:.0f} s: "
+            f"loss {final.get('loss', float('nan')):.3f}, "
+            f"kNN {100 * final.get('knn_acc', float('nan')):.1f}%; "
+            f"curves: {storage.join(run_dir, 'curves.png')}"
+        )
         if cfg.run.evaluate and result.checkpoint is not None:
             checkpoint = latest_checkpoint(run_dir)
-            results = evaluate_checkpoint(cfg, checkpoint, storage.join(run_dir, "features"),
-                                          cfg.run.compare_random_init, board=board)
+            results = evaluate_checkpoint(
+                cfg,
+                checkpoint,
+                storage.join(run_dir, "features"),
+                cfg.run.compare_random_init,
+                board=board,
+            )
             summary["eval"] = results
     console.close()
     if "eval" in summary:
         write_eval(storage.join(run_dir, "eval.json"), checkpoint, summary["eval"])
-    storage.write_text(storage.join(run_dir, "summary.json"),
-                       json.dumps({**summary, "config": asdict(cfg)}, indent=2, default=str))
+    storage.write_text(
+        storage.join(run_dir, "summary.json"),
+        json.dumps({**summary, "config": asdict(cfg)}, indent=2, default=str),
+    )
     return summary
 
 

@@ -35,8 +35,13 @@ CUTTER = "MapWorker(MapBatches(PatchCutter))"  # Ray Data's actor class for the 
 
 
 def ray_cli(*args: str, timeout: float = 120) -> str:
-    out = subprocess.run([str(BIN / "ray"), *args], capture_output=True, text=True,
-                         timeout=timeout, env=os.environ.copy())
+    out = subprocess.run(
+        [str(BIN / "ray"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
     if out.returncode != 0:
         raise RuntimeError(f"ray {' '.join(args)} failed: {out.stderr[-2000:]}")
     return out.stdout
@@ -87,8 +92,19 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 def submit(address: str, *args: str, env: dict[str, str] | None = None) -> str:
     """`ray job submit --no-wait` of `args` with the repo as working dir; returns the job id."""
     extra = ["--runtime-env-json", json.dumps({"env_vars": env})] if env else []
-    out = submit_when_ready("job", "submit", "--address", address, "--working-dir", str(REPO),
-                            "--no-wait", *extra, "--", "python", *args)
+    out = submit_when_ready(
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        str(REPO),
+        "--no-wait",
+        *extra,
+        "--",
+        "python",
+        *args,
+    )
     job_id = re.findall(r"raysubmit_[A-Za-z0-9]+", out)[0]
     log(f"submitted {job_id}: {' '.join(args[:2])}")
     return job_id
@@ -101,8 +117,9 @@ def main(work: Path, data: str, store: str) -> dict:
     token = work / "auth_token"
     token.write_text(uuid.uuid4().hex)
     token.chmod(0o600)
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token),
-                      PATH=f"{BIN}:{os.environ['PATH']}")
+    os.environ.update(
+        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PATH=f"{BIN}:{os.environ['PATH']}"
+    )
     import ray
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
@@ -110,17 +127,26 @@ def main(work: Path, data: str, store: str) -> dict:
     from empssl_ray import storage
     from empssl_ray.tracking import read_metrics
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": DASHBOARD_PORT})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": True,
+            "dashboard_host": "127.0.0.1",
+            "dashboard_port": DASHBOARD_PORT,
+        },
+    )
     seen: dict = {}
     try:
         aug_a = cluster.add_node(num_cpus=1, resources={"augment": 1})
         trainer = cluster.add_node(num_cpus=1, resources={"trainer": 2})
         ray.init(address=cluster.address, logging_level=logging.ERROR)
         address = f"http://127.0.0.1:{DASHBOARD_PORT}"
-        names = {aug_a.node_id: "augment-a", trainer.node_id: "trainer",
-                 cluster.head_node.node_id: "head"}  # type: ignore[attr-defined]
+        names = {
+            aug_a.node_id: "augment-a",
+            trainer.node_id: "trainer",
+            cluster.head_node.node_id: "head",  # type: ignore[attr-defined]
+        }
 
         def actors(class_name: str, **filters: str) -> list:
             found = list_actors(filters=[(k, "=", v) for k, v in filters.items()], limit=10_000)
@@ -137,8 +163,11 @@ def main(work: Path, data: str, store: str) -> dict:
 
         def wait_job(job_id: str, timeout: float) -> str:
             try:
-                wait_for(lambda: client.get_job_status(job_id).is_terminal(), timeout,
-                         f"job {job_id} to end")
+                wait_for(
+                    lambda: client.get_job_status(job_id).is_terminal(),
+                    timeout,
+                    f"job {job_id} to end",
+                )
             except TimeoutError:
                 print(client.get_job_logs(job_id)[-6000:], flush=True)
                 raise
@@ -149,8 +178,14 @@ def main(work: Path, data: str, store: str) -> dict:
 
         # 1. A local storage path on a multi-node cluster: refused before any worker starts.
         start = time.time()
-        job_id = submit(address, "jobs/pretrain.py", "experiment=smoke", *s3_data, *placement,
-                        f"run.storage_path={work / 'local-runs'}")
+        job_id = submit(
+            address,
+            "jobs/pretrain.py",
+            "experiment=smoke",
+            *s3_data,
+            *placement,
+            f"run.storage_path={work / 'local-runs'}",
+        )
         seen["refused_status"] = wait_job(job_id, 120)
         seen["refused_after_s"] = time.time() - start
         seen["refused_logs"] = client.get_job_logs(job_id)[-3000:]
@@ -161,19 +196,33 @@ def main(work: Path, data: str, store: str) -> dict:
         # Each augmentation batch of 2 images takes 0.15 s longer (256 an epoch, in 16 blocks):
         # the pool's demand then outlasts an actor's start-up, as it does with real images.
         job_id = submit(
-            address, "jobs/pretrain.py", "experiment=smoke", "run.name=cluster", *s3_data,
-            f"run.storage_path={store}/runs", "run.evaluate=false", f"optim.epochs={EPOCHS}",
-            *placement, "ray.aug_min_actors=1", "ray.aug_max_actors=2",
-            "ray.aug_cpus_per_actor=0.5", "ray.aug_batch_size=2", "eval.monitor_test=0",
-            env={"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.15"})
+            address,
+            "jobs/pretrain.py",
+            "experiment=smoke",
+            "run.name=cluster",
+            *s3_data,
+            f"run.storage_path={store}/runs",
+            "run.evaluate=false",
+            f"optim.epochs={EPOCHS}",
+            *placement,
+            "ray.aug_min_actors=1",
+            "ray.aug_max_actors=2",
+            "ray.aug_cpus_per_actor=0.5",
+            "ray.aug_batch_size=2",
+            "eval.monitor_test=0",
+            env={"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.15"},
+        )
         seen["job_id"] = job_id
 
         def epochs_done() -> int:
             return sum(1 for r in read_metrics(run_dir) if r["kind"] == "epoch")
 
         try:
-            wait_for(lambda: actors("RayTrainWorker", state="ALIVE") and actors(CUTTER,
-                     state="ALIVE"), 200, "training to start")
+            wait_for(
+                lambda: actors("RayTrainWorker", state="ALIVE") and actors(CUTTER, state="ALIVE"),
+                200,
+                "training to start",
+            )
         except TimeoutError:
             print(client.get_job_logs(job_id)[-6000:], flush=True)
             raise
@@ -204,10 +253,18 @@ def main(work: Path, data: str, store: str) -> dict:
 
         # 3. The same local paths run once the user says every node mounts them.
         shared = work / "shared-runs"
-        job_id = submit(address, "jobs/evaluate.py", "experiment=smoke", "random_init=true",
-                        "run.shared_filesystem=true", f"run.storage_path={shared}",
-                        f"output={shared / 'eval.json'}", "eval.probe_epochs=2", *placement,
-                        "ray.aug_cpus_per_actor=0.5")
+        job_id = submit(
+            address,
+            "jobs/evaluate.py",
+            "experiment=smoke",
+            "random_init=true",
+            "run.shared_filesystem=true",
+            f"run.storage_path={shared}",
+            f"output={shared / 'eval.json'}",
+            "eval.probe_epochs=2",
+            *placement,
+            "ray.aug_cpus_per_actor=0.5",
+        )
         seen["shared_status"] = wait_job(job_id, 180)
         seen["shared_eval_written"] = (shared / "eval.json").exists()
 
@@ -215,13 +272,25 @@ def main(work: Path, data: str, store: str) -> dict:
         # actor pool on the augment node; sweep and trial runs on S3.
         sweep_dir = f"{store}/sweeps/cluster-sweep"
         job_id = submit(
-            address, "jobs/tune.py", "experiment=tune-demo", "sweep.name=cluster-sweep",
-            f"sweep.storage_path={store}/sweeps", "sweep.num_samples=1", *s3_data, *placement,
-            "ray.patches_on_trainer=false", "ray.aug_min_actors=1", "ray.aug_max_actors=1",
-            "ray.aug_cpus_per_actor=0.25", "ray.cpus_per_worker=0.25", "ray.read_cpus=0.1",
-            "sweep.trial_cpus=0.05", "ray.aug_batch_size=8",
+            address,
+            "jobs/tune.py",
+            "experiment=tune-demo",
+            "sweep.name=cluster-sweep",
+            f"sweep.storage_path={store}/sweeps",
+            "sweep.num_samples=1",
+            *s3_data,
+            *placement,
+            "ray.patches_on_trainer=false",
+            "ray.aug_min_actors=1",
+            "ray.aug_max_actors=1",
+            "ray.aug_cpus_per_actor=0.25",
+            "ray.cpus_per_worker=0.25",
+            "ray.read_cpus=0.1",
+            "sweep.trial_cpus=0.05",
+            "ray.aug_batch_size=8",
             # 64 batches an epoch, 0.05 s longer each: pools live long enough to be seen at once.
-            env={"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.05"})
+            env={"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.05"},
+        )
         peak = {"cutters": 0, "trainers": 0}
 
         def sweep_ended() -> bool:
@@ -263,9 +332,16 @@ def run_best(folder: Path, storage_path: str) -> list[int]:
 
     register_configs()
     with initialize_config_dir(config_dir=str(folder), version_base=None):
-        raw = compose(config_name="best", overrides=[
-            f"run.storage_path={storage_path}", "optim.epochs=1", "run.evaluate=false",
-            "ray.num_workers=0", "run.progress=false"])
+        raw = compose(
+            config_name="best",
+            overrides=[
+                f"run.storage_path={storage_path}",
+                "optim.epochs=1",
+                "run.evaluate=false",
+                "ray.num_workers=0",
+                "run.progress=false",
+            ],
+        )
     cfg = to_dataclass(raw, PretrainConfig)
     pretrain_main(cfg)
     return [r["epoch"] for r in read_metrics(run_dir_of(cfg)) if r["kind"] == "epoch"]

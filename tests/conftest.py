@@ -33,11 +33,17 @@ def s3() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H",
-                               "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -65,9 +71,10 @@ def s3_keys(uri: str) -> list[str]:
     """Every object key under an s3:// prefix (through boto3, beside the code under test)."""
     import boto3
 
-    bucket, _, prefix = uri[len("s3://"):].partition("/")
-    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket,
-                                                                         Prefix=prefix)
+    bucket, _, prefix = uri[len("s3://") :].partition("/")
+    pages = (
+        boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    )
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 
@@ -114,8 +121,9 @@ def fault_env(monkeypatch: pytest.MonkeyPatch):
     return set_faults
 
 
-def write_image_parquet(root: Path, n_train: int = 96, n_test: int = 48,
-                        bad_rows: tuple[int, ...] = ()) -> Path:
+def write_image_parquet(
+    root: Path, n_train: int = 96, n_test: int = 48, bad_rows: tuple[int, ...] = ()
+) -> Path:
     """A parquet dataset (train/, test/) of random 16x16 RGB PNGs; `bad_rows` of train are junk."""
     import pyarrow as pa
     import pyarrow.parquet as pq

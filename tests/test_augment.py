@@ -164,8 +164,14 @@ def _smooth(b: int, seed: int) -> torch.Tensor:
 def test_grouped_and_sync_free_paths_differ_only_by_the_resize(images: torch.Tensor) -> None:
     def both(size: int, interpolation: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
         grouped, sync_free = (
-            A.multi_patch(images, 20, size, torch.Generator().manual_seed(4),
-                          interpolation=interpolation, sync_free=free)
+            A.multi_patch(
+                images,
+                20,
+                size,
+                torch.Generator().manual_seed(4),
+                interpolation=interpolation,
+                sync_free=free,
+            )
             for free in (False, True)
         )
         return grouped, sync_free

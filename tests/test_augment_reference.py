@@ -1,5 +1,5 @@
 """multi-patch rendering against a per-patch reference built from torchvision's functional ops,
-applied in the spec's order (crop, flip, resize, jitter, grayscale, blur, solarize)."""
+applied in the paper's order (crop, flip, resize, jitter, grayscale, blur, solarize)."""
 
 import math
 
@@ -65,7 +65,7 @@ def test_every_op_matches_torchvision_at_full_resolution(c: int, force: dict) ->
 
 def test_colour_before_upsampling_stays_within_a_grey_level() -> None:
     # Ours runs jitter and grayscale on the crop before the 2x upsample (4x fewer pixels); the
-    # spec's order runs them after. Linear ops commute with bilinear resizing; clamps, hue and
+    # paper's order runs them after. Linear ops commute with bilinear resizing; clamps, hue and
     # the extra rounding to uint8 before the resize differ at edges only. (On CIFAR-10 test
     # images, with the jitter rate of 0.8: 0.54 levels on average, 99% of values within 8.)
     ours, ref = _render_both(3, 32, 16, 32, seed=5, jitter=True)

@@ -28,7 +28,7 @@ def test_tcr_quick_prints_ratio_and_agrees(capsys: pytest.CaptureFixture[str]) -
 
 
 def test_reference_tcr_matches_core_on_tall_and_wide_views() -> None:
-    # B < d takes the core's Gram path, B > d its d x d path: both must match the spec formula.
+    # B < d takes the core's Gram path, B > d its d x d path: both must match the paper's formula.
     for b, d in ((8, 32), (32, 8)):
         z = torch.nn.functional.normalize(torch.randn(3, b, d, dtype=torch.float64), dim=-1)
         ref = tcr.reference_tcr(z)
@@ -65,14 +65,38 @@ def test_scale_bench_runs_both_designs_and_summarises() -> None:
     from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "bench" / "scale.py"
-    out = subprocess.run([sys.executable, str(script), "--base", "100", "--scales", "1", "2",
-                          "--side", "16", "--store-mib", "128"],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--base",
+            "100",
+            "--scales",
+            "1",
+            "2",
+            "--side",
+            "16",
+            "--store-mib",
+            "128",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = re.findall(r"^\s*(all-to-all|streaming)\s+(\d)x .* first batch\s+[\d.]+ s", out.stdout,
-                      re.M)
-    assert sorted(rows) == [("all-to-all", "1"), ("all-to-all", "2"), ("streaming", "1"),
-                            ("streaming", "2")]
-    summary = re.findall(r"^(all-to-all|streaming): 2x vs 1x: first batch [\d.]+x, peak store "
-                         r"[\d.]+x, images/s [\d.]+x", out.stdout, re.M)
+    rows = re.findall(
+        r"^\s*(all-to-all|streaming)\s+(\d)x .* first batch\s+[\d.]+ s", out.stdout, re.M
+    )
+    assert sorted(rows) == [
+        ("all-to-all", "1"),
+        ("all-to-all", "2"),
+        ("streaming", "1"),
+        ("streaming", "2"),
+    ]
+    summary = re.findall(
+        r"^(all-to-all|streaming): 2x vs 1x: first batch [\d.]+x, peak store "
+        r"[\d.]+x, images/s [\d.]+x",
+        out.stdout,
+        re.M,
+    )
     assert sorted(summary) == ["all-to-all", "streaming"]

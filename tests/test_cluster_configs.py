@@ -242,8 +242,11 @@ def _assert_preflight_passes(cfg: Any) -> None:
 def _readme_commands() -> list[str]:
     """Every `ray job submit ... jobs/pretrain.py` command in the README's code blocks."""
     text = (ROOT / "README.md").read_text().replace("\\\n", " ")
-    return [line for line in text.splitlines()
-            if "ray job submit" in line and "jobs/pretrain.py" in line]
+    return [
+        line
+        for line in text.splitlines()
+        if "ray job submit" in line and "jobs/pretrain.py" in line
+    ]
 
 
 def _assert_job_fits(cfg: Any, kinds: list[NodeKind]) -> None:

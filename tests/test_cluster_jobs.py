@@ -28,11 +28,20 @@ def scenario(s3, tmp_path_factory) -> dict:
 
     work = tmp_path_factory.mktemp("cluster")
     data = f"{s3}/cluster/fashion-mnist"
-    prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data,
-            rows_per_file=32, progress=False)  # 16 files: 16 blocks for the pool to share
+    prepare(
+        DataConfig(name="fashion-mnist", train_limit=512, test_limit=256),
+        data,
+        rows_per_file=32,
+        progress=False,
+    )  # 16 files: 16 blocks for the pool to share
     args = [str(SCENARIO), str(work), data, f"{s3}/cluster"]
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=LIMIT_S)
     except subprocess.TimeoutExpired:
@@ -45,7 +54,7 @@ def scenario(s3, tmp_path_factory) -> dict:
         pytest.fail(f"cluster scenario took over {LIMIT_S} s:\n{out[-4000:]}")
     lines = [x for x in out.splitlines() if x.startswith("SCENARIO ")]
     assert proc.returncode == 0 and lines, out[-4000:]
-    seen = json.loads(lines[-1][len("SCENARIO "):])
+    seen = json.loads(lines[-1][len("SCENARIO ") :])
     seen["work"] = work
     return seen
 

@@ -16,24 +16,27 @@ from tests.conftest import compose
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("override,field", [
-    ("ray.aug_min_actors=0", "ray.aug_min_actors"),
-    ("ray.aug_max_actors=0", "ray.aug_max_actors"),
-    ("ray.num_workers=-1", "ray.num_workers"),
-    ("ray.cpus_per_worker=0", "ray.cpus_per_worker"),
-    ("ray.read_cpus=0", "ray.read_cpus"),
-    ("patches.num_patches=1", "patches.num_patches"),
-    ("patches.crop_scale=1.5", "patches.crop_scale"),
-    ("patches.interpolation=nearest", "patches.interpolation"),
-    ("loss.eps=0", "loss.eps"),
-    ("optim.lr=0", "optim.lr"),
-    ("optim.epochs=0", "optim.epochs"),
-    ("optim.batch_size=1", "optim.batch_size"),
-    ("eval.knn_k=0", "eval.knn_k"),
-    ("data.on_bad_image=ignore", "data.on_bad_image"),
-    ("run.name=a/b", "run.name"),
-    ("++ray.aug_resources={augment: 0}", "ray.aug_resources"),
-])
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("ray.aug_min_actors=0", "ray.aug_min_actors"),
+        ("ray.aug_max_actors=0", "ray.aug_max_actors"),
+        ("ray.num_workers=-1", "ray.num_workers"),
+        ("ray.cpus_per_worker=0", "ray.cpus_per_worker"),
+        ("ray.read_cpus=0", "ray.read_cpus"),
+        ("patches.num_patches=1", "patches.num_patches"),
+        ("patches.crop_scale=1.5", "patches.crop_scale"),
+        ("patches.interpolation=nearest", "patches.interpolation"),
+        ("loss.eps=0", "loss.eps"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.epochs=0", "optim.epochs"),
+        ("optim.batch_size=1", "optim.batch_size"),
+        ("eval.knn_k=0", "eval.knn_k"),
+        ("data.on_bad_image=ignore", "data.on_bad_image"),
+        ("run.name=a/b", "run.name"),
+        ("++ray.aug_resources={augment: 0}", "ray.aug_resources"),
+    ],
+)
 def test_values_that_cannot_work_are_refused_naming_the_field(override: str, field: str) -> None:
     cfg = compose("pretrain", [override])
     with pytest.raises(ConfigError, match=rf"^{field}=.* cannot work: it must be "):
@@ -59,20 +62,33 @@ def test_locations_pass_on_one_node_and_with_a_shared_filesystem() -> None:
 def test_unknown_preset_is_refused_listing_the_presets() -> None:
     check_preset(None)
     check_preset("smoke")
-    with pytest.raises(ConfigError, match="experiment=cifar10cpu is not a preset: use one of .*"
-                                          "cifar10-cpu"):
+    with pytest.raises(
+        ConfigError, match="experiment=cifar10cpu is not a preset: use one of .*cifar10-cpu"
+    ):
         check_preset("cifar10cpu")
 
 
-@pytest.mark.parametrize("job,args,expected", [
-    ("pretrain", ["experiment=cifar10cpu"], "error: ConfigError: experiment=cifar10cpu is not a"),
-    ("tune", ["experiment=paper/anything"], "error: ConfigError: experiment=paper/anything is"),
-    ("pretrain", ["ray.aug_min_actors=0"], "error: ConfigError: ray.aug_min_actors=0 cannot"),
-    ("prepare", ["data=cifar10"], "error: ConfigError: out is not set"),
-])
+@pytest.mark.parametrize(
+    "job,args,expected",
+    [
+        (
+            "pretrain",
+            ["experiment=cifar10cpu"],
+            "error: ConfigError: experiment=cifar10cpu is not a",
+        ),
+        ("tune", ["experiment=paper/anything"], "error: ConfigError: experiment=paper/anything is"),
+        ("pretrain", ["ray.aug_min_actors=0"], "error: ConfigError: ray.aug_min_actors=0 cannot"),
+        ("prepare", ["data=cifar10"], "error: ConfigError: out is not set"),
+    ],
+)
 def test_jobs_print_one_line_and_exit_2(job: str, args: list[str], expected: str) -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "jobs" / f"{job}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line
     assert out.stderr.startswith(expected), out.stderr

@@ -15,9 +15,17 @@ from empssl_ray.console import Console, metrics_text, verbose_wanted
 ROOT = Path(__file__).resolve().parents[1]
 
 # Ray internals that a default run printed before the console was ours.
-RAY_NOISE = ("Reporting training result", "core_worker.cc", "Execution plan", "Full logs are in",
-             "Progress bars disabled", "PYTHON worker processes", "RayDeprecationWarning",
-             "(raylet)", "Token authentication")
+RAY_NOISE = (
+    "Reporting training result",
+    "core_worker.cc",
+    "Execution plan",
+    "Full logs are in",
+    "Progress bars disabled",
+    "PYTHON worker processes",
+    "RayDeprecationWarning",
+    "(raylet)",
+    "Token authentication",
+)
 MAX_LINES = 40  # smoke: 2 epochs x 4 step reports + epoch lines + evaluation + table
 
 
@@ -25,10 +33,21 @@ def test_plain_lines_one_per_report() -> None:
     out = io.StringIO()
     console = Console(out, bars=False)
     console({"kind": "start", "epochs": 2, "steps_per_epoch": 8, "start_epoch": 1})
-    console({"kind": "step", "epoch": 1, "step": 12, "loss": -3.5, "tcr": 2.0,
-             "invariance": 0.5, "patches_per_s": 1234.0, "data_wait_frac": 0.25})
-    console({"kind": "epoch", "epoch": 2, "step": 16, "loss": -3.6, "epoch_time_s": 4.0,
-             "knn_acc": 0.5})
+    console(
+        {
+            "kind": "step",
+            "epoch": 1,
+            "step": 12,
+            "loss": -3.5,
+            "tcr": 2.0,
+            "invariance": 0.5,
+            "patches_per_s": 1234.0,
+            "data_wait_frac": 0.25,
+        }
+    )
+    console(
+        {"kind": "epoch", "epoch": 2, "step": 16, "loss": -3.6, "epoch_time_s": 4.0, "knn_acc": 0.5}
+    )
     console({"kind": "note", "text": "a node left: 127.0.0.1 (1 CPUs, 0 GPUs)"})
     lines = out.getvalue().splitlines()
     assert lines[0] == "resuming at epoch 2/2"
@@ -75,9 +94,19 @@ def run_smoke(tmp_path: Path, *overrides: str) -> list[str]:
     """The smoke pretraining job as a user runs it (no terminal): its combined output."""
     env = {k: v for k, v in os.environ.items() if k != "EMPSSL_VERBOSE"}
     out = subprocess.run(
-        [sys.executable, str(ROOT / "jobs" / "pretrain.py"), "experiment=smoke",
-         f"run.storage_path={tmp_path}", *overrides],
-        capture_output=True, text=True, timeout=400, cwd=ROOT, env=env)
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "pretrain.py"),
+            "experiment=smoke",
+            f"run.storage_path={tmp_path}",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=ROOT,
+        env=env,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return (out.stdout + out.stderr).splitlines()
 
@@ -88,16 +117,18 @@ def test_smoke_console_is_ours_alone(tmp_path: Path) -> None:
     assert [noise for noise in RAY_NOISE if noise in text] == [], text
     assert len(lines) <= MAX_LINES, text
     for epoch in (1, 2):
-        assert any(line.startswith(f"epoch {epoch}/2 done in ") and "kNN" in line
-                   for line in lines), text
+        assert any(
+            line.startswith(f"epoch {epoch}/2 done in ") and "kNN" in line for line in lines
+        ), text
     assert any(line.startswith("epoch 1/2 step ") for line in lines), text
     assert any(line.startswith("embed test (pretrained): ") for line in lines), text
     assert any(line.startswith("pretrained ") and "%" in line for line in lines), text
 
 
 def test_verbose_brings_ray_logs_back(tmp_path: Path) -> None:
-    lines = run_smoke(tmp_path, "run.name=verbose", "run.verbose=true", "optim.epochs=1",
-                      "run.evaluate=false")
+    lines = run_smoke(
+        tmp_path, "run.name=verbose", "run.verbose=true", "optim.epochs=1", "run.evaluate=false"
+    )
     text = "\n".join(lines)
     assert any(noise in text for noise in RAY_NOISE), text
     assert any(line.startswith("epoch 1/1 done in ") for line in lines), text

@@ -16,13 +16,24 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-CORE = sorted(name for name in map(_module_name, PACKAGE.rglob("*.py"))
-              if name and not name.startswith(("ray_", "_")))
+CORE = sorted(
+    name
+    for name in map(_module_name, PACKAGE.rglob("*.py"))
+    if name and not name.startswith(("ray_", "_"))
+)
 
 
 def test_every_core_module_imports_with_ray_and_hydra_blocked() -> None:
-    assert {"loss", "models", "augment", "engine", "storage", "read_plan", "datasets",
-            "datasets.parquet"} <= set(CORE)
+    assert {
+        "loss",
+        "models",
+        "augment",
+        "engine",
+        "storage",
+        "read_plan",
+        "datasets",
+        "datasets.parquet",
+    } <= set(CORE)
     script = (
         "import sys\n"
         "sys.modules.update(ray=None, hydra=None, omegaconf=None)  # any import of them fails\n"
@@ -33,6 +44,11 @@ def test_every_core_module_imports_with_ray_and_hydra_blocked() -> None:
         "'omegaconf') and sys.modules[m] is not None)\n"
         "assert not loaded, loaded\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=PACKAGE.parent, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=PACKAGE.parent,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]

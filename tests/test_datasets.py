@@ -371,8 +371,11 @@ def test_parquet_empty_and_absent(tmp_path: Path) -> None:
     [
         ({"name": "mnist"}, "train", r"unknown dataset.*'mnist'.*cifar10, cifar100, fashion"),
         ({"name": "cifar10"}, "valid", r"unknown split 'valid'"),
-        ({"name": "cifar10", "on_bad_image": "ignore"}, "train",
-         r"on_bad_image='ignore'.*'error'.*'skip'"),
+        (
+            {"name": "cifar10", "on_bad_image": "ignore"},
+            "train",
+            r"on_bad_image='ignore'.*'error'.*'skip'",
+        ),
         ({"name": "cifar10", "train_limit": 0}, "train", r"data.train_limit=0 must be at least 1"),
         ({"name": "imagefolder"}, "train", r"imagefolder has no default location: set data.root"),
     ],

@@ -72,8 +72,12 @@ def test_gathered_loss_and_gradients_match_single_process() -> None:
     results: dict[int, tuple[float, torch.Tensor, torch.Tensor, float]] = {}
     for _ in range(WORLD):
         rank, rank_loss, rank_raw_grad, rank_weight_grad, rank_tcr = queue.get(timeout=120)
-        results[rank] = (rank_loss, torch.as_tensor(rank_raw_grad),
-                         torch.as_tensor(rank_weight_grad), rank_tcr)
+        results[rank] = (
+            rank_loss,
+            torch.as_tensor(rank_raw_grad),
+            torch.as_tensor(rank_weight_grad),
+            rank_tcr,
+        )
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0

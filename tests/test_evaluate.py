@@ -84,8 +84,9 @@ class InputRecorder(torch.nn.Module):
 def test_bf16_autocast_leaves_the_evaluation_patches_float32_exact() -> None:
     cfg = ModelConfig(backbone="resnet-narrow", width=4, prefeature_dim=8, hidden_dim=8, proj_dim=4)
     model = build_model(cfg, 3).eval()
-    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8,
-                           generator=torch.Generator().manual_seed(0))
+    images = torch.randint(
+        0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     plain, simulated = InputRecorder(model), InputRecorder(model)
     embed_dataset(plain, images.numpy(), 20, 32, batch_size=4, seed=3)
     # CPU autocast stands in for CUDA's: it runs conv2d (the blur's op) in bf16 too.
@@ -93,6 +94,7 @@ def test_bf16_autocast_leaves_the_evaluation_patches_float32_exact() -> None:
         embed_dataset(simulated, images.numpy(), 20, 32, batch_size=4, seed=3)
     for a, b in zip(plain.inputs, simulated.inputs, strict=True):
         assert torch.equal(a, b)
+
     # bf16=True runs the model in bf16 (other embeddings) on the same float32-exact patches.
     def first_batch(bf16: bool) -> torch.Tensor:
         gen = torch.Generator().manual_seed(3)  # embed_dataset's generator for its first batch
@@ -123,7 +125,7 @@ def test_knn_with_the_bank_streamed_in_chunks_equals_the_whole_bank() -> None:
     train_y = torch.randint(0, 5, (500,), generator=g)
     test_y = torch.randint(0, 5, (120,), generator=g)
     whole = knn_accuracy(train_x, train_y, test_x, test_y, k=7)
-    chunks = [(train_x[i:i + 64], train_y[i:i + 64]) for i in range(0, 500, 64)]
+    chunks = [(train_x[i : i + 64], train_y[i : i + 64]) for i in range(0, 500, 64)]
     assert knn_accuracy_streamed(chunks, test_x, test_y, 5, k=7, batch_size=50) == whole
     # A bank smaller than k in its first chunk still keeps the k best of the whole bank.
     tiny = [(train_x[:3], train_y[:3]), (train_x[3:], train_y[3:])]

@@ -15,8 +15,7 @@ from jobs.export import main
 
 def _checkpoint(tmp_path: Path, backbone: str, width: int = 64) -> tuple[Path, EMPSSLModel]:
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone=backbone, width=width, prefeature_dim=32, hidden_dim=16,
-                      proj_dim=8)
+    cfg = ModelConfig(backbone=backbone, width=width, prefeature_dim=32, hidden_dim=16, proj_dim=8)
     model = build_model(cfg, 3)
     with torch.no_grad():  # trained-looking batch norms: eval-mode features depend on them
         for m in model.modules():
@@ -28,8 +27,9 @@ def _checkpoint(tmp_path: Path, backbone: str, width: int = 64) -> tuple[Path, E
                 m.bias.uniform_(-0.1, 0.1)
     path = tmp_path / "checkpoint_0001" / "checkpoint.pt"
     path.parent.mkdir()
-    torch.save({"model": model.state_dict(), "config": asdict(PretrainConfig(model=cfg)),
-                "epoch": 1}, path)
+    torch.save(
+        {"model": model.state_dict(), "config": asdict(PretrainConfig(model=cfg)), "epoch": 1}, path
+    )
     return path, model.eval()
 
 
@@ -47,8 +47,11 @@ def test_exported_weights_in_torchvision_give_our_features(
         net.maxpool = torch.nn.Identity()
     net.load_state_dict(torch.load(paths["resnet18.pt"]))  # strict: every key, no extra
     net.eval()
-    head = torch.nn.Sequential(torch.nn.Linear(512, notes["prefeature_dim"]),
-                               torch.nn.BatchNorm1d(notes["prefeature_dim"]), torch.nn.ReLU())
+    head = torch.nn.Sequential(
+        torch.nn.Linear(512, notes["prefeature_dim"]),
+        torch.nn.BatchNorm1d(notes["prefeature_dim"]),
+        torch.nn.ReLU(),
+    )
     head.load_state_dict(torch.load(paths["prefeature_head.pt"]))
     head.eval()
     x = torch.rand(4, 3, side, side) * 2 - 1

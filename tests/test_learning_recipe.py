@@ -23,9 +23,16 @@ pytestmark = [
 def test_cifar10_cpu_recipe_beats_random_init_by_10_points(tmp_path: Path) -> None:
     from jobs.pretrain import main
 
-    cfg = compose("pretrain", ["experiment=cifar10-cpu", f"data.root={SHARED_CIFAR}",
-                               f"run.storage_path={tmp_path}", "run.name=recipe",
-                               "run.progress=false"])
+    cfg = compose(
+        "pretrain",
+        [
+            "experiment=cifar10-cpu",
+            f"data.root={SHARED_CIFAR}",
+            f"run.storage_path={tmp_path}",
+            "run.name=recipe",
+            "run.progress=false",
+        ],
+    )
     summary = main(cfg)
     pretrained, random_init = summary["eval"]["pretrained"], summary["eval"]["random init"]
     assert pretrained["num_test"] == 10_000 == random_init["num_test"]

@@ -73,8 +73,9 @@ def test_logdet_falls_back_per_view_where_cholesky_fails() -> None:
     bad = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=torch.float64)  # det -3: no Cholesky
     mat = torch.stack([good, bad, good]).requires_grad_()
     value = _logdet_spd(mat)
-    expected = torch.stack([torch.logdet(good), torch.log(torch.tensor(3.0)).double(),
-                            torch.logdet(good)])
+    expected = torch.stack(
+        [torch.logdet(good), torch.log(torch.tensor(3.0)).double(), torch.logdet(good)]
+    )
     torch.testing.assert_close(value, expected)
     value.sum().backward()
     assert mat.grad is not None

@@ -107,8 +107,14 @@ def test_sync_batchnorm_converts_every_norm_and_refuses_cpu_workers() -> None:
     from empssl_ray.config import PretrainConfig
     from empssl_ray.engine import Trainer, sync_batchnorm
 
-    cfg = ModelConfig(backbone="resnet-narrow", width=4, prefeature_dim=8, hidden_dim=8,
-                      proj_dim=4, sync_batchnorm=True)
+    cfg = ModelConfig(
+        backbone="resnet-narrow",
+        width=4,
+        prefeature_dim=8,
+        hidden_dim=8,
+        proj_dim=4,
+        sync_batchnorm=True,
+    )
     model = sync_batchnorm(build_model(cfg, 3), torch.device("cuda"))  # conversion needs no GPU
     kinds = {type(m) for m in model.modules() if "Norm" in type(m).__name__}
     assert kinds == {torch.nn.SyncBatchNorm}

@@ -41,18 +41,35 @@ def test_preset_composes_with_the_reference_settings(row: str) -> None:
     # Model, loss and optimiser as the reference's.
     assert cfg.model.backbone.startswith("resnet18-") and cfg.model.width == 64
     assert (cfg.model.prefeature_dim, cfg.model.hidden_dim, cfg.model.proj_dim) == (
-        4096, 4096, 1024)
+        4096,
+        4096,
+        1024,
+    )
     assert (cfg.loss.invariance_weight, cfg.loss.tcr_weight, cfg.loss.eps) == (200.0, 1.0, 0.2)
     o = cfg.optim
     assert (o.batch_size, o.lr, o.momentum, o.weight_decay, o.lars_eta, o.warmup_steps) == (
-        100, 0.3, 0.9, 1e-4, 0.005, 0)
+        100,
+        0.3,
+        0.9,
+        1e-4,
+        0.005,
+        0,
+    )
     assert o.bf16 is False  # float32, explicit in every GPU recipe
     assert cfg.patches.crop_scale == 0.25
     e = cfg.eval
     assert (e.num_patches, e.probe_epochs, e.probe_lr, e.probe_weight_decay) == (
-        128, 100, 0.03, 5e-5)
+        128,
+        100,
+        0.03,
+        5e-5,
+    )
     assert (e.probe_batch_size, e.probe_standardize, e.knn_k, e.knn_temperature) == (
-        100, False, 20, 0.07)
+        100,
+        False,
+        20,
+        0.07,
+    )
     # GPU resources that split the 100 images evenly; batch norm over all of them.
     assert cfg.ray.use_gpu and cfg.optim.batch_size % cfg.ray.num_workers == 0
     assert cfg.model.sync_batchnorm == (cfg.ray.num_workers > 1)

@@ -16,8 +16,12 @@ def test_fashion_mnist_round_trips_through_s3_with_training_rows_shuffled(s3: st
     out = f"{s3}/prepared/fashion-mnist"
     assert prepare(source, out, rows_per_file=128, progress=False) == {"train": 300, "test": 100}
     keys = sorted(k.split("fashion-mnist/")[1] for k in s3_keys(out))
-    assert keys == ["test/part-00000.parquet", "train/part-00000.parquet",
-                    "train/part-00001.parquet", "train/part-00002.parquet"]
+    assert keys == [
+        "test/part-00000.parquet",
+        "train/part-00000.parquet",
+        "train/part-00001.parquet",
+        "train/part-00002.parquet",
+    ]
     back = DataConfig(name="parquet", root=out)
     assert open_dataset(back, "train").info.channels == 1  # grey stays one channel
     x, y = load_split(back, "test")

@@ -68,7 +68,10 @@ def test_each_protocol_knob_reaches_the_probe() -> None:
 def test_reference_protocol_is_the_default() -> None:
     cfg = EvalConfig()
     assert (cfg.probe_weight_decay, cfg.probe_batch_size, cfg.probe_standardize) == (
-        5e-5, 100, False)
+        5e-5,
+        100,
+        False,
+    )
     assert (cfg.num_patches, cfg.probe_epochs, cfg.probe_lr) == (128, 100, 0.03)
 
 

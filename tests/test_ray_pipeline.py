@@ -34,11 +34,23 @@ def smoke_run(ray_session, s3, tmp_path_factory):
     from jobs.pretrain import main
 
     data = f"{s3}/pipeline/fashion-mnist"
-    prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data,
-            rows_per_file=200, progress=False)
+    prepare(
+        DataConfig(name="fashion-mnist", train_limit=512, test_limit=256),
+        data,
+        rows_per_file=200,
+        progress=False,
+    )
     work = tmp_path_factory.mktemp("work")
-    cfg = compose("pretrain", ["experiment=smoke", "data=parquet", f"data.root={data}",
-                               f"run.storage_path={s3}/pipeline/runs", "run.progress=false"])
+    cfg = compose(
+        "pretrain",
+        [
+            "experiment=smoke",
+            "data=parquet",
+            f"data.root={data}",
+            f"run.storage_path={s3}/pipeline/runs",
+            "run.progress=false",
+        ],
+    )
     # Rank 0 dies abruptly at step 10, in the middle of epoch 2 (8 steps per epoch). Fault
     # markers need a local folder (object stores have no atomic create-if-absent).
     os.environ.update(EMPSSL_FAULT_KILL_TRAINER_AT_STEP="10", EMPSSL_FAULT_DIR=str(work))
@@ -74,8 +86,16 @@ def test_run_writes_everything_to_the_bucket_and_nothing_local(smoke_run) -> Non
     assert not list(work.rglob("s3:*")) and not list(Path.cwd().glob("s3:*"))
     records = read_metrics(run_dir)
     epochs = [r for r in records if r["kind"] == "epoch"]
-    for key in ("loss", "tcr", "invariance", "lr", "patches_per_s", "data_wait_frac", "knn_acc",
-                "skipped_images"):
+    for key in (
+        "loss",
+        "tcr",
+        "invariance",
+        "lr",
+        "patches_per_s",
+        "data_wait_frac",
+        "knn_acc",
+        "skipped_images",
+    ):
         assert key in epochs[-1], key
     assert 0 <= epochs[-1]["data_wait_frac"] <= 1 and epochs[-1]["skipped_images"] == 0
     assert any(r["kind"] == "step" for r in records)
@@ -90,9 +110,18 @@ def test_evaluate_job_reevaluates_the_run_from_s3(smoke_run) -> None:
     from jobs.evaluate import main
 
     cfg, _, run_dir, _ = smoke_run
-    ev = compose("evaluate", ["experiment=smoke", "data=parquet", f"data.root={cfg.data.root}",
-                              f"run.storage_path={cfg.run.storage_path}", "run.progress=false",
-                              "eval.probe_epochs=5", f"output={run_dir}/eval-again.json"])
+    ev = compose(
+        "evaluate",
+        [
+            "experiment=smoke",
+            "data=parquet",
+            f"data.root={cfg.data.root}",
+            f"run.storage_path={cfg.run.storage_path}",
+            "run.progress=false",
+            "eval.probe_epochs=5",
+            f"output={run_dir}/eval-again.json",
+        ],
+    )
     results = main(ev)
     written = json.loads(storage.read_text(f"{run_dir}/eval-again.json"))
     assert written["checkpoint"].startswith(f"{run_dir}/checkpoint_")
@@ -106,11 +135,21 @@ def test_transfer_evaluation_on_another_dataset(smoke_run, tmp_path: Path) -> No
 
     cfg, _, run_dir, _ = smoke_run
     other = write_image_parquet(tmp_path / "rgb")
-    ev = compose("evaluate", ["experiment=smoke", "data=parquet", f"data.root={cfg.data.root}",
-                              f"run.storage_path={cfg.run.storage_path}", "run.progress=false",
-                              "eval.probe_epochs=5", "eval.probe_batch_size=32",
-                              "eval_data=parquet", f"eval_data_root={other}",
-                              f"output={tmp_path / 'transfer.json'}"])
+    ev = compose(
+        "evaluate",
+        [
+            "experiment=smoke",
+            "data=parquet",
+            f"data.root={cfg.data.root}",
+            f"run.storage_path={cfg.run.storage_path}",
+            "run.progress=false",
+            "eval.probe_epochs=5",
+            "eval.probe_batch_size=32",
+            "eval_data=parquet",
+            f"eval_data_root={other}",
+            f"output={tmp_path / 'transfer.json'}",
+        ],
+    )
     results = main(ev)
     written = json.loads((tmp_path / "transfer.json").read_text())
     assert written["pretrain_data"] == "parquet" and written["eval_data"] == "parquet"
@@ -125,9 +164,18 @@ def test_evaluation_through_shards_matches_the_in_memory_path(tmp_path: Path) ->
     from empssl_ray.ray_eval import embedding_files, read_embeddings
     from jobs.evaluate import main
 
-    ev = compose("evaluate", ["experiment=smoke", "random_init=true", "run.progress=false",
-                              "eval.probe_epochs=5", "eval.batch_size=16", "run.name=shards",
-                              f"run.storage_path={tmp_path}"])
+    ev = compose(
+        "evaluate",
+        [
+            "experiment=smoke",
+            "random_init=true",
+            "run.progress=false",
+            "eval.probe_epochs=5",
+            "eval.batch_size=16",
+            "run.name=shards",
+            f"run.storage_path={tmp_path}",
+        ],
+    )
     results = main(ev)["random init"]
     features = tmp_path / "shards" / "features" / "random-init"
     assert len(embedding_files(str(features / "train"))) == 2  # 512 images, blocks of 256
@@ -306,16 +354,19 @@ def test_training_stream_shuffles_each_epoch_without_an_all_to_all() -> None:
     from empssl_ray.ray_data import patch_stream
 
     data = DataConfig(name="fashion-mnist", train_limit=600)
-    ray_cfg = RayConfig(aug_max_actors=1, aug_cpus_per_actor=0.5, read_cpus=0.25,
-                        aug_batch_size=10)
+    ray_cfg = RayConfig(aug_max_actors=1, aug_cpus_per_actor=0.5, read_cpus=0.25, aug_batch_size=10)
 
     def stream(seed: int, epochs: int):
-        ds, _, _ = patch_stream(data, PatchConfig(num_patches=2, size=8), ray_cfg, seed=seed,
-                                carry=("id",))
+        ds, _, _ = patch_stream(
+            data, PatchConfig(num_patches=2, size=8), ray_cfg, seed=seed, carry=("id",)
+        )
         ds.context.execution_options.preserve_order = True  # the planned order, as planned
-        ids = [np.concatenate([b["id"] for b in ds.iter_batches(batch_size=None,
-                                                                batch_format="numpy")])
-               for _ in range(epochs)]
+        ids = [
+            np.concatenate(
+                [b["id"] for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+            )
+            for _ in range(epochs)
+        ]
         return ds, ids
 
     ds, (first, second) = stream(seed=3, epochs=2)

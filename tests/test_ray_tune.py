@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 
 import pandas as pd
@@ -37,7 +38,19 @@ def sweep(ray_session, s3):
 
     overrides = ["experiment=tune-demo", f"sweep.storage_path={s3}/sweeps", "run.progress=false"]
     cfg = compose("tune", overrides)
-    return cfg, main(cfg), overrides
+    console = io.StringIO()  # what the driver prints: TrialConsole's lines, the final table
+    with contextlib.redirect_stdout(console):
+        out = main(cfg)
+    return cfg, {**out, "console": console.getvalue()}, overrides
+
+
+def test_sweep_console_is_a_line_per_trial_epoch(sweep) -> None:
+    cfg, out, _ = sweep
+    lines = out["console"].splitlines()
+    reports = [line for line in lines if line.startswith("trial ") and " epoch " in line]
+    assert len({line.split()[1] for line in reports}) == 4, out["console"]
+    assert all(f"/{cfg.optim.epochs} | knn_acc_per_mpatch " in line for line in reports)
+    assert "Trial status" not in out["console"] and "Current time" not in out["console"]
 
 
 def test_sweep_tables_every_trial_and_asha_keeps_one_to_the_end(sweep) -> None:
@@ -81,8 +94,12 @@ def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:
         raw = hydra_compose(
             config_name="best",
             # Ray Train's local mode: the whole pretrain path without a worker group to start.
-            overrides=[f"run.storage_path={tmp_path}", "optim.epochs=1", "run.evaluate=false",
-                       "ray.num_workers=0"],
+            overrides=[
+                f"run.storage_path={tmp_path}",
+                "optim.epochs=1",
+                "run.evaluate=false",
+                "ray.num_workers=0",
+            ],
         )
     cfg = to_dataclass(raw, PretrainConfig)
     assert cfg.patches.num_patches in (2, 8)

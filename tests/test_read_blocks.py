@@ -15,8 +15,16 @@ def rows_of(plan) -> list[int]:
 def test_slices_cover_every_row_once_with_their_split_positions() -> None:
     pieces = slices_of(CHUNKS, 16)
     assert all(t - s <= 16 for _, s, t, _ in pieces)
-    assert [(i, s) for i, s, _, _ in pieces][:8] == [(0, 0), (0, 16), (0, 32), (0, 48), (0, 64),
-                                                      (0, 80), (0, 96), (1, 0)]
+    assert [(i, s) for i, s, _, _ in pieces][:8] == [
+        (0, 0),
+        (0, 16),
+        (0, 32),
+        (0, 48),
+        (0, 64),
+        (0, 80),
+        (0, 96),
+        (1, 0),
+    ]
     positions = [first + r for _, s, t, first in pieces for r in range(t - s)]
     assert positions == list(range(230))  # chunk c's rows 50..79 are the split's 200..229
 
@@ -26,7 +34,10 @@ def test_blocks_hold_at_most_block_rows_except_a_larger_piece() -> None:
     # Slices are never split: chunk a's 4-row tail closes the second block early.
     assert [sum(t - s for _, s, t, _ in b) for b in blocks] == [64, 52, 64, 50]
     assert [sum(t - s for _, s, t, _ in b) for b in pack(slices_of(CHUNKS, 100), 64)] == [
-        100, 100, 30]
+        100,
+        100,
+        30,
+    ]
 
 
 def test_every_epoch_is_every_row_once_in_a_new_reproducible_order() -> None:

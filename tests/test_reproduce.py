@@ -29,11 +29,14 @@ def quick_run(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reproduce")
     # Both rows read one small Parquet set: the quick mode checks the path, not the figures.
     data = str(tmp / "data")
-    prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data,
-            progress=False)
-    settings = ReproduceConfig(rows=ROWS, quick=True, storage_path=str(tmp / "sweeps"),
-                               data_roots={"cifar10": data, "cifar100": data},
-                               max_concurrent_trials=2)
+    prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data, progress=False)
+    settings = ReproduceConfig(
+        rows=ROWS,
+        quick=True,
+        storage_path=str(tmp / "sweeps"),
+        data_roots={"cifar10": data, "cifar100": data},
+        max_concurrent_trials=2,
+    )
     cfg = ReproduceJobConfig(reproduce=settings, progress=False)
     return cfg, main(cfg)
 

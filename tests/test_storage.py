@@ -42,8 +42,9 @@ def test_latest_checkpoint_is_the_newest_on_any_storage(root: str) -> None:
     run = storage.join(root, "run")
     with pytest.raises(CheckpointNotFoundError, match="pretrain first"):
         latest_checkpoint(run)
-    for i, name in enumerate(("checkpoint_2026-11-30_00-21-06.9",
-                              "checkpoint_2026-11-30_00-21-21.2")):
+    for i, name in enumerate(
+        ("checkpoint_2026-11-30_00-21-06.9", "checkpoint_2026-11-30_00-21-21.2")
+    ):
         local = Path(storage.LocalMirror(storage.join(run, name)).path)
         save_checkpoint({"step": i}, str(local))
         storage.copy_file(str(local / "checkpoint.pt"), storage.join(run, name, "checkpoint.pt"))

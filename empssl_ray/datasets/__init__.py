@@ -106,7 +106,8 @@ def open_dataset(cfg: DataConfig, split: str) -> ImageDataset:
         raise DatasetError(
             f"{name} reads local files only, but data.root={root} is a URI: convert it once with "
             f"`python jobs/prepare.py data={name} out={root}` and pass data=parquet "
-            f"data.root={root}")
+            f"data.root={root}"
+        )
     ds = spec.opener(cfg, split, name, root)
     if len(ds) == 0:
         raise DatasetError(f"{name} at {root}: the {split} split holds no rows")
@@ -142,5 +143,8 @@ def _limit_chunks(chunks: list[Chunk], limit: int | None) -> list[Chunk]:
         return list(chunks)
     picked = np.linspace(0, total, limit, endpoint=False).astype(np.int64)
     counts = np.histogram(picked, bins=np.cumsum([0, *sizes]))[0]
-    return [Chunk(c.source, c.start, c.start + int(k))
-            for c, k in zip(chunks, counts, strict=True) if k > 0]
+    return [
+        Chunk(c.source, c.start, c.start + int(k))
+        for c, k in zip(chunks, counts, strict=True)
+        if k > 0
+    ]

@@ -49,8 +49,9 @@ class _ParquetDataset(ImageDataset):
         s, a, b = chunk.source, chunk.start, chunk.stop
         blobs, labels = read_parquet_rows(s, a, b, self.starts[s], self.columns)
         where = [f"{s} row {r}" for r in range(a, b)]
-        images, keep = decode_images(blobs, where, self.info.channels, self.info.image_size,
-                                     self.on_bad)
+        images, keep = decode_images(
+            blobs, where, self.info.channels, self.info.image_size, self.on_bad
+        )
         return images, labels[keep], int((~keep).sum())
 
 
