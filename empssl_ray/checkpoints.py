@@ -7,7 +7,11 @@ folder per epoch there, each holding `checkpoint.pt` (see `engine.Trainer.state_
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
+import pickle
+import posixpath
 from typing import Any
 
 import torch
@@ -17,6 +21,7 @@ from empssl_ray.config import PretrainConfig
 from empssl_ray.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
+PROGRESS_FILE = "progress.json"  # beside it: {"epoch", "step"}, read without the weights
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train names checkpoint folders checkpoint_<UTC time>
 
 
@@ -65,5 +70,22 @@ def load_checkpoint(location: str) -> dict[str, Any]:
 
 
 def save_checkpoint(state: dict[str, Any], folder: str) -> None:
-    """Writes `state` as the checkpoint file of a (local) folder handed to Ray Train."""
+    """Writes `state` as the checkpoint file of a (local) folder handed to Ray Train, and its
+    epoch and step beside it."""
     torch.save(state, storage.join(folder, CHECKPOINT_FILE))
+    progress = {"epoch": state["epoch"], "step": state["step"]}
+    storage.write_text(storage.join(folder, PROGRESS_FILE), json.dumps(progress))
+
+
+def resume_epoch(run_dir: str) -> int:
+    """The epoch a rerun of this run starts at: that of its newest readable checkpoint, or 0."""
+    for location in reversed(checkpoint_files(run_dir)):
+        folder = posixpath.dirname(location)
+        try:
+            return int(json.loads(storage.read_text(storage.join(folder, PROGRESS_FILE)))["epoch"])
+        except FileNotFoundError:  # an older checkpoint without one: the weights tell
+            with contextlib.suppress(OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+                return int(load_checkpoint(location)["epoch"])
+        except (OSError, ValueError, KeyError):  # cut off mid-write: the one before stands
+            continue
+    return 0

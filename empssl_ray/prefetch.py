@@ -1,20 +1,20 @@
-"""Batches fetched across epoch boundaries, so a pipeline's start-up never stalls the trainer.
+"""Batches fetched ahead in a thread, handed out an epoch's worth at a time.
 
-A Ray Data epoch begins by launching its read, shuffle and augmentation work, which takes
-seconds. Started when the trainer asks for the epoch's first batch, all of that is time the
-trainer waits. `EpochPrefetcher` starts epoch e+1 as soon as epoch e has been fetched, while
-the trainer still works through the last `depth` batches it holds (and its checkpoint).
+The training stream is one Ray Data execution over every epoch still to run (`ray_read`), so
+nothing restarts at an epoch boundary: while the trainer writes its checkpoint and scores the
+kNN monitor, this thread keeps fetching the next epoch's first batches.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
-_END_OF_EPOCH = object()
+_END = object()
 
 
 class _Failure:
@@ -22,50 +22,56 @@ class _Failure:
         self.error = error
 
 
-class EpochPrefetcher(Generic[T]):
-    """Iterates `make_epoch(e)` for e in [first, last) in a thread, `depth` batches ahead.
+class Prefetcher(Generic[T]):
+    """Iterates `source` in a thread, `depth` items ahead of the consumer.
 
     Args:
-        make_epoch: epoch index -> that epoch's batches (called once per epoch, in order).
-        first: first epoch to fetch (a resumed run starts after its checkpoint's epoch).
-        last: one past the last epoch; nothing beyond it is fetched.
-        depth: batches held ready at most (memory: depth x one batch).
+        source: the items (batches); iterated once, in order.
+        depth: items held ready at most (memory: depth x one batch).
     """
 
-    def __init__(
-        self, make_epoch: Callable[[int], Iterable[T]], first: int, last: int, depth: int
-    ) -> None:
+    def __init__(self, source: Iterable[T], depth: int) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
-        self._remaining = last - first
+        self._done = False
+        self._closing = threading.Event()
         # A daemon: a trainer that stops early (NaN, a failure) must not wait on its producer.
-        threading.Thread(
-            target=self._produce,
-            args=(make_epoch, first, last),
-            daemon=True,
-            name="epoch-prefetcher",
-        ).start()
+        threading.Thread(target=self._produce, args=(source,), daemon=True, name="prefetch").start()
 
-    def _produce(self, make_epoch: Callable[[int], Iterable[T]], first: int, last: int) -> None:
+    def _produce(self, source: Iterable[T]) -> None:
+        iterator = iter(source)
         try:
-            for epoch in range(first, last):
-                for batch in make_epoch(epoch):
-                    self._queue.put(batch)
-                self._queue.put(_END_OF_EPOCH)
-        except BaseException as error:  # re-raised in the trainer's thread, where it is handled
+            for item in iterator:
+                self._queue.put(item)
+                if self._closing.is_set():
+                    return  # nobody reads any more
+            self._queue.put(_END)
+        except BaseException as error:  # re-raised in the consumer's thread, where it is handled
             self._queue.put(_Failure(error))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # a generator: its own clean-up (e.g. a Ray Data iterator's)
+                close()
 
-    def next_epoch(self) -> Iterator[T]:
-        """The next epoch's batches, in order; a producer error is raised here."""
-        if self._remaining <= 0:
-            raise RuntimeError("every epoch has already been fetched")
-        self._remaining -= 1
-        return self._epoch()
-
-    def _epoch(self) -> Iterator[T]:
-        while True:
+    def take(self, n: int) -> Iterator[T]:
+        """The next `n` items (fewer where the source ends); a producer error is raised here."""
+        for _ in range(n):
+            if self._done:
+                return
             item = self._queue.get()
-            if item is _END_OF_EPOCH:
+            if item is _END:
+                self._done = True
                 return
             if isinstance(item, _Failure):
                 raise item.error
             yield item  # type: ignore[misc]
+
+    def close(self) -> None:
+        """Stops fetching: the rest of the source is not needed (the run's last epoch is done)."""
+        self._closing.set()
+        with contextlib.suppress(queue.Empty):
+            while True:  # unblocks a producer waiting for room
+                self._queue.get_nowait()
+
+    def skip(self, n: int) -> int:
+        """Drops the next `n` items; returns how many there were."""
+        return sum(1 for _ in self.take(n))

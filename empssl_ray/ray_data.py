@@ -10,6 +10,7 @@ its device.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -75,6 +76,8 @@ class PatchCutter:
         self.faults, self.fault_dir, self.counter = faults or {}, fault_dir, counter
         self.carry = carry
         self.batches = 0
+        if counter is not None:  # the pool's size over a run: tests check it is not restarted
+            counter.add.remote("patch_cutters_started", 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.batches += 1
@@ -96,18 +99,23 @@ def patch_stream(
     fault_dir: str = ".",
     counter: Any = None,
     carry: tuple[str, ...] = (),
+    epochs: Sequence[int] = (0,),
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
     """The training stream: images in a new order each epoch, then patches cut on the actor pool.
 
     The order comes from the read plan (slices permuted per epoch, rows shuffled inside each
     block of `aug_batch_size` x 16 images; see `ray_read`): no operator waits for the whole
-    split, so the first batch of an epoch comes after one block is read, at any dataset size.
+    split, so the first batch comes after one block is read, at any dataset size. All `epochs`
+    are one execution: the actor pool, grown to what the trainers ask for, stays up from one
+    epoch to the next, and the next epoch's blocks are read while this one's last are cut.
 
     With `ray_cfg.patches_on_trainer` the stream stops at the shuffled images and the trainer
     cuts patches on its device (n times fewer bytes on the wire, for CPU-poor clusters).
 
     Args:
-        carry: columns kept beside the patches ("label", "id": the row's index in the split).
+        carry: columns kept beside the patches ("label", "id": the row's index in the split,
+            "epoch").
+        epochs: the epochs the stream holds, in order (a resumed run: those still to train).
 
     Returns:
         (dataset of {"patches" (n, C, S, S) uint8 | "image" (C, H, W) uint8} plus `carry`,
@@ -121,6 +129,7 @@ def patch_stream(
         ray_cfg.read_cpus,
         block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK,
         shuffle_seed=seed,
+        epochs=epochs,
     )
     if ray_cfg.patches_on_trainer:
         # A map at read_cpus, not select_columns: its projection task asks a whole CPU, which a

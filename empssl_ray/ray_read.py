@@ -1,15 +1,16 @@
-"""Ray Data read side: a split as blocks of rows, in a new order every epoch, with no shuffle
-that waits for the whole dataset.
+"""Ray Data read side: a split as blocks of rows, epoch after epoch in one execution, with no
+shuffle that waits for the whole split.
 
-Every epoch, that is every execution of the dataset, `read_plan.epoch_plan` draws that epoch's
-blocks (see there): every row exactly once per epoch, a new order each epoch, the same order for
-the same seed, and nothing held back until the whole split is read. Reading runs in Ray tasks
-through the core readers, never in the driver.
+For each epoch `read_plan.epoch_plan` draws that epoch's blocks (see there): every row exactly
+once per epoch, a new order each epoch, the same order for the same seed, and nothing held back
+until the whole split is read. All the epochs a run still has to train are one dataset, so its
+actor pools stay up across epoch boundaries; each row carries its epoch. Reading runs in Ray
+tasks through the core readers, never in the driver.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -29,14 +30,17 @@ _PIECE_KEYS = ("chunk", "start", "stop", "first_row")
 
 
 class SplitSource(Datasource):
-    """Ray Data datasource of one split's read plan; each execution plans its own epoch.
+    """Ray Data datasource of one split's read plan over the given epochs, in epoch order.
 
-    Its read tasks only emit the plan (one row per block: the block's pieces and its shuffle
-    seed); `load_block` reads the pixels as a map, so a bad image fails as a user's error.
+    Its read tasks only emit the plan (one row per block: the block's pieces, its epoch and its
+    shuffle seed); `load_block` reads the pixels as a map, so a bad image fails as a user's
+    error.
     """
 
-    def __init__(self, dataset: ImageDataset, block_rows: int, seed: int | None) -> None:
-        self.block_rows, self.seed = block_rows, seed
+    def __init__(
+        self, dataset: ImageDataset, block_rows: int, seed: int | None, epochs: Sequence[int]
+    ) -> None:
+        self.block_rows, self.seed, self.epochs = block_rows, seed, list(epochs)
         self.pieces = split_slices(dataset, block_rows)
 
     def estimate_inmemory_data_size(self) -> int | None:
@@ -45,33 +49,35 @@ class SplitSource(Datasource):
     def get_read_tasks(
         self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
     ) -> list[ReadTask]:
-        # Ray counts executions of a dataset in its context: the epoch, as Ray's own file-order
-        # shuffle (FileShuffleConfig(reseed_after_execution=True)) reads it.
-        epoch = getattr(data_context, "_execution_idx", 0) if data_context is not None else 0
         return [
             ReadTask(
-                partial(_plan_block, block, shuffle_seed),
+                partial(_plan_block, block, epoch, shuffle_seed),
                 BlockMetadata(num_rows=1, size_bytes=None, exec_stats=None, input_files=None),
                 per_task_row_limit=per_task_row_limit,
             )
+            for epoch in self.epochs
             for block, shuffle_seed in epoch_plan(self.pieces, self.block_rows, self.seed, epoch)
         ]
 
 
-def _plan_block(block: list[Piece], shuffle_seed: int | None) -> Iterable[Any]:
+def _plan_block(block: list[Piece], epoch: int, shuffle_seed: int | None) -> Iterable[Any]:
     import pyarrow as pa
 
     columns = {k: [[int(p[j]) for p in block]] for j, k in enumerate(_PIECE_KEYS)}
-    return [pa.table({**columns, "shuffle_seed": [-1 if shuffle_seed is None else shuffle_seed]})]
+    seed = -1 if shuffle_seed is None else shuffle_seed
+    return [pa.table({**columns, "epoch": [epoch], "shuffle_seed": [seed]})]
 
 
 def load_block(
     batch: dict[str, np.ndarray], dataset: ImageDataset, counter: Any = None
 ) -> dict[str, np.ndarray]:
-    """Map body: a plan row (one block) -> its rows, shuffled by the block's seed."""
+    """Map body: a plan row (one block) -> its rows, shuffled by the block's seed, each with
+    the block's epoch."""
     pieces = list(zip(*(map(int, np.concatenate(batch[k])) for k in _PIECE_KEYS), strict=True))
     seed = int(batch["shuffle_seed"][0])
-    return load_pieces(pieces, dataset, None if seed < 0 else seed, counter)
+    rows = load_pieces(pieces, dataset, None if seed < 0 else seed, counter)
+    rows["epoch"] = np.full(len(rows["id"]), int(batch["epoch"][0]), dtype=np.int32)
+    return rows
 
 
 def read_images(
@@ -81,8 +87,10 @@ def read_images(
     read_cpus: float = 1.0,
     block_rows: int = ROWS_PER_READ_TASK,
     shuffle_seed: int | None = None,
+    epochs: Sequence[int] = (0,),
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
-    """A split as a Ray Dataset of rows {"image": uint8 (C, H, W), "label": int64, "id"}.
+    """A split as a Ray Dataset of rows {"image": uint8 (C, H, W), "label": int64, "id",
+    "epoch"}, once per epoch of `epochs`, epoch after epoch.
 
     Opening the dataset in the driver first turns a missing or malformed dataset into one clear
     error before any task starts, and fixes the rows: exactly the ones the driver picked
@@ -92,13 +100,14 @@ def read_images(
         block_rows: images per block at most. A block is the unit of parallel work downstream
             (one block is one actor task) and the window of the in-block shuffle.
         shuffle_seed: None reads in split order; a seed gives a new order every epoch.
+        epochs: the epochs the dataset holds (a resumed run: those it still has to train).
 
     Returns:
-        (dataset, info, number of rows before bad images are skipped).
+        (dataset, info, rows of one epoch before bad images are skipped).
     """
     dataset = open_dataset(cfg, split)
-    source = SplitSource(dataset, block_rows, shuffle_seed)
-    blocks = len(epoch_plan(source.pieces, block_rows, None, 0))
+    source = SplitSource(dataset, block_rows, shuffle_seed, epochs)
+    blocks = len(epochs) * len(epoch_plan(source.pieces, block_rows, None, 0))
     ds = ray.data.read_datasource(source, num_cpus=read_cpus, override_num_blocks=blocks)
     ds = ds.map_batches(
         partial(load_block, dataset=dataset, counter=counter), batch_size=1, num_cpus=read_cpus

@@ -28,7 +28,13 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from empssl_ray import storage
-from empssl_ray.checkpoints import latest_checkpoint, load_checkpoint, run_dir_of, save_checkpoint
+from empssl_ray.checkpoints import (
+    latest_checkpoint,
+    load_checkpoint,
+    resume_epoch,
+    run_dir_of,
+    save_checkpoint,
+)
 from empssl_ray.config import ConfigError, PretrainConfig
 from empssl_ray.datasets import DatasetInfo
 from empssl_ray.distributed import gather_batch
@@ -36,7 +42,7 @@ from empssl_ray.engine import Trainer
 from empssl_ray.errors import UserError, find_user_error, user_error_line
 from empssl_ray.faults import fault_dir, faults_from_env, maybe_die
 from empssl_ray.monitor import KnnMonitor
-from empssl_ray.prefetch import EpochPrefetcher
+from empssl_ray.prefetch import Prefetcher
 from empssl_ray.ray_console import HEAD_NODE_RESOURCE, post
 from empssl_ray.ray_data import RowCounter, patch_stream
 from empssl_ray.tracking import MetricsLogger
@@ -142,8 +148,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         post(board, {"kind": "step", **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}})
         ray.train.report({**metrics, "kind": "step"})  # every rank: report is a barrier
 
-    def epoch_batches(_: int) -> Any:
-        return shard.iter_torch_batches(
+    # One iterator over every epoch still to train (one Ray Data execution, see `ray_read`),
+    # cut into epochs of `per_epoch` batches: nothing restarts at an epoch boundary, and the
+    # prefetch thread fetches on while the checkpoint is written.
+    first_epoch = config["first_epoch"]  # where the driver's stream starts
+    if trainer.epoch < first_epoch:  # the checkpoint it saw was lost: a restart replans
+        raise RuntimeError(
+            f"resumed at epoch {trainer.epoch}, but the data stream starts at {first_epoch}"
+        )
+    stream = Prefetcher(
+        shard.iter_torch_batches(
             batch_size=cfg.optim.batch_size // world,
             drop_last=True,
             prefetch_batches=1,
@@ -152,13 +166,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             dtypes=torch.uint8,
             device="cpu",
             pin_memory=cfg.ray.use_gpu,
-        )
-
-    stream = EpochPrefetcher(
-        epoch_batches, trainer.epoch, cfg.optim.epochs, cfg.ray.prefetch_batches
+        ),
+        cfg.ray.prefetch_batches,
     )
+    if trainer.epoch < cfg.optim.epochs:  # a checkpoint newer than the driver saw: skip ahead
+        stream.skip((trainer.epoch - first_epoch) * per_epoch)
     while trainer.epoch < cfg.optim.epochs:
-        batches = stream.next_epoch()
+        batches = stream.take(per_epoch)
         maybe_poison(trainer, faults)
         step_hook = on_step if cfg.run.log_every_steps > 0 else None
         metrics: dict[str, Any] = trainer.run_epoch(
@@ -190,6 +204,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     {"kind": "epoch", **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}},
                 )
             ray.train.report(metrics, checkpoint=saved)
+    stream.close()  # the rows past the last full batch are not needed
     if logger:
         logger.close()
 
@@ -211,8 +226,19 @@ def build_trainer(
         resources={HEAD_NODE_RESOURCE: 0.001}, scheduling_strategy="DEFAULT"
     ).remote()
     faults = faults_from_env()
+    # The stream holds the epochs still to train (at least the last, for a finished run).
+    first_epoch = 0
+    with contextlib.suppress(FileNotFoundError):  # a new run: no folder yet
+        first_epoch = min(resume_epoch(run_dir), cfg.optim.epochs - 1)
     ds, info, rows = patch_stream(
-        cfg.data, cfg.patches, cfg.ray, cfg.run.seed, faults, fault_dir(faults, run_dir), counter
+        cfg.data,
+        cfg.patches,
+        cfg.ray,
+        cfg.run.seed,
+        faults,
+        fault_dir(faults, run_dir),
+        counter,
+        epochs=range(first_epoch, cfg.optim.epochs),
     )
     # The stream runs in a coordinator actor whose bars would only fill the logs.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -233,6 +259,7 @@ def build_trainer(
             "faults": faults,
             "counter": counter,
             "fault_dir": fault_dir(faults, run_dir),
+            "first_epoch": first_epoch,
             "board": board,
         },
         scaling_config=ScalingConfig(

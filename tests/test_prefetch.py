@@ -1,4 +1,5 @@
-"""EpochPrefetcher: epochs in order, the next one started early, nothing fetched past the end."""
+"""Prefetcher: items in order, fetched ahead across epoch boundaries, depth-bounded, errors
+raised in the consumer."""
 
 from __future__ import annotations
 
@@ -7,60 +8,75 @@ from collections.abc import Iterator
 
 import pytest
 
-from empssl_ray.prefetch import EpochPrefetcher
+from empssl_ray.prefetch import Prefetcher
 
 
-def test_epochs_arrive_whole_and_in_order() -> None:
-    stream = EpochPrefetcher(lambda e: [(e, i) for i in range(5)], first=1, last=4, depth=2)
-    assert [list(stream.next_epoch()) for _ in range(3)] == [
-        [(e, i) for i in range(5)] for e in (1, 2, 3)
-    ]
-    with pytest.raises(RuntimeError, match="every epoch"):
-        stream.next_epoch()
+def test_epochs_are_consecutive_takes_in_order() -> None:
+    stream = Prefetcher(iter(range(12)), depth=2)
+    assert [list(stream.take(5)) for _ in range(3)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    assert list(stream.take(5)) == []  # the source ended: nothing more, no error
 
 
-def test_next_epoch_starts_while_the_trainer_is_still_on_this_one() -> None:
-    started: list[int] = []
-    second_started = threading.Event()
+def test_next_epoch_is_fetched_while_the_trainer_is_still_on_this_one() -> None:
+    second_epoch_fetched = threading.Event()
 
-    def make_epoch(e: int) -> Iterator[int]:
-        started.append(e)
-        if e == 1:
-            second_started.set()
+    def source() -> Iterator[int]:
         yield from range(3)
+        second_epoch_fetched.set()  # the first item of "epoch 2"
+        yield from range(3, 6)
 
-    stream = EpochPrefetcher(make_epoch, first=0, last=2, depth=8)
-    epoch = stream.next_epoch()
+    stream = Prefetcher(source(), depth=8)
+    epoch = stream.take(3)
     assert next(epoch) == 0
-    # The trainer holds epoch 0's first batch; epoch 1 starts without its asking.
-    assert second_started.wait(timeout=5)
-    assert list(epoch) == [1, 2] and list(stream.next_epoch()) == [0, 1, 2]
-    assert started == [0, 1]  # never an epoch past `last`
+    # The trainer holds epoch 1's first batch; epoch 2's come without its asking.
+    assert second_epoch_fetched.wait(timeout=5)
+    assert list(epoch) == [1, 2] and list(stream.take(3)) == [3, 4, 5]
 
 
 def test_depth_bounds_what_is_fetched_ahead() -> None:
     fetched: list[int] = []
 
-    def make_epoch(_: int) -> Iterator[int]:
+    def source() -> Iterator[int]:
         for i in range(100):
             fetched.append(i)
             yield i
 
-    stream = EpochPrefetcher(make_epoch, first=0, last=1, depth=3)
-    epoch = stream.next_epoch()
+    stream = Prefetcher(source(), depth=3)
+    epoch = stream.take(100)
     next(epoch)
     threading.Event().wait(0.2)
     assert len(fetched) <= 5  # 3 queued, one being put, one handed out
     assert sum(1 for _ in epoch) == 99
 
 
+def test_skip_drops_items() -> None:
+    stream = Prefetcher(iter(range(10)), depth=4)
+    assert stream.skip(4) == 4
+    assert list(stream.take(3)) == [4, 5, 6]
+
+
 def test_producer_error_is_raised_in_the_trainer() -> None:
-    def make_epoch(e: int) -> Iterator[int]:
+    def source() -> Iterator[int]:
         yield 1
         raise ValueError("bad image in part-3.parquet")
 
-    stream = EpochPrefetcher(make_epoch, first=0, last=2, depth=2)
-    epoch = stream.next_epoch()
+    stream = Prefetcher(source(), depth=2)
+    epoch = stream.take(5)
     assert next(epoch) == 1
     with pytest.raises(ValueError, match="part-3"):
         next(epoch)
+
+
+def test_close_stops_the_producer_and_closes_the_source() -> None:
+    closed = threading.Event()
+
+    def source() -> Iterator[int]:
+        try:
+            yield from range(1000)
+        finally:
+            closed.set()
+
+    stream = Prefetcher(source(), depth=1)
+    assert list(stream.take(2)) == [0, 1]
+    stream.close()
+    assert closed.wait(timeout=5)  # e.g. a Ray Data iterator ends its execution

@@ -10,6 +10,7 @@ import glob
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -346,30 +347,37 @@ def test_parquet_subset_is_the_same_rows_in_the_driver_and_in_ray_data() -> None
 
 
 def test_training_stream_shuffles_each_epoch_without_an_all_to_all() -> None:
-    """Every image once per epoch, a new order each epoch, the same order for the same seed, and
-    no operator in the plan that waits for the whole split (asserted on the plan itself)."""
+    """Every image once per epoch, a new order each epoch, the same order for the same seed, no
+    operator in the plan that waits for the whole split (asserted on the plan itself), and all
+    epochs in one execution: the actor pool starts once, not once per epoch."""
+    import ray
     from ray.data._internal.logical.operators.all_to_all_operator import AbstractAllToAll
 
     from empssl_ray.config import DataConfig, PatchConfig, RayConfig
-    from empssl_ray.ray_data import patch_stream
+    from empssl_ray.ray_data import RowCounter, patch_stream
 
     data = DataConfig(name="fashion-mnist", train_limit=600)
     ray_cfg = RayConfig(aug_max_actors=1, aug_cpus_per_actor=0.5, read_cpus=0.25, aug_batch_size=10)
 
-    def stream(seed: int, epochs: int):
+    def stream(seed: int, epochs: range) -> tuple[Any, dict[int, list[int]], dict[str, int]]:
+        counter = RowCounter.remote()  # type: ignore[attr-defined]
         ds, _, _ = patch_stream(
-            data, PatchConfig(num_patches=2, size=8), ray_cfg, seed=seed, carry=("id",)
+            data,
+            PatchConfig(num_patches=2, size=8),
+            ray_cfg,
+            seed=seed,
+            counter=counter,
+            carry=("id", "epoch"),
+            epochs=epochs,
         )
         ds.context.execution_options.preserve_order = True  # the planned order, as planned
-        ids = [
-            np.concatenate(
-                [b["id"] for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
-            )
-            for _ in range(epochs)
-        ]
-        return ds, ids
+        ids: dict[int, list[int]] = {}
+        for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for epoch, i in zip(b["epoch"].tolist(), b["id"].tolist(), strict=True):
+                ids.setdefault(epoch, []).append(i)
+        return ds, ids, ray.get(counter.get.remote())
 
-    ds, (first, second) = stream(seed=3, epochs=2)
+    ds, ids, counts = stream(seed=3, epochs=range(2))
     ops, todo = [], [ds._logical_plan.dag]
     while todo:
         op = todo.pop()
@@ -377,7 +385,9 @@ def test_training_stream_shuffles_each_epoch_without_an_all_to_all() -> None:
         assert not isinstance(op, AbstractAllToAll), op
         todo += op.input_dependencies
     assert "MapBatches(PatchCutter)" in " ".join(str(o) for o in [ds._logical_plan.dag])
-    assert sorted(first.tolist()) == list(range(600)) == sorted(second.tolist())
-    assert first.tolist() != second.tolist()
-    _, (again,) = stream(seed=3, epochs=1)
-    assert again.tolist() == first.tolist()
+    assert sorted(ids) == [0, 1]
+    assert sorted(ids[0]) == list(range(600)) == sorted(ids[1])
+    assert ids[0] != ids[1]
+    assert counts["patch_cutters_started"] == 1  # one pool for both epochs
+    _, again, _ = stream(seed=3, epochs=range(1, 2))  # a run resumed at epoch 1
+    assert again[1] == ids[1]

@@ -47,7 +47,7 @@ def sweep(ray_session, s3):
 def test_sweep_console_is_a_line_per_trial_epoch(sweep) -> None:
     cfg, out, _ = sweep
     lines = out["console"].splitlines()
-    reports = [line for line in lines if line.startswith("trial ") and " epoch " in line]
+    reports = [line for line in lines if line.startswith("trial ") and " | " in line]
     assert len({line.split()[1] for line in reports}) == 4, out["console"]
     assert all(f"/{cfg.optim.epochs} | knn_acc_per_mpatch " in line for line in reports)
     assert "Trial status" not in out["console"] and "Current time" not in out["console"]
