@@ -304,6 +304,8 @@ class ReproduceJobConfig:
     address: str | None = None
     # progress bars while evaluating
     progress: bool = True
+    # Ray's own logs on the console, as run.verbose does for the other jobs
+    verbose: bool = False
 
 
 @dataclass

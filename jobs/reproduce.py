@@ -53,7 +53,7 @@ def main(cfg: ReproduceJobConfig) -> dict[str, Any]:
         write_paper_table,
     )
 
-    init_ray(cfg.address)
+    init_ray(cfg.address, cfg.verbose)
     settings = cfg.reproduce
     configs = {row: row_config(row, settings, compose_pretrain) for row in chosen_rows(settings)}
     for row_cfg in configs.values():  # every row's data and outputs, before any trial

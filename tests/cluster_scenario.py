@@ -249,7 +249,10 @@ def main(work: Path, data: str, store: str) -> dict:
         seen["epoch_records"] = [r for r in read_metrics(run_dir) if r["kind"] == "epoch"]
         seen["expected_epochs"] = EPOCHS
         seen["run_files"] = [e.name for e in storage.list_dir(run_dir)]
-        seen["logs_tail"] = client.get_job_logs(job_id)[-1500:]
+        logs = client.get_job_logs(job_id)
+        seen["logs_tail"] = logs[-1500:]
+        seen["node_lines"] = [line for line in logs.splitlines() if line.startswith("a node ")]
+        seen["ray_lines"] = [line for line in logs.splitlines() if "Reporting training" in line]
 
         # 3. The same local paths run once the user says every node mounts them.
         shared = work / "shared-runs"

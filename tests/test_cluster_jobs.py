@@ -90,6 +90,10 @@ def test_pool_grows_onto_a_joining_node_and_survives_one_leaving(scenario: dict)
     assert scenario["augment_nodes_at_peak"] == ["augment-a", "augment-b"]
     assert scenario["pool_on_both_during_epoch"] <= epochs
     assert scenario["removed_during_epoch"] <= epochs  # a node left while the job still ran
+    # The job log says so in a line of ours each, and holds none of Ray's report lines.
+    assert any(line.startswith("a node joined: ") for line in scenario["node_lines"])
+    assert any(line.startswith("a node left: ") for line in scenario["node_lines"])
+    assert scenario["ray_lines"] == []
     # Every epoch trained on all 512 images (8 full batches of 64 split over the trainers: a
     # lost block leaves an epoch short), and every image was cut into patches at least once per
     # epoch, the node loss included (a batch retried after its actor died counts twice).
