@@ -2,7 +2,8 @@
 reading a checkpoint file or folder, and the encoder inside it.
 
 A run lives in `<run.storage_path>/<run.name>/`; Ray Train writes one `checkpoint_<time>/`
-folder per epoch there, each holding `checkpoint.pt` (see `engine.Trainer.state_dict`).
+folder per epoch there, each holding `checkpoint.pt` (see `engine.Trainer.state_dict`) and
+`progress.json` (its epoch, step and size, read without loading the weights).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import pickle
 import posixpath
 from typing import Any
@@ -70,22 +72,34 @@ def load_checkpoint(location: str) -> dict[str, Any]:
 
 
 def save_checkpoint(state: dict[str, Any], folder: str) -> None:
-    """Writes `state` as the checkpoint file of a (local) folder handed to Ray Train, and its
-    epoch and step beside it."""
-    torch.save(state, storage.join(folder, CHECKPOINT_FILE))
-    progress = {"epoch": state["epoch"], "step": state["step"]}
+    """Writes `state` as the checkpoint file of a (local) folder handed to Ray Train, and beside
+    it its epoch, step and byte size (Ray uploads the two files independently: the size tells a
+    complete checkpoint file from one cut off by a failure)."""
+    path = storage.join(folder, CHECKPOINT_FILE)
+    torch.save(state, path)
+    progress = {"epoch": state["epoch"], "step": state["step"], "bytes": os.path.getsize(path)}
     storage.write_text(storage.join(folder, PROGRESS_FILE), json.dumps(progress))
 
 
-def resume_epoch(run_dir: str) -> int:
-    """The epoch a rerun of this run starts at: that of its newest readable checkpoint, or 0."""
+def resume_point(run_dir: str) -> tuple[str | None, int]:
+    """Where a rerun of this run starts: its newest complete checkpoint file and that epoch, or
+    (None, 0) for a fresh start.
+
+    Decided once, in the driver, and handed to every training worker: the data stream and the
+    weights start at the same epoch. A checkpoint whose file is missing or shorter than recorded
+    (a failure mid-upload) is passed over for the one before.
+    """
     for location in reversed(checkpoint_files(run_dir)):
         folder = posixpath.dirname(location)
         try:
-            return int(json.loads(storage.read_text(storage.join(folder, PROGRESS_FILE)))["epoch"])
-        except FileNotFoundError:  # an older checkpoint without one: the weights tell
+            progress = json.loads(storage.read_text(storage.join(folder, PROGRESS_FILE)))
+            complete = storage.file_size(location) == progress["bytes"]
+        except FileNotFoundError:  # no progress file (or no checkpoint file): read the weights
             with contextlib.suppress(OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-                return int(load_checkpoint(location)["epoch"])
-        except (OSError, ValueError, KeyError):  # cut off mid-write: the one before stands
+                return location, int(load_checkpoint(location)["epoch"])
             continue
-    return 0
+        except (OSError, ValueError, KeyError):  # the progress file itself was cut off
+            continue
+        if complete:
+            return location, int(progress["epoch"])
+    return None, 0

@@ -170,8 +170,9 @@ class RayConfig:
     patches_on_trainer: bool = False
     # worker failures survived by restarting from the latest checkpoint
     max_failures: int = 2
-    # batches each trainer holds ready; they carry it across the next epoch's pipeline start-up
-    # (seconds), so keep depth x step time above that (memory: depth x one per-worker batch)
+    # batches each trainer holds ready, fetched on across epoch boundaries and across the
+    # start-up (seconds) of the next window of epochs on a large split: keep depth x step time
+    # above that (memory: depth x one per-worker batch)
     prefetch_batches: int = 16
 
 

@@ -9,7 +9,9 @@ Events, by "kind":
     step      {"epoch", "step", "loss", "tcr", "invariance", "patches_per_s", "data_wait_frac"}
     epoch     the epoch's metrics; "epoch" counts finished epochs; "knn_acc" when monitored
     stage     {"name", "total"}: an evaluation stage of `total` images begins
-    rows      {"name", "rows"}: `rows` more images of that stage are done (any order)
+    rows      {"name", "rows"}: `rows` more images of that stage are done (moves its bar only:
+              a retried batch counts twice)
+    done      {"name", "rows"}: the stage is complete, `rows` images written
     note      {"text"}: one line of ours (a restart, a node that joined or left)
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -56,14 +59,23 @@ class Console:
         self.epochs, self.per_epoch = 0, 0
         self.bar: Any = None  # the open tqdm bar, if any
         self.bar_key: Any = None  # what it counts: ("epoch", n) or ("stage", name)
-        self.stages: dict[str, list[float]] = {}  # name -> [start time, total, done]
+        self.started: dict[str, float] = {}  # evaluation stage -> its start time
+        # Events come from a feed thread and lines from the job's own thread: one at a time.
+        self.lock = threading.RLock()
 
     def __call__(self, event: dict[str, Any]) -> None:
+        with self.lock:
+            self.render(event)
+
+    def render(self, event: dict[str, Any]) -> None:
         kind = event.get("kind")
         if kind == "start":
             self.epochs, self.per_epoch = event["epochs"], event["steps_per_epoch"]
-            if event.get("start_epoch", 0) > 0:
-                self.line(f"resuming at epoch {event['start_epoch'] + 1}/{self.epochs}")
+            first = event.get("start_epoch", 0)
+            if first >= self.epochs:
+                self.line(f"already trained: {first}/{self.epochs} epochs")
+            elif first > 0:
+                self.line(f"resuming at epoch {first + 1}/{self.epochs}")
         elif kind == "step":
             self.step(event)
         elif kind == "epoch":
@@ -74,11 +86,17 @@ class Console:
             )
         elif kind == "stage":
             self.close_bar()
-            self.stages[event["name"]] = [time.perf_counter(), event["total"], 0]
+            self.started[event["name"]] = time.perf_counter()
             if self.bars:
                 self.open_bar(("stage", event["name"]), event["total"], event["name"], "img")
         elif kind == "rows":
-            self.rows(event)
+            if self.bars and self.bar_key == ("stage", event["name"]):
+                self.bar.update(event["rows"])
+        elif kind == "done":
+            if self.bar_key == ("stage", event["name"]):
+                self.close_bar()
+            seconds = time.perf_counter() - self.started.pop(event["name"], time.perf_counter())
+            self.line(f"{event['name']}: {event['rows']} images in {seconds:.1f} s")
         elif kind == "note":
             self.line(event["text"])
 
@@ -92,16 +110,6 @@ class Console:
             self.open_bar(("epoch", epoch), per, f"epoch {epoch + 1}/{self.epochs}", "step")
         self.bar.update(done - self.bar.n)
         self.bar.set_postfix_str(metrics_text(event), refresh=True)
-
-    def rows(self, event: dict[str, Any]) -> None:
-        name = event["name"]
-        stage = self.stages.setdefault(name, [time.perf_counter(), math.inf, 0])
-        stage[2] += event["rows"]
-        if self.bars and self.bar_key == ("stage", name):
-            self.bar.update(event["rows"])
-        if stage[2] >= stage[1]:  # the stage is complete: its bar gives way to one line
-            self.close_bar()
-            self.line(f"{name}: {int(stage[2])} images in {time.perf_counter() - stage[0]:.1f} s")
 
     def open_bar(self, key: Any, total: int, desc: str, unit: str) -> None:
         from tqdm.auto import tqdm
@@ -119,10 +127,12 @@ class Console:
 
     def line(self, text: str) -> None:
         """One line of ours, above any open bar."""
-        if self.bar is not None:
-            self.bar.write(text, file=self.stream)
-        else:
-            print(text, file=self.stream, flush=True)
+        with self.lock:
+            if self.bar is not None:
+                self.bar.write(text, file=self.stream)
+            else:
+                print(text, file=self.stream, flush=True)
 
     def close(self) -> None:
-        self.close_bar()
+        with self.lock:
+            self.close_bar()

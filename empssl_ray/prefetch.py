@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 _END = object()
+_NOTHING = object()
 
 
 class _Failure:
@@ -32,7 +33,7 @@ class Prefetcher(Generic[T]):
 
     def __init__(self, source: Iterable[T], depth: int) -> None:
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max(1, depth))
-        self._done = False
+        self._next: object = _NOTHING  # an item taken off the queue to look at, not yet handed out
         self._closing = threading.Event()
         # A daemon: a trainer that stops early (NaN, a failure) must not wait on its producer.
         threading.Thread(target=self._produce, args=(source,), daemon=True, name="prefetch").start()
@@ -52,22 +53,32 @@ class Prefetcher(Generic[T]):
             if close is not None:  # a generator: its own clean-up (e.g. a Ray Data iterator's)
                 close()
 
+    def _peek(self) -> object:
+        if self._next is _NOTHING:
+            self._next = _END if self._closing.is_set() else self._queue.get()
+        return self._next
+
+    @property
+    def ended(self) -> bool:
+        """Whether the source has no more items (waits for the next one to know)."""
+        return self._peek() is _END
+
     def take(self, n: int) -> Iterator[T]:
-        """The next `n` items (fewer where the source ends); a producer error is raised here."""
+        """The next `n` items (fewer where the source ends); a producer error is raised here,
+        and again at every later take."""
         for _ in range(n):
-            if self._done:
-                return
-            item = self._queue.get()
+            item = self._peek()
             if item is _END:
-                self._done = True
                 return
             if isinstance(item, _Failure):
-                raise item.error
+                raise item.error  # kept as the next item: the source is broken for good
+            self._next = _NOTHING
             yield item  # type: ignore[misc]
 
     def close(self) -> None:
         """Stops fetching: the rest of the source is not needed (the run's last epoch is done)."""
         self._closing.set()
+        self._next = _END
         with contextlib.suppress(queue.Empty):
             while True:  # unblocks a producer waiting for room
                 self._queue.get_nowait()

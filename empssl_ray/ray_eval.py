@@ -125,11 +125,22 @@ def embed_split(
     )
     storage.remove_tree(location)  # a re-evaluation replaces the shards, never adds to them
     ds.write_parquet(storage.resolve(location))
+    written = sum(shard_rows(f) for f in embedding_files(location))  # bad images skipped
+    post(board, {"kind": "done", "name": stage, "rows": written})
 
 
 def embedding_files(folder: str) -> list[str]:
     """The shards `embed_split` wrote into a folder, in file order."""
     return [e.location for e in storage.list_dir(folder) if e.name.endswith(".parquet")]
+
+
+def shard_rows(location: str) -> int:
+    """Rows of one shard, from its footer."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(location)
+    with fs.open_input_file(path) as f:
+        return int(pq.read_metadata(f).num_rows)
 
 
 def read_embeddings_file(location: str) -> tuple[torch.Tensor, torch.Tensor]:

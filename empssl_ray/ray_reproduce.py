@@ -137,7 +137,10 @@ def build_reproducer(
             "rows_dir": storage.join(sweep_dir, "rows"),
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent_trials),
-        run_config=tune.RunConfig(name=settings.name, storage_path=root, verbose=0),
+        # verbose=0: the console is RowConsole's line per finished row, not Tune's status.
+        run_config=tune.RunConfig(
+            name=settings.name, storage_path=root, verbose=0, callbacks=[RowConsole()]
+        ),
     )
     return tuner, sweep_dir
 
@@ -183,3 +186,23 @@ def write_paper_table(table: list[dict[str, Any]], sweep_dir: str, quick: bool) 
         buf.write("| " + " | ".join(str(v) for v in record.values()) + " |\n")
     storage.write_text(storage.join(sweep_dir, "paper_table.md"), buf.getvalue())
     return buf.getvalue()
+
+
+class RowConsole(tune.Callback):
+    """A line per row as it finishes (its figure beside the paper's), or fails."""
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        row = (trial.config or {}).get("row", trial.trial_id)
+        if "probe_acc" in result:
+            print(
+                f"row {row}: probe {100 * result['probe_acc']:.2f}% (paper "
+                f"{paper_figure(row):.2f}%), kNN {100 * result['knn_acc']:.2f}%, "
+                f"{result['wall_s'] / 60:.1f} min",
+                flush=True,
+            )
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        row = (trial.config or {}).get("row", trial.trial_id)
+        print(f"row {row} failed; its error is in {trial.path}", flush=True)

@@ -7,9 +7,6 @@ a checkpoint every epoch, resume from the latest one, and restarts after worker 
 
 from __future__ import annotations
 
-import contextlib
-import pickle
-import posixpath
 import tempfile
 from dataclasses import asdict
 from typing import Any
@@ -28,13 +25,7 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from empssl_ray import storage
-from empssl_ray.checkpoints import (
-    latest_checkpoint,
-    load_checkpoint,
-    resume_epoch,
-    run_dir_of,
-    save_checkpoint,
-)
+from empssl_ray.checkpoints import load_checkpoint, resume_point, run_dir_of, save_checkpoint
 from empssl_ray.config import ConfigError, PretrainConfig
 from empssl_ray.datasets import DatasetInfo
 from empssl_ray.distributed import gather_batch
@@ -43,8 +34,9 @@ from empssl_ray.errors import UserError, find_user_error, user_error_line
 from empssl_ray.faults import fault_dir, faults_from_env, maybe_die
 from empssl_ray.monitor import KnnMonitor
 from empssl_ray.prefetch import Prefetcher
-from empssl_ray.ray_console import HEAD_NODE_RESOURCE, post
+from empssl_ray.ray_console import on_head, post
 from empssl_ray.ray_data import RowCounter, patch_stream
+from empssl_ray.ray_read import iterate_epochs
 from empssl_ray.tracking import MetricsLogger
 
 # What the console shows of a report (the rest goes to metrics.jsonl and TensorBoard).
@@ -61,8 +53,13 @@ CONSOLE_KEYS = (
 )
 
 
+def console_event(kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """A report as the driver's console shows it (the rest goes to metrics.jsonl)."""
+    return {"kind": kind, **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}}
+
+
 def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
-    """Optimiser steps in one epoch: every worker drops its last partial batch."""
+    """Optimiser steps in one epoch: each worker's share of the rows in whole batches."""
     workers = max(1, cfg.ray.num_workers)
     return (rows // workers) // (cfg.optim.batch_size // workers)
 
@@ -74,28 +71,6 @@ def maybe_poison(trainer: Trainer, faults: dict[str, str]) -> None:
         with torch.no_grad():
             for p in trainer.model.projector.parameters():
                 p.fill_(float("nan"))
-
-
-def resume_state(run_dir: str) -> dict[str, Any] | None:
-    """The newest training state of this run, or None for a fresh start.
-
-    Ray's registered checkpoint, unless storage holds a newer one: uploads finish inside
-    `ray.train.report`, but a worker that dies right after it can do so before the controller
-    has taken the report in, and resuming from the registered one would redo a finished epoch.
-    """
-    states, registered = [], None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        registered = posixpath.basename(checkpoint.path.rstrip("/"))  # checkpoint_<time>
-        with checkpoint.as_directory() as d:
-            states.append(load_checkpoint(d))
-    # None on storage (FileNotFoundError), or one cut off mid-write by the failure: the
-    # registered checkpoint stands.
-    with contextlib.suppress(OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-        newest = latest_checkpoint(run_dir)
-        if posixpath.basename(posixpath.dirname(newest)) != registered:  # not the same one twice
-            states.append(load_checkpoint(newest))
-    return max(states, key=lambda state: state["step"], default=None)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -120,9 +95,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         rank=rank,
     )  # patches differ across ranks, also after a resume
     run_dir, faults, counter = config["run_dir"], config["faults"], config["counter"]
-    state = resume_state(run_dir)
-    if state is not None:
-        trainer.load_state_dict(state)
+    if config["resume_from"] is not None:  # the driver's choice: the stream starts there too
+        trainer.load_state_dict(load_checkpoint(config["resume_from"]))
     lead = rank == 0
     board = config["board"] if lead else None  # the driver's console, if it has one
     post(
@@ -145,33 +119,44 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             maybe_die(faults, "KILL_TRAINER_AT_STEP", trainer.step, config["fault_dir"])
         if logger:
             logger.log("step", metrics)
-        post(board, {"kind": "step", **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}})
+        post(board, console_event("step", metrics))
         ray.train.report({**metrics, "kind": "step"})  # every rank: report is a barrier
 
-    # One iterator over every epoch still to train (one Ray Data execution, see `ray_read`),
-    # cut into epochs of `per_epoch` batches: nothing restarts at an epoch boundary, and the
-    # prefetch thread fetches on while the checkpoint is written.
-    first_epoch = config["first_epoch"]  # where the driver's stream starts
-    if trainer.epoch < first_epoch:  # the checkpoint it saw was lost: a restart replans
-        raise RuntimeError(
-            f"resumed at epoch {trainer.epoch}, but the data stream starts at {first_epoch}"
-        )
+    if trainer.epoch >= cfg.optim.epochs:  # a finished run, rerun: nothing to stream
+        return
+    # One iterator over every epoch still to train (one Ray Data execution per window of
+    # epochs, see `ray_read`), cut into epochs of `per_epoch` batches: the actor pool stays up
+    # across epoch boundaries, and the prefetch thread fetches on while the checkpoint is
+    # written.
     stream = Prefetcher(
-        shard.iter_torch_batches(
-            batch_size=cfg.optim.batch_size // world,
-            drop_last=True,
-            prefetch_batches=1,
-            # uint8 on the wire; the Trainer moves and normalises on its device. Pinned pages
-            # let that copy run beside the GPU's compute (non_blocking).
-            dtypes=torch.uint8,
-            device="cpu",
-            pin_memory=cfg.ray.use_gpu,
+        iterate_epochs(
+            lambda: shard.iter_torch_batches(
+                batch_size=cfg.optim.batch_size // world,
+                drop_last=True,
+                prefetch_batches=1,
+                # uint8 on the wire; the Trainer moves and normalises on its device. Pinned
+                # pages let that copy run beside the GPU's compute (non_blocking).
+                dtypes=torch.uint8,
+                device="cpu",
+                pin_memory=cfg.ray.use_gpu,
+            ),
+            wanted=(cfg.optim.epochs - trainer.epoch) * per_epoch,
         ),
         cfg.ray.prefetch_batches,
     )
-    if trainer.epoch < cfg.optim.epochs:  # a checkpoint newer than the driver saw: skip ahead
-        stream.skip((trainer.epoch - first_epoch) * per_epoch)
     while trainer.epoch < cfg.optim.epochs:
+        if stream.ended:
+            # Images dropped by data.on_bad_image=skip come off the stream's end: every rank
+            # (equal shares) runs out at the same step.
+            post(
+                board,
+                {
+                    "kind": "note",
+                    "text": f"the data ran out after epoch {trainer.epoch}"
+                    " (images skipped as unreadable): training ends there",
+                },
+            )
+            break
         batches = stream.take(per_epoch)
         maybe_poison(trainer, faults)
         step_hook = on_step if cfg.run.log_every_steps > 0 else None
@@ -199,10 +184,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if logger:
                     logger.log("epoch", metrics)
                     logger.flush()  # CSV, PNG and TensorBoard on storage after every epoch
-                post(
-                    board,
-                    {"kind": "epoch", **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}},
-                )
+                post(board, console_event("epoch", metrics))
             ray.train.report(metrics, checkpoint=saved)
     stream.close()  # the rows past the last full batch are not needed
     if logger:
@@ -222,14 +204,11 @@ def build_trainer(
     # On the head node, as Ray Train pins its own state actor: a counter on a worker node that
     # leaves would take the run with it (seen in tests/cluster_scenario.py). "DEFAULT" leaves a
     # Tune trial's placement group, whose bundles hold no head-node resource.
-    counter = RowCounter.options(  # type: ignore[attr-defined]
-        resources={HEAD_NODE_RESOURCE: 0.001}, scheduling_strategy="DEFAULT"
-    ).remote()
+    counter = on_head(RowCounter).remote()
     faults = faults_from_env()
-    # The stream holds the epochs still to train (at least the last, for a finished run).
-    first_epoch = 0
-    with contextlib.suppress(FileNotFoundError):  # a new run: no folder yet
-        first_epoch = min(resume_epoch(run_dir), cfg.optim.epochs - 1)
+    # The weights and the stream start at the same epoch; a finished run streams nothing
+    # (its one planned epoch is never iterated).
+    resume_from, first_epoch = resume_point(run_dir)
     ds, info, rows = patch_stream(
         cfg.data,
         cfg.patches,
@@ -238,7 +217,7 @@ def build_trainer(
         faults,
         fault_dir(faults, run_dir),
         counter,
-        epochs=range(first_epoch, cfg.optim.epochs),
+        epochs=range(min(first_epoch, cfg.optim.epochs - 1), cfg.optim.epochs),
     )
     # The stream runs in a coordinator actor whose bars would only fill the logs.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -259,7 +238,7 @@ def build_trainer(
             "faults": faults,
             "counter": counter,
             "fault_dir": fault_dir(faults, run_dir),
-            "first_epoch": first_epoch,
+            "resume_from": resume_from,
             "board": board,
         },
         scaling_config=ScalingConfig(

@@ -82,6 +82,15 @@ def is_dir(location: str) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
+def file_size(location: str) -> int:
+    """Bytes in a file; FileNotFoundError when there is none."""
+    fs, path = filesystem(location)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(location)
+    return int(info.size)
+
+
 def read_bytes(location: str) -> bytes:
     fs, path = filesystem(location)
     try:

@@ -32,8 +32,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     from empssl_ray import storage
     from empssl_ray.checkpoints import latest_checkpoint, run_dir_of
     from empssl_ray.config import DataConfig
-    from empssl_ray.console import Console
-    from empssl_ray.ray_console import console_feed
+    from empssl_ray.ray_console import driver_console
     from empssl_ray.ray_eval import evaluate_checkpoint
 
     init_ray(cfg.ray.address, cfg.run.verbose)
@@ -48,12 +47,14 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
             train_limit=cfg.data.train_limit,
             test_limit=cfg.data.test_limit,
         )
-    console = Console(bars=None if cfg.run.progress else False)
-    with console_feed(console) as board:
+    with driver_console(cfg.run.progress) as console:
         results = evaluate_checkpoint(
-            cfg, source, storage.join(run_dir, "features"), eval_data=eval_data, board=board
+            cfg,
+            source,
+            storage.join(run_dir, "features"),
+            eval_data=eval_data,
+            board=console.board,
         )
-    console.close()
     output = storage.resolve(cfg.output or storage.join(run_dir, "eval.json"))
     write_eval(output, source or "random init", results)
     print(f"metrics: {output}")

@@ -44,42 +44,36 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
     """Pretrains (resuming if the run exists), evaluates, and returns a summary."""
     from empssl_ray import storage
     from empssl_ray.checkpoints import latest_checkpoint, run_dir_of
-    from empssl_ray.console import Console
-    from empssl_ray.ray_console import console_feed
+    from empssl_ray.console import metrics_text
+    from empssl_ray.ray_console import driver_console
     from empssl_ray.ray_eval import evaluate_checkpoint
     from empssl_ray.ray_train import pretrain
 
     init_ray(cfg.ray.address, cfg.run.verbose)
     preflight(cfg)
     run_dir = run_dir_of(cfg)
-    console = Console(bars=None if cfg.run.progress else False)
-    console.line(f"empssl-ray: run {cfg.run.name} -> {run_dir}")
     start = time.perf_counter()
-    with console_feed(console) as board:
-        result = pretrain(cfg, board=board)
-        final = result.metrics or {}
+    with driver_console(cfg.run.progress) as console:
+        console.line(f"empssl-ray: run {cfg.run.name} -> {run_dir}")
+        result = pretrain(cfg, board=console.board)
         summary: dict[str, Any] = {
             "run_dir": run_dir,
-            "final": final,
+            "final": result.metrics or {},
             "train_time_s": time.perf_counter() - start,
         }
         console.line(
-            f"pretraining done in {summary['train_time_s']:.0f} s: "
-            f"loss {final.get('loss', float('nan')):.3f}, "
-            f"kNN {100 * final.get('knn_acc', float('nan')):.1f}%; "
-            f"curves: {storage.join(run_dir, 'curves.png')}"
+            f"pretraining done in {summary['train_time_s']:.0f} s | "
+            f"{metrics_text(summary['final'])}; curves: {storage.join(run_dir, 'curves.png')}"
         )
         if cfg.run.evaluate and result.checkpoint is not None:
             checkpoint = latest_checkpoint(run_dir)
-            results = evaluate_checkpoint(
+            summary["eval"] = evaluate_checkpoint(
                 cfg,
                 checkpoint,
                 storage.join(run_dir, "features"),
                 cfg.run.compare_random_init,
-                board=board,
+                board=console.board,
             )
-            summary["eval"] = results
-    console.close()
     if "eval" in summary:
         write_eval(storage.join(run_dir, "eval.json"), checkpoint, summary["eval"])
     storage.write_text(

@@ -58,14 +58,22 @@ def test_plain_lines_one_per_report() -> None:
     assert lines[3] == "a node left: 127.0.0.1 (1 CPUs, 0 GPUs)"
 
 
-def test_stage_line_once_all_rows_arrive() -> None:
+def test_stage_line_once_when_done_whatever_the_row_events() -> None:
     out = io.StringIO()
     console = Console(out, bars=False)
     console({"kind": "stage", "name": "embed train (pretrained)", "total": 10})
-    console({"kind": "rows", "name": "embed train (pretrained)", "rows": 6})
+    for rows in (6, 4, 4):  # a retried batch reports its rows twice
+        console({"kind": "rows", "name": "embed train (pretrained)", "rows": rows})
     assert out.getvalue() == ""
-    console({"kind": "rows", "name": "embed train (pretrained)", "rows": 4})
+    console({"kind": "done", "name": "embed train (pretrained)", "rows": 10})
     assert out.getvalue().startswith("embed train (pretrained): 10 images in ")
+    assert out.getvalue().count("\n") == 1
+
+
+def test_a_finished_run_says_so() -> None:
+    out = io.StringIO()
+    Console(out, bars=False)({"kind": "start", "epochs": 2, "steps_per_epoch": 8, "start_epoch": 2})
+    assert out.getvalue() == "already trained: 2/2 epochs\n"
 
 
 def test_bars_keep_lines_above_them() -> None:

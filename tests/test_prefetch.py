@@ -80,3 +80,26 @@ def test_close_stops_the_producer_and_closes_the_source() -> None:
     assert list(stream.take(2)) == [0, 1]
     stream.close()
     assert closed.wait(timeout=5)  # e.g. a Ray Data iterator ends its execution
+
+
+def test_ended_looks_ahead_without_losing_an_item() -> None:
+    stream = Prefetcher(iter(range(3)), depth=2)
+    assert not stream.ended
+    assert list(stream.take(2)) == [0, 1]
+    assert not stream.ended and list(stream.take(5)) == [2]
+    assert stream.ended and list(stream.take(1)) == []
+
+
+def test_an_error_is_raised_again_and_a_closed_stream_is_empty() -> None:
+    def source() -> Iterator[int]:
+        yield 1
+        raise ValueError("bad image")
+
+    stream = Prefetcher(source(), depth=2)
+    assert list(stream.take(1)) == [1]
+    for _ in range(2):  # never a hang on a producer that is gone
+        with pytest.raises(ValueError):
+            list(stream.take(1))
+    closed = Prefetcher(iter(range(100)), depth=1)
+    closed.close()
+    assert closed.ended and list(closed.take(3)) == []

@@ -22,6 +22,8 @@ from tests.conftest import SHARED_CIFAR, compose, s3_keys, write_image_parquet
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
+DRIVER_MIB = 48  # the driver's memory bound over an evaluation (docs/cluster.md)
+
 
 def epoch_records(run_dir: str) -> list[int]:
     return [r["epoch"] for r in read_metrics(run_dir) if r["kind"] == "epoch"]
@@ -185,6 +187,56 @@ def test_evaluation_through_shards_matches_the_in_memory_path(tmp_path: Path) ->
     again = evaluate_features(*train, *test, ev.eval, ev.run.seed)
     for key in ("probe_acc", "knn_acc"):  # float reductions may order differently: one image
         assert abs(again[key] - results[key]) <= 1 / 256, key
+
+
+def test_evaluation_keeps_the_features_off_the_driver(tmp_path: Path) -> None:
+    """The bound docs/cluster.md states: the driver's resident memory grows by less than
+    DRIVER_MIB over an evaluation whose float16 training features alone are more than twice
+    that (8,000 x 8,192 x 2 bytes = 125 MiB), measured with the process's own counters. A
+    smaller evaluation first pays the one-time imports and Ray's start-up in the driver."""
+    import threading
+
+    from jobs.evaluate import main
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * page / 2**20
+
+    def evaluate(train: int) -> dict[str, Any]:
+        overrides = [
+            "experiment=smoke",
+            "random_init=true",
+            "run.progress=false",
+            f"data.train_limit={train}",
+            "data.test_limit=1000",
+            "model.prefeature_dim=8192",
+            "eval.num_patches=1",
+            "eval.probe_epochs=1",
+            "eval.batch_size=500",
+            f"run.name=bounded-{train}",
+            f"run.storage_path={tmp_path}",
+        ]
+        return main(compose("evaluate", overrides))["random init"]
+
+    evaluate(1000)
+    before, peak, done = rss_mib(), [0.0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], rss_mib())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        results = evaluate(8000)
+    finally:
+        done.set()
+        watcher.join()
+    assert results["num_train"] == 8000 and results["num_test"] == 1000
+    features_mib = 8000 * 8192 * 2 / 2**20
+    assert peak[0] - before < DRIVER_MIB < features_mib / 2, (before, peak[0])
 
 
 def test_rerun_with_the_same_name_resumes(smoke_run) -> None:
@@ -391,3 +443,38 @@ def test_training_stream_shuffles_each_epoch_without_an_all_to_all() -> None:
     assert counts["patch_cutters_started"] == 1  # one pool for both epochs
     _, again, _ = stream(seed=3, epochs=range(1, 2))  # a run resumed at epoch 1
     assert again[1] == ids[1]
+
+
+def test_a_large_split_streams_its_epochs_in_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where one execution would plan too many blocks, each execution holds a window of epochs
+    (here one): iterating until an empty execution still gives every image once per epoch."""
+    import ray
+
+    from empssl_ray import ray_read
+    from empssl_ray.config import DataConfig, PatchConfig, RayConfig
+    from empssl_ray.ray_data import RowCounter, patch_stream
+
+    monkeypatch.setattr(ray_read, "MAX_READ_TASKS", 1)  # fewer than one epoch's blocks
+    data = DataConfig(name="fashion-mnist", train_limit=300)
+    ray_cfg = RayConfig(aug_max_actors=1, aug_cpus_per_actor=0.5, read_cpus=0.25, aug_batch_size=10)
+    counter = RowCounter.remote()  # type: ignore[attr-defined]
+    ds, _, _ = patch_stream(
+        data,
+        PatchConfig(num_patches=2, size=8),
+        ray_cfg,
+        seed=0,
+        counter=counter,
+        carry=("id", "epoch"),
+        epochs=range(3),
+    )
+    batches = ray_read.iterate_epochs(
+        lambda: ds.iter_batches(batch_size=None, batch_format="numpy"), wanted=10**6
+    )
+    ids: dict[int, list[int]] = {}
+    for b in batches:
+        for epoch, i in zip(b["epoch"].tolist(), b["id"].tolist(), strict=True):
+            ids.setdefault(epoch, []).append(i)
+    assert sorted(ids) == [0, 1, 2]
+    assert all(sorted(ids[e]) == list(range(300)) for e in ids)
+    # One pool per execution: three windows, and the empty execution that ends the stream.
+    assert ray.get(counter.get.remote())["patch_cutters_started"] >= 3
