@@ -46,7 +46,7 @@ def test_latest_checkpoint_is_the_newest_on_any_storage(root: str) -> None:
         ("checkpoint_2026-11-30_00-21-06.9", "checkpoint_2026-11-30_00-21-21.2")
     ):
         local = Path(storage.LocalMirror(storage.join(run, name)).path)
-        save_checkpoint({"step": i}, str(local))
+        save_checkpoint({"step": i, "epoch": i}, str(local))
         storage.copy_file(str(local / "checkpoint.pt"), storage.join(run, name, "checkpoint.pt"))
     newest = latest_checkpoint(run)
     assert newest.endswith("00-21-21.2/checkpoint.pt") and newest.startswith(root)
@@ -85,7 +85,7 @@ def test_uri_handling_is_the_same_for_every_scheme() -> None:
 
 
 def test_checkpoint_state_survives_a_round_trip_through_s3(s3: str, tmp_path: Path) -> None:
-    state = {"model": {"w": torch.arange(4.0)}, "step": 3}
+    state = {"model": {"w": torch.arange(4.0)}, "step": 3, "epoch": 1}
     save_checkpoint(state, str(tmp_path))
     target = f"{s3}/roundtrip/checkpoint_x/checkpoint.pt"
     storage.copy_file(str(tmp_path / "checkpoint.pt"), target)
