@@ -60,8 +60,9 @@ class Prefetcher(Generic[T]):
 
     @property
     def ended(self) -> bool:
-        """Whether the source has no more items (waits for the next one to know)."""
-        return self._peek() is _END
+        """Whether a take has met the source's end (never waits: a consumer's wait for data
+        belongs to its take, where it is measured)."""
+        return self._next is _END
 
     def take(self, n: int) -> Iterator[T]:
         """The next `n` items (fewer where the source ends); a producer error is raised here,

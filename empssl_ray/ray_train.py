@@ -145,24 +145,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         cfg.ray.prefetch_batches,
     )
     while trainer.epoch < cfg.optim.epochs:
-        if stream.ended:
-            # Images dropped by data.on_bad_image=skip come off the stream's end: every rank
-            # (equal shares) runs out at the same step.
-            post(
-                board,
-                {
-                    "kind": "note",
-                    "text": f"the data ran out after epoch {trainer.epoch}"
-                    " (images skipped as unreadable): training ends there",
-                },
-            )
-            break
-        batches = stream.take(per_epoch)
         maybe_poison(trainer, faults)
         step_hook = on_step if cfg.run.log_every_steps > 0 else None
-        metrics: dict[str, Any] = trainer.run_epoch(
-            batches, step_hook, max(1, cfg.run.log_every_steps)
-        )
+        try:
+            metrics: dict[str, Any] = trainer.run_epoch(
+                stream.take(per_epoch), step_hook, max(1, cfg.run.log_every_steps)
+            )
+        except RuntimeError:  # an epoch without batches
+            if not stream.ended:
+                raise
+            # Images dropped by data.on_bad_image=skip come off the stream's end: every rank
+            # (equal shares) runs out at the same step.
+            note = (
+                f"the data ran out after epoch {trainer.epoch} (images skipped as "
+                "unreadable): training ends there"
+            )
+            post(board, {"kind": "note", "text": note})
+            break
         metrics.update(epoch=trainer.epoch, step=trainer.step, kind="epoch")
         # Compute spent so far, for compute-aware objectives: one patch-forward is one patch
         # through the model (and back) on any worker.

@@ -82,12 +82,12 @@ def test_close_stops_the_producer_and_closes_the_source() -> None:
     assert closed.wait(timeout=5)  # e.g. a Ray Data iterator ends its execution
 
 
-def test_ended_looks_ahead_without_losing_an_item() -> None:
+def test_ended_once_a_take_meets_the_end() -> None:
     stream = Prefetcher(iter(range(3)), depth=2)
     assert not stream.ended
-    assert list(stream.take(2)) == [0, 1]
-    assert not stream.ended and list(stream.take(5)) == [2]
-    assert stream.ended and list(stream.take(1)) == []
+    assert list(stream.take(3)) == [0, 1, 2]
+    assert not stream.ended  # the take stopped at its count, before looking further
+    assert list(stream.take(1)) == [] and stream.ended
 
 
 def test_an_error_is_raised_again_and_a_closed_stream_is_empty() -> None:
