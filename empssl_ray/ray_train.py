@@ -108,6 +108,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "start_epoch": trainer.epoch,
         },
     )
+    if trainer.epoch >= cfg.optim.epochs:  # a finished run, rerun: nothing to train
+        return
     logger = MetricsLogger(run_dir) if lead else None
     monitor = None
     if lead and cfg.eval.monitor_test > 0:
@@ -122,8 +124,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         post(board, console_event("step", metrics))
         ray.train.report({**metrics, "kind": "step"})  # every rank: report is a barrier
 
-    if trainer.epoch >= cfg.optim.epochs:  # a finished run, rerun: nothing to stream
-        return
     # One iterator over every epoch still to train (one Ray Data execution per window of
     # epochs, see `ray_read`), cut into epochs of `per_epoch` batches: the actor pool stays up
     # across epoch boundaries, and the prefetch thread fetches on while the checkpoint is
