@@ -83,7 +83,3 @@ class Prefetcher(Generic[T]):
         with contextlib.suppress(queue.Empty):
             while True:  # unblocks a producer waiting for room
                 self._queue.get_nowait()
-
-    def skip(self, n: int) -> int:
-        """Drops the next `n` items; returns how many there were."""
-        return sum(1 for _ in self.take(n))

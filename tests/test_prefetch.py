@@ -49,12 +49,6 @@ def test_depth_bounds_what_is_fetched_ahead() -> None:
     assert sum(1 for _ in epoch) == 99
 
 
-def test_skip_drops_items() -> None:
-    stream = Prefetcher(iter(range(10)), depth=4)
-    assert stream.skip(4) == 4
-    assert list(stream.take(3)) == [4, 5, 6]
-
-
 def test_producer_error_is_raised_in_the_trainer() -> None:
     def source() -> Iterator[int]:
         yield 1
