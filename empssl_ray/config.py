@@ -303,8 +303,6 @@ class ReproduceJobConfig:
     reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
     # Ray cluster address; None = the job's cluster or a local Ray
     address: str | None = None
-    # progress bars while evaluating
-    progress: bool = True
     # Ray's own logs on the console, as run.verbose does for the other jobs
     verbose: bool = False
 

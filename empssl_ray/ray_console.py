@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -55,6 +56,9 @@ def silence_driver() -> None:
 
     for name in RAY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    # Ray Data sets its logger's level again when this process builds its first dataset, from
+    # this variable (else INFO: an execution plan per dataset on the console).
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     if hasattr(worker, "print_to_stdstream"):  # the listener looks the name up at each message
         worker.print_to_stdstream = _notice
 

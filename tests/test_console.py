@@ -100,7 +100,8 @@ def test_verbose_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def run_smoke(tmp_path: Path, *overrides: str) -> list[str]:
     """The smoke pretraining job as a user runs it (no terminal): its combined output."""
-    env = {k: v for k, v in os.environ.items() if k != "EMPSSL_VERBOSE"}
+    # What this test process's own jobs set (silence_driver) must not reach the user's run.
+    env = {k: v for k, v in os.environ.items() if k not in ("EMPSSL_VERBOSE", "RAY_DATA_LOG_LEVEL")}
     out = subprocess.run(
         [
             sys.executable,

@@ -37,7 +37,7 @@ def quick_run(ray_session, tmp_path_factory):
         data_roots={"cifar10": data, "cifar100": data},
         max_concurrent_trials=2,
     )
-    cfg = ReproduceJobConfig(reproduce=settings, progress=False)
+    cfg = ReproduceJobConfig(reproduce=settings)
     return cfg, main(cfg)
 
 
