@@ -7,7 +7,9 @@ a checkpoint every epoch, resume from the latest one, and restarts after worker 
 
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 from dataclasses import asdict
 from typing import Any
 
@@ -257,6 +259,24 @@ def build_trainer(
     )
 
 
+def fit_and_release(trainer: TorchTrainer) -> ray.train.Result:
+    """`trainer.fit()`, then Ctrl-C's handler back to what it was.
+
+    In the main thread, fit() installs a Ctrl-C handler that holds the run's controller actor
+    and never removes it. The controller of an ended run, and the dataset actors it owns (an
+    augmentation pool holding CPUs), would then live on until the next fit: in a driver that
+    fits more than once (a restart after a failure, a notebook, the test suite) they starve the
+    next run of CPUs. Dropping the handler drops the last reference, and Ray ends them.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, handler)
+
+
 def pretrain(
     cfg: PretrainConfig, callbacks: list | None = None, board: Any = None
 ) -> ray.train.Result:
@@ -269,7 +289,7 @@ def pretrain(
     failures = 0
     while True:
         try:
-            return build_trainer(cfg, callbacks, board).fit()
+            return fit_and_release(build_trainer(cfg, callbacks, board))
         except ray.train.TrainingFailedError as exc:
             # Ray Data's errors reach here as text only: the line is all there is to keep.
             line = user_error_line(exc)

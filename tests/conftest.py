@@ -90,6 +90,41 @@ def ray_session(s3: str) -> Iterator[None]:
     ray.shutdown()
 
 
+def ray_state() -> str:
+    """The session cluster's free resources, live actors and unfinished tasks, in one line."""
+    import ray
+    from ray.util.state import list_actors, list_tasks
+
+    free = {k: v for k, v in ray.available_resources().items() if "node" not in k}
+    actors = [f"{a.class_name}:{a.state}" for a in list_actors(filters=[("state", "!=", "DEAD")])]
+    tasks = [
+        f"{t.name}:{t.state}"
+        for t in list_tasks(filters=[("state", "!=", "FINISHED")], limit=200)
+        if t.state != "FAILED"
+    ]
+    return f"free {free}; actors {actors}; tasks {tasks}"
+
+
+@pytest.fixture(autouse=True)
+def cpus_freed_after_ray_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the session cluster must leave every CPU free (within 30 s: actors end
+    asynchronously). An actor pool left alive by one test once starved a later one for good;
+    this names the test that leaks, and the leftovers, instead."""
+    yield
+    if "ray_session" not in request.fixturenames:
+        return
+    import gc
+
+    import ray
+
+    gc.collect()
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources().get("CPU", 0.0):
+        if time.time() > deadline:
+            pytest.fail(f"CPUs still held 30 s after the test: {ray_state()}")
+        time.sleep(0.5)
+
+
 def compose(config_name: str, overrides: list[str]):
     """The typed config the job would get from `python jobs/<name>.py <overrides>`."""
     from hydra import compose as hydra_compose

@@ -18,7 +18,7 @@ import torch
 
 from empssl_ray import storage
 from empssl_ray.tracking import read_metrics
-from tests.conftest import SHARED_CIFAR, compose, s3_keys, write_image_parquet
+from tests.conftest import SHARED_CIFAR, compose, ray_state, s3_keys, write_image_parquet
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -350,10 +350,31 @@ def test_bad_image_in_training_ends_the_run_at_once(tmp_path: Path, capsys) -> N
     assert "restarting" not in out.out
 
 
+def drain_ids_or_report(ds: Any, seconds: float, before: str) -> np.ndarray:
+    """Every "id" of the stream; a stall fails with the cluster's state, not a bare timeout."""
+    import threading
+
+    parts: list[np.ndarray] = []
+    reader = threading.Thread(
+        target=lambda: parts.extend(
+            b["id"] for b in ds.iter_batches(batch_size=100, batch_format="numpy")
+        ),
+        daemon=True,
+    )
+    reader.start()
+    reader.join(seconds)
+    if reader.is_alive():
+        pytest.fail(
+            f"stalled after {sum(len(p) for p in parts)} rows\nbefore: {before}\nnow: {ray_state()}"
+        )
+    return np.concatenate(parts)
+
+
 @pytest.mark.timeout(240)  # a stalled pool fails here, not at the suite's 600 s
 def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
-    """The pool is 1..2 actors, as the defaults. This drill has stalled for good in a few runs of
-    the full suite (with pools of one and of 1..2), never alone: the cause is not known yet."""
+    """The pool is 1..2 actors, as the defaults. The stream needs read_cpus + one actor's CPUs
+    free: this drill once stalled for good after a failed run's actor pool outlived it (now
+    released by `fit_and_release`; `cpus_freed_after_ray_tests` catches any other leak)."""
     import ray
 
     from empssl_ray.config import DataConfig, PatchConfig, RayConfig
@@ -375,7 +396,8 @@ def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
         counter=counter,
         carry=("id",),
     )
-    ids = np.concatenate([b["id"] for b in ds.iter_batches(batch_size=100, batch_format="numpy")])
+    before = ray_state()
+    ids = drain_ids_or_report(ds, seconds=180, before=before)
     assert os.path.exists(tmp_path / "fault-kill_augment_after.fired")  # an actor did die
     # Every image of the epoch arrives. A batch the dead actor had already streamed out can
     # arrive twice (Ray Data re-runs the whole task), never zero times.
