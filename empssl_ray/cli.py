@@ -15,6 +15,9 @@ from empssl_ray.errors import user_error_line
 JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
+_started_here = False  # init_ray started an embedded Ray: no node will join it
+
+
 def init_ray(address: str | None, verbose: bool = False) -> None:
     """Joins `address`, or the job's cluster (RAY_ADDRESS, set by `ray job submit`), or else
     starts an embedded local Ray. A bare ray.init() would instead try to join whatever cluster
@@ -29,10 +32,12 @@ def init_ray(address: str | None, verbose: bool = False) -> None:
     from empssl_ray.console import verbose_wanted
     from empssl_ray.ray_console import quiet_ray, silence_driver
 
+    global _started_here
     if ray.is_initialized():
         return
     verbose = verbose_wanted(verbose)
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    _started_here = address == "local"
     # The dashboard stays on even locally: Ray Train V2 watches its controller through the
     # state API that the dashboard serves.
     ray.init(address=address, **quiet_ray(verbose))
@@ -40,18 +45,27 @@ def init_ray(address: str | None, verbose: bool = False) -> None:
         silence_driver()
 
 
-def preflight(cfg: PretrainConfig, outputs: dict[str, str] | None = None) -> None:
-    """Storage locations checked in the driver once Ray is up, before any task starts.
+def preflight(
+    cfg: PretrainConfig, outputs: dict[str, str] | None = None, trains: bool = True
+) -> None:
+    """Storage locations (and, for a job that trains, the cluster's CPUs) checked in the driver
+    once Ray is up, before any task starts.
 
     Args:
         outputs: where the job writes, by config key; default {"run.storage_path": ...}.
+        trains: the job runs `cfg`'s trainers and patch stream.
     """
     import ray
 
-    from empssl_ray.config_checks import check_locations
+    from empssl_ray.config_checks import check_capacity, check_locations
 
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     check_locations(cfg, nodes, JOB_ENV_VAR in os.environ, outputs)
+    if trains:
+        cpus = ray.cluster_resources().get("CPU", 0.0)
+        note = check_capacity(cfg, cpus, can_grow=not _started_here)
+        if note is not None:
+            print(f"empssl-ray: note: {note}", flush=True)
 
 
 @contextlib.contextmanager

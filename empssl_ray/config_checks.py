@@ -178,3 +178,34 @@ def check_locations(
                 f"{key}={location} is on this machine's disk, which other nodes cannot read "
                 f"{where}: {fix}, or set run.shared_filesystem=true if every node mounts it"
             )
+
+
+def check_capacity(cfg: PretrainConfig, cluster_cpus: float, can_grow: bool) -> str | None:
+    """Refuses (or, on a cluster that may grow, notes) a run whose trainers and stream cannot
+    all hold their CPUs at once: Ray would wait for them without a word, for ever.
+
+    Args:
+        cluster_cpus: the CPUs the cluster has now (logical, as Ray counts them).
+        can_grow: nodes may still join (a cluster the job joined, not one it started).
+
+    Returns:
+        None when the run fits, else a one-line note (can_grow only).
+    """
+    r = cfg.ray
+    stream = r.read_cpus + (
+        0.0 if r.patches_on_trainer else r.aug_min_actors * r.aug_cpus_per_actor
+    )
+    need = r.num_workers * r.cpus_per_worker + stream
+    if need <= cluster_cpus + 1e-9:
+        return None
+    text = (
+        f"the run needs {need:g} CPUs at once (ray.num_workers x ray.cpus_per_worker + "
+        f"ray.read_cpus + ray.aug_min_actors x ray.aug_cpus_per_actor) and the cluster has "
+        f"{cluster_cpus:g}"
+    )
+    if can_grow:
+        return f"{text}: it waits until nodes join"
+    raise ConfigError(
+        f"{text}: lower those shares (they are logical, e.g. experiment=demo's 0.25..0.5) "
+        "or run on a larger cluster"
+    )

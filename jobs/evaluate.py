@@ -36,7 +36,7 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     from empssl_ray.ray_eval import evaluate_checkpoint
 
     init_ray(cfg.ray.address, cfg.run.verbose)
-    preflight(cfg)
+    preflight(cfg, trains=False)
     run_dir = run_dir_of(cfg)
     source = None if cfg.random_init else (cfg.checkpoint or latest_checkpoint(run_dir))
     eval_data = None

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from empssl_ray.config import ConfigError, PretrainConfig
-from empssl_ray.config_checks import check_locations, check_preset, experiment_presets, validate
+from empssl_ray.config_checks import (
+    check_capacity,
+    check_locations,
+    check_preset,
+    experiment_presets,
+    validate,
+)
 from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +65,20 @@ def test_locations_pass_on_one_node_and_with_a_shared_filesystem() -> None:
         check_locations(cfg, nodes=4, under_job=False)
 
 
+def test_a_run_that_cannot_hold_its_cpus_at_once_is_refused_or_noted() -> None:
+    """Trainers, a read task and the smallest actor pool all hold CPUs at once; the laptop
+    presets fit 2 CPUs, the defaults (4: two trainers, a read task, one actor) do not."""
+    for name in ("smoke", "demo", "tune-demo", "cifar10-cpu"):
+        assert check_capacity(compose("tune", [f"experiment={name}"]), 2, can_grow=False) is None
+    cfg = PretrainConfig()
+    assert check_capacity(cfg, 4, can_grow=False) is None
+    with pytest.raises(ConfigError, match=r"^the run needs 4 CPUs at once .* the cluster has 2: "):
+        check_capacity(cfg, 2, can_grow=False)
+    assert "it waits until nodes join" in str(check_capacity(cfg, 2, can_grow=True))
+    cfg.ray.patches_on_trainer = True  # no actor pool: 3
+    assert check_capacity(cfg, 3, can_grow=False) is None
+
+
 def test_unknown_preset_is_refused_listing_the_presets() -> None:
     check_preset(None)
     check_preset("smoke")
@@ -79,6 +99,11 @@ def test_unknown_preset_is_refused_listing_the_presets() -> None:
         ("tune", ["experiment=paper/anything"], "error: ConfigError: experiment=paper/anything is"),
         ("pretrain", ["ray.aug_min_actors=0"], "error: ConfigError: ray.aug_min_actors=0 cannot"),
         ("prepare", ["data=cifar10"], "error: ConfigError: out is not set"),
+        (
+            "pretrain",
+            ["experiment=smoke", "ray.cpus_per_worker=64"],
+            "error: ConfigError: the run needs 128.75 CPUs at once",
+        ),
     ],
 )
 def test_jobs_print_one_line_and_exit_2(job: str, args: list[str], expected: str) -> None:
