@@ -105,13 +105,17 @@ def ray_state() -> str:
     return f"free {free}; actors {actors}; tasks {tasks}"
 
 
+_last_ray_test = ["(none)"]
+
+
 @pytest.fixture(autouse=True)
-def cpus_freed_after_ray_tests(request: pytest.FixtureRequest) -> Iterator[None]:
-    """A test on the session cluster must leave every CPU free (within 30 s: actors end
-    asynchronously). An actor pool left alive by one test once starved a later one for good;
-    this names the test that leaks, and the leftovers, instead."""
-    yield
+def all_cpus_free_for_ray_tests(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each test on the session cluster starts with every CPU free (waiting up to 30 s: actors
+    end asynchronously, and pytest keeps a test's log records, whose tracebacks can hold a
+    failed stream's actors, until its teardown ends). An actor pool that outlived its test once
+    starved a later one for good; this fails instead, naming the test that leaked it."""
     if "ray_session" not in request.fixturenames:
+        yield
         return
     import gc
 
@@ -121,8 +125,10 @@ def cpus_freed_after_ray_tests(request: pytest.FixtureRequest) -> Iterator[None]
     deadline = time.time() + 30
     while ray.available_resources().get("CPU", 0.0) < ray.cluster_resources().get("CPU", 0.0):
         if time.time() > deadline:
-            pytest.fail(f"CPUs still held 30 s after the test: {ray_state()}")
+            pytest.fail(f"CPUs still held 30 s after {_last_ray_test[0]} ended: {ray_state()}")
         time.sleep(0.5)
+    yield
+    _last_ray_test[0] = request.node.nodeid
 
 
 def compose(config_name: str, overrides: list[str]):

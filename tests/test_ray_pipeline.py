@@ -374,7 +374,7 @@ def drain_ids_or_report(ds: Any, seconds: float, before: str) -> np.ndarray:
 def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
     """The pool is 1..2 actors, as the defaults. The stream needs read_cpus + one actor's CPUs
     free: this drill once stalled for good after a failed run's actor pool outlived it (now
-    released by `fit_and_release`; `cpus_freed_after_ray_tests` catches any other leak)."""
+    released by `fit_and_release`; `all_cpus_free_for_ray_tests` catches any other leak)."""
     import ray
 
     from empssl_ray.config import DataConfig, PatchConfig, RayConfig
