@@ -2,7 +2,7 @@
 
 Synthetic Parquet datasets of 1x, 4x and 16x a base size (random RGB PNGs, shuffled rows, files
 of 2,000 rows in row groups of 1,000) feed the training stream (images in a new order each
-epoch, patches cut by one `PatchCutter` actor in batches of 32) for three epochs, through the
+epoch, patches cut by one `PatchCutter` actor in batches of 32) for 3 to 6 epochs, through the
 trainer's `Prefetcher`, into a consumer: a trivial one (counts the patches), and with
 `--smoke-model` also the smoke model's training step on one thread. The designs (`--designs`;
 by default the first and the current one), in one run:
@@ -14,10 +14,12 @@ by default the first and the current one), in one run:
 - `one-exec`: the same read plan with every epoch in one execution, what `patch_stream` builds
   today: the pool stays up across the boundary.
 
-Printed per design and size: time to the first batch, images/s over all epochs (and over the
-middle epoch alone, the pipeline warm), peak object-store memory and bytes spilled (Ray's memory
-summary, polled every 0.25 s), and the consumer's longest wait at an epoch boundary (for the
-first batch of epoch 2 or 3) as a fraction of the epoch it opens.
+Printed per design and size: time to the first batch, images/s over all epochs (and over epoch
+2 alone: the pipeline warm, and at least twice Ray Data's read-ahead still to stream, hence 5
+epochs at 1x), peak object-store memory and bytes spilled (Ray's memory summary, polled every
+0.25 s), and the consumer's longest wait at an epoch boundary (for an epoch's first batch) as a
+fraction of the epoch it opens, beside its longest wait for any other batch. Each case runs on
+a fresh local Ray of 2 CPUs, one case after another.
 
     .venv/bin/python bench/scale.py --smoke-model    # about 13 minutes on 2 cores
     .venv/bin/python bench/scale.py --base 500       # quicker
@@ -30,6 +32,7 @@ The object store is kept small (96 MiB) so that the 16x dataset (64,000 decoded 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import logging
 import re
@@ -53,7 +56,15 @@ from empssl_ray.ray_console import silence_driver  # noqa: E402
 FILE_ROWS = 2_000
 DESIGNS = ("all-to-all", "per-epoch", "one-exec")
 BATCH = 64  # images per consumer batch
-EPOCHS = 3  # the middle one gives the warm rate
+MIN_EPOCHS, MAX_EPOCHS = 3, 6
+
+
+def epochs_for(images: int, side: int, store_mib: int) -> int:
+    """Epochs to stream: epoch 2 gives the warm rate, so at least twice what Ray Data holds in
+    flight (half the store, in decoded images) must follow it. Otherwise epoch 2 of a small set
+    is served from what was read ahead, faster than the stream can sustain."""
+    in_flight = store_mib * 2**20 // 2 // (side * side * 3)
+    return min(MAX_EPOCHS, max(MIN_EPOCHS, 2 + -(-2 * in_flight // images)))
 
 
 def make_dataset(root: Path, images: int, side: int) -> DataConfig:
@@ -100,7 +111,8 @@ def all_to_all_stream(
 
 class StorePeak:
     """Polls Ray's memory summary in a thread: peak object-store use and the bytes spilled
-    while it ran (MiB; Ray's spill counter is cumulative over the session)."""
+    while it ran (MiB; Ray's spill counter is cumulative over the session, which is the case's
+    own here)."""
 
     def __init__(self) -> None:
         self.peak, self.spilled, self._stop = 0.0, 0.0, threading.Event()
@@ -148,31 +160,41 @@ def consume(
 
     start = time.perf_counter()
     stream = Prefetcher(epochs_of_batches, 16)
-    first_batch, epoch_spans, boundary_waits, images = None, [], [], 0
+    first_batch, epoch_spans, boundary_waits, other_waits, images = None, [], [], [], 0
     for epoch in range(epochs):
-        t0 = time.perf_counter()
+        t0 = last = time.perf_counter()
+        worst_other = 0.0
         for i, b in enumerate(stream.take(batches_per_epoch)):
             now = time.perf_counter()
             if first_batch is None:
                 first_batch = now - start
             if i == 0 and epoch > 0:
                 boundary_waits.append(now - t0)
+            elif i > 0:
+                worst_other = max(worst_other, now - last)
             step(b)
             images += len(b["patches"])
+            last = time.perf_counter()
         epoch_spans.append(time.perf_counter() - t0)
+        other_waits.append(worst_other)
     stream.close()
     total = time.perf_counter() - start
     first_batch = first_batch or float("nan")
     return {
         "first_batch_s": first_batch,
         "images_per_s": images / total,
-        # A middle epoch, its boundary wait included: the pipeline is warm when it starts and
-        # still has an epoch to read when it ends. The first epoch carries the start-up, and the
-        # last one the drain of what Ray Data read ahead (on a small set, much of an epoch).
+        # Epoch 2, its boundary wait included: the pipeline is warm when it starts, and enough
+        # stream follows it (`epochs_for`) that its rate is the sustained one. The first epoch
+        # carries the start-up, and the last one the drain of what Ray Data read ahead.
         "warm_per_s": batches_per_epoch * BATCH / epoch_spans[1],
         # The worst boundary, as a share of the epoch it opens.
         "boundary_frac": max(
             w / span for w, span in zip(boundary_waits, epoch_spans[1:], strict=True)
+        ),
+        # The longest wait for any other batch of those epochs, on the same scale: a consumer
+        # that outruns the stream waits at every batch, and at a boundary no more than that.
+        "other_frac": max(
+            w / span for w, span in zip(other_waits[1:], epoch_spans[1:], strict=True)
         ),
     }
 
@@ -224,6 +246,25 @@ def smoke_step(patches: PatchConfig) -> Callable[[dict[str, Any]], None]:
     return step
 
 
+@contextlib.contextmanager
+def local_ray(store_mib: int) -> Iterator[None]:
+    """A fresh local Ray for one case: what one case spilled, or left to clean up, does not
+    weigh on the next (the all-to-all design spills gigabytes)."""
+    ray.init(
+        address="local",
+        num_cpus=2,
+        logging_level=logging.ERROR,
+        log_to_driver=False,
+        object_store_memory=store_mib * 2**20,
+    )
+    silence_driver()  # the figures below, not Ray Data's plans
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=int, default=4_000, help="images in the 1x dataset")
@@ -238,15 +279,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke-model", action="store_true", help="also the smoke model's step")
     args = parser.parse_args(argv)
 
-    ray.init(
-        address="local",
-        num_cpus=2,
-        logging_level=logging.ERROR,
-        log_to_driver=False,
-        object_store_memory=args.store_mib * 2**20,
-    )
-    silence_driver()  # the figures below, not Ray Data's plans
-    ray.data.DataContext.get_current().enable_progress_bars = False
     patches = PatchConfig(num_patches=2, size=16)
     ray_cfg = RayConfig(
         aug_min_actors=1, aug_max_actors=1, aug_cpus_per_actor=1.0, read_cpus=0.5, aug_batch_size=32
@@ -259,17 +291,20 @@ def main(argv: list[str] | None = None) -> None:
         for scale in args.scales:
             n = args.base * scale
             data = make_dataset(Path(tmp) / f"x{scale}", n, args.side)
+            epochs = epochs_for(n, args.side, args.store_mib)
             for consumer, step in consumers.items():
                 for design in args.designs:
-                    source = batches(design, data, patches, ray_cfg, BATCH, EPOCHS)
-                    with StorePeak() as store:
-                        timings = consume(source, n // BATCH, EPOCHS, step)
+                    with local_ray(args.store_mib):
+                        source = batches(design, data, patches, ray_cfg, BATCH, epochs)
+                        with StorePeak() as store:
+                            timings = consume(source, n // BATCH, epochs, step)
                     rows.append(
                         {
                             "design": design,
                             "consumer": consumer,
                             "scale": scale,
                             "images": n,
+                            "epochs": epochs,
                             **timings,
                             "peak_store_mib": store.peak,
                             "spilled_mib": store.spilled,
@@ -277,15 +312,16 @@ def main(argv: list[str] | None = None) -> None:
                     )
                     r = rows[-1]
                     print(
-                        f"{design:>10} {consumer:>11} {scale:>3}x {n:>7,} images: first batch "
+                        f"{design:>10} {consumer:>11} {scale:>3}x {n:>7,} images x {epochs}: "
+                        f"first batch "
                         f"{r['first_batch_s']:6.2f} s, {r['images_per_s']:7,.0f} images/s "
                         f"({r['warm_per_s']:7,.0f} in epoch 2), peak "
                         f"store {r['peak_store_mib']:6.1f} MiB, spilled "
                         f"{r['spilled_mib']:6.1f} MiB, boundary wait "
-                        f"{100 * r['boundary_frac']:5.2f}%",
+                        f"{100 * r['boundary_frac']:5.2f}% (any other batch's: at most "
+                        f"{100 * r['other_frac']:5.2f}%)",
                         flush=True,
                     )
-    ray.shutdown()
     lo, hi = min(args.scales), max(args.scales)
     for consumer in consumers:
         for design in args.designs:
