@@ -132,8 +132,10 @@ class StorePeak:
     def _poll(self) -> None:
         from ray._private.internal_api import memory_summary
 
+        address = ray.get_runtime_context().gcs_address
+
         while not self._stop.is_set():
-            text = memory_summary(stats_only=True)
+            text = memory_summary(address=address, stats_only=True)  # this case's Ray only
             spilled = self._mib(text, "Spilled")
             if self._spilled_before is None:
                 self._spilled_before = spilled

@@ -67,7 +67,7 @@ def test_scale_bench_runs_every_design_and_summarises() -> None:
     script = Path(__file__).resolve().parents[1] / "bench" / "scale.py"
     designs = ("all-to-all", "per-epoch", "one-exec")
     args = ["--base", "100", "--scales", "1", "2", "--side", "16", "--store-mib", "128"]
-    args += ["--epochs", "3", "--warm", "100", "200"]
+    args += ["--epochs", "3", "--warm", "64", "128"]
     args += ["--designs", *designs]
     out = subprocess.run(
         [sys.executable, str(script), *args], capture_output=True, text=True, timeout=300
