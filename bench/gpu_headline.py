@@ -50,10 +50,11 @@ from empssl_ray.config import (  # noqa: E402
     PretrainConfig,
     RunConfig,
 )
-from empssl_ray.datasets import open_dataset  # noqa: E402
+from empssl_ray.data.datasets import open_dataset  # noqa: E402
 from empssl_ray.devices import to_device  # noqa: E402
-from empssl_ray.engine import Trainer  # noqa: E402
-from empssl_ray.evaluate import embed_dataset, knn_accuracy, probe  # noqa: E402
+from empssl_ray.evaluation.features import embed_dataset  # noqa: E402
+from empssl_ray.evaluation.probe import evaluate_features  # noqa: E402
+from empssl_ray.method.training import LoopHooks, Trainer, fit  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
 PAPER_PROBE_ACC = 0.806  # CIFAR-10, 1 epoch, 20 patches, ResNet-18, T = 128 (the paper's Table 1)
@@ -271,6 +272,64 @@ def print_table(stages: list[Stage], total_s: float) -> None:
     print(f"{'total':<16}{total_s:>9.2f}")
 
 
+class EpochTiming(LoopHooks):
+    """The core loop's hooks here: a bar per epoch, its wall time (device synchronised) as a
+    stage, and its steady-state rate between its first and last report."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        cfg: PretrainConfig,
+        steps_per_epoch: int,
+        progress: bool,
+        report: Any,
+    ) -> None:
+        self.device, self.cfg, self.steps, self.progress = device, cfg, steps_per_epoch, progress
+        self.report = report
+        self.steady: list[float] = []
+        self.marks: list[tuple[float, int]] = []  # (time, step) at each report, synchronised
+        self.start = 0.0
+        self.epoch = 0
+        self.current: Any = None
+
+    def bar(self, batches: Iterator[dict[str, torch.Tensor]]) -> Any:
+        self.current = tqdm(
+            batches,
+            total=self.steps,
+            desc=f"train epoch {self.epoch + 1}/{self.cfg.optim.epochs}",
+            unit="step",
+            disable=not self.progress,
+        )
+        return self.current
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self.epoch = trainer.epoch
+        Clock(self.device).sync()
+        self.marks, self.start = [], time.perf_counter()
+
+    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        Clock(self.device).sync()
+        self.marks.append((time.perf_counter(), int(metrics["step"])))
+        self.current.set_postfix(
+            loss=f"{metrics['loss']:.2f}", patches_s=f"{metrics['patches_per_s']:,.0f}"
+        )
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        Clock(self.device).sync()
+        seconds = time.perf_counter() - self.start
+        self.current.close()
+        per_step = self.cfg.optim.batch_size * self.cfg.patches.num_patches
+        rate = steady_rate(self.marks, per_step)
+        if rate is not None:
+            self.steady.append(rate)
+        self.report(
+            Stage(f"train epoch {trainer.epoch}", seconds, self.steps * per_step, "patches"),
+            f" (loss {metrics['loss']:.3f}, tcr {metrics['tcr']:.3f}, "
+            f"invariance {metrics['invariance']:.4f}, {self.steps} steps; steady state "
+            + (f"{rate:,.0f} patches/s)" if rate is not None else "n/a: under 2 reports)"),
+        )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -328,39 +387,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(cfg.run.seed)  # model init
     trainer = Trainer(cfg, channels, side, cfg.optim.epochs * steps_per_epoch, device)
     shuffle = torch.Generator(device=device).manual_seed(cfg.run.seed + 1)
-    epoch_stats: list[dict[str, float]] = []
-    steady: list[float] = []
     report_every = max(1, min(10, steps_per_epoch // 4))  # a few reports even in --quick
-    for epoch in range(cfg.optim.epochs):
-        bar = tqdm(
-            shuffled_batches(train_img, batch, shuffle),
-            total=steps_per_epoch,
-            desc=f"train epoch {epoch + 1}/{cfg.optim.epochs}",
-            unit="step",
-            disable=not args.progress,
-        )
+    timing = EpochTiming(device, cfg, steps_per_epoch, args.progress, report)
 
-        marks: list[tuple[float, int]] = []  # (time, step) at each report, device synchronised
+    def epoch_batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        return timing.bar(shuffled_batches(train_img, batch, shuffle))
 
-        def on_step(m: dict[str, float], bar: Any = bar, marks: Any = marks) -> None:
-            Clock(device).sync()
-            marks.append((time.perf_counter(), int(m["step"])))
-            bar.set_postfix(loss=f"{m['loss']:.2f}", patches_s=f"{m['patches_per_s']:,.0f}")
-
-        with Clock(device) as clock:
-            stats = trainer.run_epoch(bar, on_step, log_every=report_every)
-        bar.close()
-        epoch_stats.append(stats)
-        patches = steps_per_epoch * batch * cfg.patches.num_patches
-        rate = steady_rate(marks, batch * cfg.patches.num_patches)
-        if rate is not None:
-            steady.append(rate)
-        report(
-            Stage(f"train epoch {epoch + 1}", clock.seconds, patches, "patches"),
-            f" (loss {stats['loss']:.3f}, tcr {stats['tcr']:.3f}, "
-            f"invariance {stats['invariance']:.4f}, {steps_per_epoch} steps; steady state "
-            + (f"{rate:,.0f} patches/s)" if rate is not None else "n/a: under 2 reports)"),
-        )
+    last = fit(trainer, epoch_batches, cfg.optim.epochs, [timing], report_every)
+    assert last is not None  # a fresh trainer trains every epoch
+    steady = timing.steady
 
     # ---- bag-of-features embeddings, left on the device --------------------------------------
     model, t = trainer.model, cfg.eval.num_patches
@@ -389,21 +424,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # ---- linear probe and kNN on the device, where the features are ----------------------
     e = cfg.eval
-    with Clock(device) as clock:  # the jobs' probe, with the run's eval config (no copy)
-        result_probe = probe(
+    with Clock(device) as clock:  # the jobs' probe and kNN, with the run's eval config
+        result_probe = evaluate_features(
             feats["train"], train_y, feats["test"], test_y, e, cfg.run.seed, args.progress
         )
+    knn = result_probe["knn_acc"]
     samples = len(train_y) * e.probe_epochs
     report(
-        Stage("linear probe", clock.seconds, samples, "samples", result_probe["probe_acc"]),
+        Stage("probe + knn", clock.seconds, samples, "samples", result_probe["probe_acc"]),
         f" ({e.probe_epochs} epochs; last-epoch train accuracy "
-        f"{100 * result_probe['probe_train_acc']:.2f}%)",
+        f"{100 * result_probe['probe_train_acc']:.2f}%; kNN k={e.knn_k} {100 * knn:.2f}%)",
     )
-    with Clock(device) as clock:
-        knn = knn_accuracy(
-            feats["train"], train_y, feats["test"], test_y, e.knn_k, e.knn_temperature
-        )
-    report(Stage("knn", clock.seconds, len(test_y), "queries", knn), f" (k={e.knn_k})")
 
     total = time.perf_counter() - t_start
     print_table(stages, total)
@@ -426,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             s.name: {"seconds": s.seconds, "items": s.items, "unit": s.unit, "per_s": s.per_s}
             for s in stages
         },
-        "train_loss": epoch_stats[-1]["loss"],
+        "train_loss": last["loss"],
         "train_patches_per_s": sum(s.items for s in train_stages)
         / sum(s.seconds for s in train_stages),
         # Between the epochs' first and last reports: no start-up, no epoch tail.

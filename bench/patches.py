@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torchvision import transforms as T
 
-from empssl_ray.augment import multi_patch, to_model_input
+from empssl_ray.method.patches import multi_patch, to_model_input
 
 GOAL = 10.0  # the speed-up multi_patch should reach over the per-patch PIL pipeline
 # The two sides' normalised outputs (values in [-1, 1]) must roughly agree, or main returns 1:

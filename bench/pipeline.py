@@ -51,7 +51,7 @@ class BatchClock:
 
 def timed_cutter() -> type:
     """PatchCutter that reports each batch's wall span to a BatchClock (keyword `clock`)."""
-    from empssl_ray.ray_data import PatchCutter
+    from empssl_ray.on_ray.stream import PatchCutter
 
     class TimedPatchCutter(PatchCutter):
         def __init__(self, *args: Any, clock: Any) -> None:
@@ -77,7 +77,7 @@ def patch_pool(
     clock: Any = None,
 ) -> ray.data.Dataset:
     """The training stream's augmentation stage over `images`, on `actors` 1-CPU actors."""
-    from empssl_ray.ray_data import PatchCutter, exact_tensors
+    from empssl_ray.on_ray.stream import PatchCutter, exact_tensors
 
     timed = clock is not None
     return exact_tensors(
@@ -144,8 +144,8 @@ def trainer_config(args: argparse.Namespace) -> PretrainConfig:
 
 def in_memory_loop(cfg: PretrainConfig, steps: int) -> float:
     """Patches/s of the same Trainer on patches already in memory (no data wait at all)."""
-    from empssl_ray.datasets import load_split
-    from empssl_ray.engine import Trainer
+    from empssl_ray.data.datasets import load_split
+    from empssl_ray.method.training import Trainer
 
     torch.set_num_threads(1)  # the Ray trainer gets 1 CPU: compare like with like
     images, _ = load_split(cfg.data, "train", limit=cfg.optim.batch_size * steps)
@@ -171,10 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-trainer", action="store_true", help="augmentation figures only")
     args = parser.parse_args(argv)
 
-    from empssl_ray.ray_data import BATCHES_PER_BLOCK
-    from empssl_ray.ray_read import read_images
-    from empssl_ray.ray_train import build_trainer
-    from empssl_ray.tracking import read_metrics
+    from empssl_ray.on_ray.read import read_images
+    from empssl_ray.on_ray.stream import BATCHES_PER_BLOCK
+    from empssl_ray.on_ray.train import build_trainer
+    from empssl_ray.runs.metrics import read_metrics
 
     ray.init(address="local", num_cpus=2, logging_level=logging.ERROR)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -52,7 +52,7 @@ import ray  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from empssl_ray.config import DataConfig, PatchConfig, RayConfig  # noqa: E402
-from empssl_ray.ray_console import silence_driver  # noqa: E402
+from empssl_ray.on_ray.logs import silence_driver  # noqa: E402
 
 FILE_ROWS = 2_000
 DESIGNS = ("all-to-all", "per-epoch", "one-exec")
@@ -71,7 +71,7 @@ def epochs_for(images: int, side: int, store_mib: int, warm_to: int) -> int:
 
 def make_dataset(root: Path, images: int, side: int) -> DataConfig:
     """`images` random RGB PNGs of side x side (train) and 100 (test) as Parquet under root."""
-    from empssl_ray.prepare import write_shard
+    from empssl_ray.data.prepare import write_shard
 
     rng = np.random.default_rng(0)
     for split, n in (("train", images), ("test", 100)):
@@ -91,8 +91,8 @@ def all_to_all_stream(
     data: DataConfig, patches: PatchConfig, ray_cfg: RayConfig, seed: int, epoch: int
 ) -> ray.data.Dataset:
     """The training stream as it was: in-order read, `random_shuffle`, then the actor pool."""
-    from empssl_ray.ray_data import BATCHES_PER_BLOCK, PatchCutter, exact_tensors
-    from empssl_ray.ray_read import read_images
+    from empssl_ray.on_ray.read import read_images
+    from empssl_ray.on_ray.stream import BATCHES_PER_BLOCK, PatchCutter, exact_tensors
 
     ds, info, _ = read_images(
         data,
@@ -161,7 +161,7 @@ def consume(
 ) -> dict[str, float]:
     """Feeds `epochs` x `batches_per_epoch` batches through the trainer's prefetcher to `step`;
     returns the timings ("warm_per_s": the rate from image warm[0] to image warm[1])."""
-    from empssl_ray.prefetch import Prefetcher
+    from empssl_ray.data.prefetch import Prefetcher
 
     start = time.perf_counter()
     stream = Prefetcher(epochs_of_batches, 16)
@@ -214,8 +214,8 @@ def batches(
     design: str, data: DataConfig, patches: PatchConfig, ray_cfg: RayConfig, batch: int, epochs: int
 ) -> Iterator[dict[str, Any]]:
     """The design's batches for `epochs` epochs, one execution per epoch or one for all."""
-    from empssl_ray.ray_data import patch_stream
-    from empssl_ray.ray_read import iterate_epochs
+    from empssl_ray.on_ray.read import iterate_epochs
+    from empssl_ray.on_ray.stream import patch_stream
 
     def iterate(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
         yield from ds.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True)
@@ -232,7 +232,7 @@ def batches(
 
 
 def len_of(data: DataConfig) -> int:
-    from empssl_ray.datasets import open_dataset
+    from empssl_ray.data.datasets import open_dataset
 
     return len(open_dataset(data, "train"))
 
@@ -241,15 +241,15 @@ def smoke_step(patches: PatchConfig) -> Callable[[dict[str, Any]], None]:
     """The smoke model's training step on a batch of uint8 patches."""
     import torch
 
-    from empssl_ray.engine import Trainer
-    from jobs.reproduce import compose_pretrain
+    from empssl_ray.launch import compose
+    from empssl_ray.method.training import Trainer
 
     # One thread: the trainer keeps to one core and leaves the other to the actor and the reads
     # (not pinned: Ray's processes may still run on either core).
     torch.set_num_threads(1)
-    cfg = compose_pretrain(["experiment=smoke"])
+    cfg = compose("pretrain", ["experiment=smoke"])
     cfg.patches = patches
-    trainer = Trainer(cfg, 3, patches.size or 32, 10**6, torch.device("cpu"))
+    trainer = Trainer(cfg, 3, 32, 10**6, torch.device("cpu"))  # 32 px images
 
     def step(b: dict[str, Any]) -> None:
         trainer.train_step(torch.from_numpy(b["patches"].copy()))  # Ray's arrays are read-only

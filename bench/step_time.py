@@ -24,7 +24,7 @@ if "empssl_ray" not in sys.modules:  # an explicit PYTHONPATH checkout wins over
 import torch  # noqa: E402
 
 from empssl_ray.config import ModelConfig, PretrainConfig  # noqa: E402
-from empssl_ray.engine import Trainer  # noqa: E402
+from empssl_ray.method.training import Trainer  # noqa: E402
 
 
 def smoke_config(batch_size: int) -> PretrainConfig:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from empssl_ray.loss import total_coding_rate
+from empssl_ray.method.loss import total_coding_rate
 
 GOAL = 20.0  # the speed-up the core's TCR should reach over the per-view d x d formula
 EPS = 0.2

@@ -2,7 +2,8 @@
 
 The YAML files under `empssl_ray/conf/` only pick values; the schema and the defaults live here,
 so a typo in an override fails at start-up with Hydra's one-line error instead of mid-run.
-Nothing here parses arguments: `jobs/*.py` compose these with Hydra, tests build them directly.
+Nothing here parses arguments or imports Hydra: `launch.py` composes these, tests build them
+directly.
 """
 
 from __future__ import annotations
@@ -321,22 +322,3 @@ class PrepareJobConfig:
     # folder or URI (s3://bucket/name) the Parquet dataset goes to
     out: str | None = None
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
-
-
-def register_configs() -> None:
-    """Registers the schemas with Hydra's ConfigStore (called by the jobs, never at import)."""
-    from hydra.core.config_store import ConfigStore  # lazy: the core runs without hydra
-
-    cs = ConfigStore.instance()
-    cs.store(name="pretrain_schema", node=PretrainConfig)
-    cs.store(name="evaluate_schema", node=EvaluateConfig)
-    cs.store(name="tune_schema", node=TuneJobConfig)
-    cs.store(name="prepare_schema", node=PrepareJobConfig)
-    cs.store(name="reproduce_schema", node=ReproduceJobConfig)
-
-
-def to_dataclass(cfg: Any, cls: type) -> Any:
-    """Turns a composed DictConfig into a typed dataclass instance (real types, not nodes)."""
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), cfg))

@@ -1,8 +1,8 @@
-"""Fault injection for tests and drills: kill a trainer or an augmentation actor once.
+"""Fault injection for tests and drills, behind one object: `Faults`.
 
 Read from the driver's environment (so `EMPSSL_FAULT_...=N ray job submit ...` and tests that
-set os.environ both work) and shipped to workers with their config. A marker file makes each
-fault fire once per run, so the restarted process carries on.
+set os.environ both work) and shipped to the workers inside their job. A marker file makes each
+kill fire once per run, so the restarted process carries on.
 
 - EMPSSL_FAULT_KILL_TRAINER_AT_STEP=N: rank 0 exits abruptly before optimiser step N.
 - EMPSSL_FAULT_KILL_AUGMENT_AFTER=N: an augmentation actor exits after its N-th batch.
@@ -18,46 +18,72 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Any
 
-from empssl_ray.storage import is_uri
+import torch
+
+from empssl_ray.data.storage import is_uri
+from empssl_ray.method.training import LoopHooks, Trainer
 
 ENV_PREFIX = "EMPSSL_FAULT_"
 
 
-def faults_from_env() -> dict[str, str]:
-    """The EMPSSL_FAULT_* variables of this (driver) process."""
-    return {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+@dataclass
+class Faults(LoopHooks):
+    """The drills asked for, as training-loop hooks (NaN, trainer kill) and calls the
+    augmentation actors make (`after_augment_batch`)."""
 
+    settings: dict[str, str]  # EMPSSL_FAULT_* name without the prefix -> value
+    directory: str  # where the once-only markers go
 
-def fault_dir(faults: dict[str, str], run_dir: str) -> str:
-    """Where fault markers go: EMPSSL_FAULT_DIR, else the run dir or (object storage has no
-    atomic create-if-absent) a local folder named after it."""
-    if ENV_PREFIX + "DIR" in faults:
-        return faults[ENV_PREFIX + "DIR"]
-    if not is_uri(run_dir):
-        return run_dir
-    return os.path.join(tempfile.gettempdir(), "empssl-faults", run_dir.replace("://", "/"))
+    @classmethod
+    def from_env(cls, run_dir: str) -> Faults | None:
+        """The EMPSSL_FAULT_* variables of this (driver) process; None when there are none."""
+        settings = {
+            k[len(ENV_PREFIX) :]: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)
+        }
+        if not settings:
+            return None
+        directory = settings.get("DIR")
+        if directory is None:  # object storage has no atomic create-if-absent: a local folder
+            directory = (
+                os.path.join(tempfile.gettempdir(), "empssl-faults", run_dir.replace("://", "/"))
+                if is_uri(run_dir)
+                else run_dir
+            )
+        return cls(settings, directory)
 
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        at = self.settings.get("NAN_AT_EPOCH")
+        if at is not None and trainer.epoch >= int(at):  # tests the NaN stop
+            with torch.no_grad():
+                for p in trainer.model.projector.parameters():
+                    p.fill_(float("nan"))
 
-def maybe_die(faults: dict[str, str], name: str, count: int, default_dir: str) -> None:
-    """Exits this process (no cleanup, like a crash) when fault `name` is due and not yet fired."""
-    at = faults.get(ENV_PREFIX + name)
-    if at is None or count < int(at):
-        return
-    directory = faults.get(ENV_PREFIX + "DIR", default_dir)
-    os.makedirs(directory, exist_ok=True)
-    marker = os.path.join(directory, f"fault-{name.lower()}.fired")
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one process fires
-    except FileExistsError:
-        return
-    os.close(fd)
-    print(f"[fault injection] {name} at {count}: exiting", flush=True)
-    os._exit(1)
+    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        if trainer.rank == 0:
+            self.die_if_due("KILL_TRAINER_AT_STEP", trainer.step)
 
+    def after_augment_batch(self, batches: int) -> None:
+        """An augmentation actor's drills, after its `batches`-th batch: slow, then maybe die."""
+        self.die_if_due("KILL_AUGMENT_AFTER", batches)
+        seconds = self.settings.get("SLOW_AUGMENT_S")
+        if seconds is not None:  # a stand-in for costly work; no CPU used
+            time.sleep(float(seconds))
 
-def maybe_slow(faults: dict[str, str], name: str) -> None:
-    """Sleeps for the seconds fault `name` asks (a stand-in for costly work; no CPU used)."""
-    seconds = faults.get(ENV_PREFIX + name)
-    if seconds is not None:
-        time.sleep(float(seconds))
+    def die_if_due(self, name: str, count: int) -> None:
+        """Exits this process (no cleanup, like a crash) when fault `name` is due and not yet
+        fired in this run."""
+        at = self.settings.get(name)
+        if at is None or count < int(at):
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        marker = os.path.join(self.directory, f"fault-{name.lower()}.fired")
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one fires
+        except FileExistsError:
+            return
+        os.close(fd)
+        print(f"[fault injection] {name} at {count}: exiting", flush=True)
+        os._exit(1)

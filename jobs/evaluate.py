@@ -7,19 +7,16 @@ python jobs/evaluate.py run.name=smoke experiment=smoke eval_data=cifar100   # t
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
-
-# The repo root, so `python jobs/x.py` imports empssl_ray also under `ray job submit`.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from empssl_ray.cli import init_ray, preflight, run_job  # noqa: E402
-from empssl_ray.config import EvaluateConfig, register_configs  # noqa: E402
-from jobs.pretrain import write_eval  # noqa: E402
+from empssl_ray.config import DataConfig, EvaluateConfig
+from empssl_ray.data import storage
+from empssl_ray.evaluation.results import write_eval
+from empssl_ray.launch import start
+from empssl_ray.on_ray.evaluate import evaluate_checkpoint
+from empssl_ray.on_ray.progress import driver_console
+from empssl_ray.on_ray.session import init_ray, preflight
+from empssl_ray.runs.checkpoints import latest_checkpoint, run_dir_of
 
 
 def main(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -29,12 +26,6 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
         {"pretrain_data": name, "eval_data": name, "pretrained": metrics} for a checkpoint,
         with "random init" in place of "pretrained" under random_init.
     """
-    from empssl_ray import storage
-    from empssl_ray.checkpoints import latest_checkpoint, run_dir_of
-    from empssl_ray.config import DataConfig
-    from empssl_ray.ray_console import driver_console
-    from empssl_ray.ray_eval import evaluate_checkpoint
-
     init_ray(cfg.ray.address, cfg.run.verbose)
     preflight(cfg, trains=False)
     run_dir = run_dir_of(cfg)
@@ -61,11 +52,5 @@ def main(cfg: EvaluateConfig) -> dict[str, Any]:
     return results
 
 
-@hydra.main(config_path="../empssl_ray/conf", config_name="evaluate", version_base=None)
-def cli(cfg: DictConfig) -> None:
-    run_job(main, cfg, EvaluateConfig)
-
-
 if __name__ == "__main__":
-    register_configs()
-    cli()
+    start("evaluate", EvaluateConfig, main)

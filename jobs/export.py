@@ -14,15 +14,10 @@ pre-feature head h) and export.json (stem, channels, input scaling). Loading it 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-# The repo root, so `python jobs/x.py` imports empssl_ray also under `ray job submit`.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from empssl_ray import storage  # noqa: E402
-from empssl_ray.checkpoints import checkpoint_file  # noqa: E402
-from empssl_ray.export import write_export  # noqa: E402
+from empssl_ray.data import storage
+from empssl_ray.evaluation.export import write_export
+from empssl_ray.runs.checkpoints import checkpoint_file
 
 
 def main(argv: list[str] | None = None) -> dict[str, str]:

@@ -8,24 +8,15 @@ node of a cluster can stream it.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
-
-# The repo root, so `python jobs/x.py` imports empssl_ray also under `ray job submit`.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from empssl_ray.cli import run_job  # noqa: E402
-from empssl_ray.config import ConfigError, PrepareJobConfig, register_configs  # noqa: E402
+from empssl_ray.config import ConfigError, PrepareJobConfig
+from empssl_ray.data.prepare import prepare
+from empssl_ray.launch import start
 
 
 def main(cfg: PrepareJobConfig) -> dict[str, Any]:
     """Writes <out>/train and <out>/test; returns the rows per split."""
-    from empssl_ray.prepare import prepare
-
     if not cfg.out:
         raise ConfigError("out is not set: pass out=DIR or out=s3://bucket/name")
     if cfg.prepare.rows_per_file < 1:
@@ -38,11 +29,5 @@ def main(cfg: PrepareJobConfig) -> dict[str, Any]:
     return rows
 
 
-@hydra.main(config_path="../empssl_ray/conf", config_name="prepare", version_base=None)
-def cli(cfg: DictConfig) -> None:
-    run_job(main, cfg, PrepareJobConfig)
-
-
 if __name__ == "__main__":
-    register_configs()
-    cli()
+    start("prepare", PrepareJobConfig, main)

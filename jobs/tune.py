@@ -9,27 +9,19 @@ Rerunning the same sweep.name resumes it: finished trials are not run again.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
-
-# The repo root, so `python jobs/x.py` imports empssl_ray also under `ray job submit`.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from empssl_ray.cli import init_ray, preflight, run_job  # noqa: E402
-from empssl_ray.config import TuneJobConfig, register_configs  # noqa: E402
+from empssl_ray.config import TuneJobConfig
+from empssl_ray.data import storage
+from empssl_ray.launch import start
+from empssl_ray.on_ray.session import init_ray, preflight
+from empssl_ray.on_ray.tune import apply_overrides, build_tuner, trial_table
+from empssl_ray.runs.metrics import format_table
+from empssl_ray.runs.sweep_report import plot_sweep, write_best_yaml, write_results_csv
 
 
 def main(cfg: TuneJobConfig) -> dict[str, Any]:
     """Runs (or resumes) the sweep and writes results.csv, best.yaml and sweep.png."""
-    from empssl_ray import storage
-    from empssl_ray.ray_sweep_report import plot_sweep, write_best_yaml, write_results_csv
-    from empssl_ray.ray_tune import apply_overrides, build_tuner, trial_table
-    from empssl_ray.tracking import format_table
-
     init_ray(cfg.ray.address, cfg.run.verbose)
     # Trials write into the sweep's folder; each trial's values are checked by the search space.
     preflight(cfg.pretrain_config(), {"sweep.storage_path": cfg.sweep.storage_path})
@@ -54,11 +46,5 @@ def main(cfg: TuneJobConfig) -> dict[str, Any]:
     return outputs
 
 
-@hydra.main(config_path="../empssl_ray/conf", config_name="tune", version_base=None)
-def cli(cfg: DictConfig) -> None:
-    run_job(main, cfg, TuneJobConfig)
-
-
 if __name__ == "__main__":
-    register_configs()
-    cli()
+    start("tune", TuneJobConfig, main)

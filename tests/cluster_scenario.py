@@ -124,8 +124,8 @@ def main(work: Path, data: str, store: str) -> dict:
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
-    from empssl_ray import storage
-    from empssl_ray.tracking import read_metrics
+    from empssl_ray.data import storage
+    from empssl_ray.runs.metrics import read_metrics
 
     cluster = Cluster(
         initialize_head=True,
@@ -328,9 +328,10 @@ def run_best(folder: Path, storage_path: str) -> list[int]:
     """jobs/pretrain.py's main on the best trial's YAML; returns the epochs it recorded."""
     from hydra import compose, initialize_config_dir
 
-    from empssl_ray.checkpoints import run_dir_of
-    from empssl_ray.config import PretrainConfig, register_configs, to_dataclass
-    from empssl_ray.tracking import read_metrics
+    from empssl_ray.config import PretrainConfig
+    from empssl_ray.launch import register_configs, to_dataclass
+    from empssl_ray.runs.checkpoints import run_dir_of
+    from empssl_ray.runs.metrics import read_metrics
     from jobs.pretrain import main as pretrain_main
 
     register_configs()

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "empssl_ray" / "conf")
 # CIFAR-10 as Parquet beside the repository (../shared/data/cifar10): every test that reads it
 # takes the path from here, and skips without it.
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
@@ -129,26 +128,6 @@ def all_cpus_free_for_ray_tests(request: pytest.FixtureRequest) -> Iterator[None
         time.sleep(0.5)
     yield
     _last_ray_test[0] = request.node.nodeid
-
-
-def compose(config_name: str, overrides: list[str]):
-    """The typed config the job would get from `python jobs/<name>.py <overrides>`."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from empssl_ray.config import (
-        EvaluateConfig,
-        PretrainConfig,
-        TuneJobConfig,
-        register_configs,
-        to_dataclass,
-    )
-
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
-        cfg = hydra_compose(config_name=config_name, overrides=overrides)
-    schema = {"pretrain": PretrainConfig, "evaluate": EvaluateConfig, "tune": TuneJobConfig}
-    return to_dataclass(cfg, schema[config_name])
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from empssl_ray import augment as A
+from empssl_ray.method import patches as A
 
 
 def _images(b: int = 8, c: int = 3, side: int = 32, seed: int = 0) -> torch.Tensor:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from empssl_ray.checkpoints import PROGRESS_FILE, resume_point, save_checkpoint
+from empssl_ray.runs.checkpoints import PROGRESS_FILE, resume_point, save_checkpoint
 
 
 def write(run_dir: Path, name: str, epoch: int) -> Path:

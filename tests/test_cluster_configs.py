@@ -193,7 +193,7 @@ def _pretrain_overrides(command: str) -> list[str]:
 def _apply_overrides(overrides: list[str]) -> Any:
     """The typed config Hydra composes from these overrides, exactly as jobs/pretrain.py does:
     unknown keys, bad types and overrides Hydra refuses (new dict keys without ++) raise."""
-    from tests.conftest import compose
+    from empssl_ray.launch import compose
 
     return compose("pretrain", overrides)
 
@@ -233,7 +233,7 @@ def _docs_target(section: str) -> list[NodeKind]:
 
 def _assert_preflight_passes(cfg: Any) -> None:
     """What the job's driver checks first on a multi-node cluster under `ray job submit`."""
-    from empssl_ray.config_checks import check_locations, validate
+    from empssl_ray.rules import check_locations, validate
 
     validate(cfg)
     check_locations(cfg, nodes=3, under_job=True)

@@ -24,7 +24,7 @@ SCENARIO = Path(__file__).with_name("cluster_scenario.py")
 @pytest.fixture(scope="module")
 def scenario(s3, tmp_path_factory) -> dict:
     from empssl_ray.config import DataConfig
-    from empssl_ray.prepare import prepare
+    from empssl_ray.data.prepare import prepare
 
     work = tmp_path_factory.mktemp("cluster")
     data = f"{s3}/cluster/fashion-mnist"

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from empssl_ray.config import ConfigError, PretrainConfig
-from empssl_ray.config_checks import (
+from empssl_ray.launch import compose
+from empssl_ray.rules import (
     check_capacity,
     check_locations,
     check_preset,
     experiment_presets,
     validate,
 )
-from tests.conftest import compose
 
 ROOT = Path(__file__).resolve().parents[1]
 

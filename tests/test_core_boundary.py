@@ -1,44 +1,69 @@
-"""The core imports no Ray and no Hydra: every module without the `ray_` prefix loads with both
-blocked, so a Ray worker, a test and a bare GPU box all run it (the rule holds by itself)."""
+"""The core imports no Ray and no Hydra, not even inside a function: only the Ray adapters
+(`empssl_ray/on_ray/`) and the job layer's Hydra glue (`empssl_ray/launch.py`) may. A Ray worker,
+a test and a bare GPU box (bench/gpu_headline.py) all run the core."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "empssl_ray"
+FORBIDDEN = ("ray", "hydra", "omegaconf")
+ADAPTERS = ("on_ray", "launch")  # where Ray and Hydra may be imported
 
 
 def _module_name(path: Path) -> str:
-    """empssl_ray/loss.py -> "loss", empssl_ray/datasets/__init__.py -> "datasets"."""
+    """empssl_ray/method/loss.py -> "method.loss", empssl_ray/data/__init__.py -> "data"."""
     parts = path.relative_to(PACKAGE).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-CORE = sorted(
-    name
-    for name in map(_module_name, PACKAGE.rglob("*.py"))
-    if name and not name.startswith(("ray_", "_"))
-)
+def _core_files() -> dict[str, Path]:
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {name: p for name, p in files.items() if name and name.split(".")[0] not in ADAPTERS}
+
+
+def forbidden_imports(source: str) -> list[str]:
+    """Every `import ray...` / `from hydra... import` anywhere in a module's code, with its line
+    (module level, inside functions, under TYPE_CHECKING alike)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found += [f"line {node.lineno}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    return found
+
+
+def test_the_scan_sees_imports_inside_functions() -> None:
+    source = "def f():\n    import ray.data\n    from omegaconf import OmegaConf\nimport torch\n"
+    assert forbidden_imports(source) == ["line 2: ray.data", "line 3: omegaconf"]
+
+
+def test_no_core_module_imports_ray_or_hydra_anywhere() -> None:
+    core = _core_files()
+    assert {"method.loss", "method.training", "data.storage", "evaluation.shards", "rules"} <= set(
+        core
+    )
+    offenders = {
+        name: hits for name, p in core.items() if (hits := forbidden_imports(p.read_text()))
+    }
+    assert not offenders, f"the core must not import Ray or Hydra: {offenders}"
 
 
 def test_every_core_module_imports_with_ray_and_hydra_blocked() -> None:
-    assert {
-        "loss",
-        "models",
-        "augment",
-        "engine",
-        "storage",
-        "read_plan",
-        "datasets",
-        "datasets.parquet",
-    } <= set(CORE)
+    """And at run time: nothing the core imports pulls them in either."""
+    core = sorted(_core_files())
     script = (
         "import sys\n"
         "sys.modules.update(ray=None, hydra=None, omegaconf=None)  # any import of them fails\n"
         "import importlib\n"
-        f"for name in {CORE!r}:\n"
+        f"for name in {core!r}:\n"
         "    importlib.import_module('empssl_ray.' + name)\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'hydra', "
         "'omegaconf') and sys.modules[m] is not None)\n"

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from empssl_ray import augment as A
 from empssl_ray.config import PatchConfig
-from empssl_ray.crops import Boxes, resample_boxes, sample_boxes
+from empssl_ray.method import patches as A
+from empssl_ray.method.crops import Boxes, resample_boxes, sample_boxes
 
 
 def test_boxes_keep_the_area_and_draw_the_aspect_ratio_log_uniformly() -> None:

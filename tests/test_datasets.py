@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from empssl_ray import datasets
 from empssl_ray.config import DataConfig
-from empssl_ray.datasets import (
+from empssl_ray.data import datasets
+from empssl_ray.data.datasets import (
     DATASETS,
     Chunk,
     DatasetError,

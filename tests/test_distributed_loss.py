@@ -8,8 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from empssl_ray.distributed import gather_batch
-from empssl_ray.loss import EMPSSLLoss, total_coding_rate
+from empssl_ray.method.gather import gather_batch
+from empssl_ray.method.loss import EMPSSLLoss, total_coding_rate
 
 WORLD = 2
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from empssl_ray.config import ModelConfig, PretrainConfig
-from empssl_ray.engine import NonFiniteLossError, Trainer, patch_seed
+from empssl_ray.method.patches import patch_seed
+from empssl_ray.method.training import NonFiniteLossError, Trainer
 
 
 def tiny_config() -> PretrainConfig:

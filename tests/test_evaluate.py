@@ -2,10 +2,11 @@
 
 import torch
 
-from empssl_ray.augment import cut_patches, to_model_input
 from empssl_ray.config import ModelConfig, PatchConfig
-from empssl_ray.evaluate import embed_dataset, embed_images, knn_accuracy, linear_probe
-from empssl_ray.models import EMPSSLModel, build_model
+from empssl_ray.evaluation.features import embed_dataset, embed_images
+from empssl_ray.evaluation.probe import knn_accuracy, linear_probe
+from empssl_ray.method.models import EMPSSLModel, build_model
+from empssl_ray.method.patches import cut_patches, to_model_input
 
 
 def _clusters(n_per: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +107,7 @@ def test_bf16_autocast_leaves_the_evaluation_patches_float32_exact() -> None:
 
 
 def test_match_channels_turns_grey_into_rgb_and_back() -> None:
-    from empssl_ray.evaluate import match_channels
+    from empssl_ray.evaluation.features import match_channels
 
     grey = torch.randint(0, 256, (2, 1, 4, 4), dtype=torch.uint8)
     rgb = match_channels(grey, 3)
@@ -118,7 +119,7 @@ def test_match_channels_turns_grey_into_rgb_and_back() -> None:
 
 
 def test_knn_with_the_bank_streamed_in_chunks_equals_the_whole_bank() -> None:
-    from empssl_ray.evaluate import knn_accuracy_streamed
+    from empssl_ray.evaluation.probe import knn_accuracy_streamed
 
     g = torch.Generator().manual_seed(0)
     train_x, test_x = torch.randn(500, 16, generator=g), torch.randn(120, 16, generator=g)

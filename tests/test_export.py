@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from empssl_ray.config import ModelConfig, PretrainConfig
-from empssl_ray.models import EMPSSLModel, build_model
+from empssl_ray.method.models import EMPSSLModel, build_model
 from jobs.export import main
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_CIFAR, compose
+from empssl_ray.launch import compose
+from tests.conftest import SHARED_CIFAR
 
 pytestmark = [
     pytest.mark.slow,

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.tcr import reference_tcr
-from empssl_ray.loss import EMPSSLLoss, _logdet_spd, patch_invariance, total_coding_rate
+from empssl_ray.method.loss import EMPSSLLoss, _logdet_spd, patch_invariance, total_coding_rate
 
 
 @pytest.mark.parametrize("b,d", [(16, 64), (64, 16)])  # B < d uses the Gram matrix, B > d the d x d

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from empssl_ray.config import ModelConfig
-from empssl_ray.models import BACKBONES, build_backbone, build_model
+from empssl_ray.method.models import BACKBONES, build_backbone, build_model
 
 
 @pytest.mark.parametrize(
@@ -105,7 +105,7 @@ def test_each_backbone_has_the_references_stem(
 
 def test_sync_batchnorm_converts_every_norm_and_refuses_cpu_workers() -> None:
     from empssl_ray.config import PretrainConfig
-    from empssl_ray.engine import Trainer, sync_batchnorm
+    from empssl_ray.method.training import Trainer, sync_batchnorm
 
     cfg = ModelConfig(
         backbone="resnet-narrow",

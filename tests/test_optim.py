@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from empssl_ray.config import OptimConfig
-from empssl_ray.optim import LARS, build_optimizer, cosine_lr, param_groups
+from empssl_ray.method.optim import LARS, build_optimizer, cosine_lr, param_groups
 
 
 def test_lars_scales_weight_step_by_trust_ratio_and_skips_bias() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CONF_DIR, compose
+from empssl_ray.launch import CONF_DIR, compose
 
 PAPER_DIR = Path(CONF_DIR) / "experiment" / "paper"
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from empssl_ray.prefetch import Prefetcher
+from empssl_ray.data.prefetch import Prefetcher
 
 
 def test_epochs_are_consecutive_takes_in_order() -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from empssl_ray.config import DataConfig
-from empssl_ray.datasets import DatasetError, load_split, open_dataset
-from empssl_ray.prepare import prepare
+from empssl_ray.data.datasets import DatasetError, load_split, open_dataset
+from empssl_ray.data.prepare import prepare
 from tests.conftest import s3_keys
 
 

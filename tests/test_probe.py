@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from empssl_ray.config import EvalConfig
-from empssl_ray.evaluate import evaluate_features, linear_probe, probe
+from empssl_ray.evaluation.probe import evaluate_features, linear_probe
 
 
 def reference_probe(train_x, train_y, test_x, test_y, epochs, lr, batch, weight_decay, seed):
@@ -42,7 +42,7 @@ def overlapping_features(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]
 def test_probe_follows_the_reference_protocol() -> None:
     (xtr, ytr), (xte, yte) = overlapping_features(350, 0), overlapping_features(200, 1)
     cfg = EvalConfig(probe_epochs=12)  # the reference's lr 0.03, wd 5e-5, batch 100, raw
-    ours = probe(xtr, ytr, xte, yte, cfg, seed=7)
+    ours = evaluate_features(xtr, ytr, xte, yte, cfg, seed=7)
     expected = reference_probe(xtr, ytr, xte, yte, 12, 0.03, 100, 5e-5, seed=7)
     assert ours["probe_acc"] == pytest.approx(expected, abs=1e-6)
     assert 0.4 < expected < 0.95  # neither trivial nor chance: protocol changes show

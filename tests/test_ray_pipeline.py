@@ -16,9 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from empssl_ray import storage
-from empssl_ray.tracking import read_metrics
-from tests.conftest import SHARED_CIFAR, compose, ray_state, s3_keys, write_image_parquet
+from empssl_ray.data import storage
+from empssl_ray.faults import Faults
+from empssl_ray.launch import compose
+from empssl_ray.runs.metrics import read_metrics
+from tests.conftest import SHARED_CIFAR, ray_state, s3_keys, write_image_parquet
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -33,7 +35,7 @@ def epoch_records(run_dir: str) -> list[int]:
 def smoke_run(ray_session, s3, tmp_path_factory):
     """The smoke preset with its data and every output on the loopback S3 endpoint."""
     from empssl_ray.config import DataConfig
-    from empssl_ray.prepare import prepare
+    from empssl_ray.data.prepare import prepare
     from jobs.pretrain import main
 
     data = f"{s3}/pipeline/fashion-mnist"
@@ -68,7 +70,7 @@ def smoke_run(ray_session, s3, tmp_path_factory):
 
 
 def test_run_on_s3_survives_a_killed_trainer_without_redoing_epochs(smoke_run) -> None:
-    from empssl_ray.checkpoints import latest_checkpoint, load_checkpoint
+    from empssl_ray.runs.checkpoints import latest_checkpoint, load_checkpoint
 
     _, summary, run_dir, work = smoke_run
     assert (work / "fault-kill_trainer_at_step.fired").exists()
@@ -163,8 +165,8 @@ def test_transfer_evaluation_on_another_dataset(smoke_run, tmp_path: Path) -> No
 def test_evaluation_through_shards_matches_the_in_memory_path(tmp_path: Path) -> None:
     """Embeddings go to float16 Parquet shards, probe and kNN run in a task on a worker: the
     same figures as the in-memory path on the same embeddings."""
-    from empssl_ray.evaluate import evaluate_features
-    from empssl_ray.ray_eval import embedding_files, read_embeddings
+    from empssl_ray.evaluation.probe import evaluate_features
+    from empssl_ray.evaluation.shards import embedding_files, read_embeddings
     from jobs.evaluate import main
 
     ev = compose(
@@ -296,9 +298,9 @@ def local_cfg(tmp_path: Path, *extra: str):
 
 
 def test_bad_image_stops_with_one_line_naming_the_file(tmp_path: Path, capsys) -> None:
-    from empssl_ray.cli import user_errors
     from empssl_ray.config import DataConfig, PatchConfig, RayConfig
-    from empssl_ray.ray_data import patch_stream
+    from empssl_ray.launch import user_errors
+    from empssl_ray.on_ray.stream import patch_stream
 
     data = DataConfig(name="parquet", root=str(write_image_parquet(tmp_path, bad_rows=(5,))))
     ds, _, _ = patch_stream(data, PatchConfig(num_patches=2), RayConfig(aug_max_actors=1), seed=0)
@@ -314,7 +316,7 @@ def test_bad_image_stops_with_one_line_naming_the_file(tmp_path: Path, capsys) -
 def test_skips_bad_images_then_stops_on_nan_keeping_the_checkpoint(
     tmp_path: Path, fault_env, capsys
 ) -> None:
-    from empssl_ray.cli import user_errors
+    from empssl_ray.launch import user_errors
     from jobs.pretrain import main
 
     fault_env(NAN_AT_EPOCH=1)  # epoch 1 trains, epoch 2 starts with NaN weights
@@ -338,7 +340,7 @@ def test_skips_bad_images_then_stops_on_nan_keeping_the_checkpoint(
 
 
 def test_bad_image_in_training_ends_the_run_at_once(tmp_path: Path, capsys) -> None:
-    from empssl_ray.cli import user_errors
+    from empssl_ray.launch import user_errors
     from jobs.pretrain import main
 
     cfg = local_cfg(tmp_path, "optim.epochs=1")  # data.on_bad_image=error, max_failures=2
@@ -378,21 +380,20 @@ def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
     import ray
 
     from empssl_ray.config import DataConfig, PatchConfig, RayConfig
-    from empssl_ray.ray_data import RowCounter, patch_stream
+    from empssl_ray.on_ray.stream import RowCounter, patch_stream
 
     data = DataConfig(name="fashion-mnist", train_limit=600)
     ray_cfg = RayConfig(
         aug_min_actors=1, aug_max_actors=2, aug_cpus_per_actor=0.5, aug_batch_size=50
     )
     counter = RowCounter.remote()  # type: ignore[attr-defined]
-    faults = {"EMPSSL_FAULT_KILL_AUGMENT_AFTER": "3"}
+    faults = Faults({"KILL_AUGMENT_AFTER": "3"}, str(tmp_path))
     ds, _, rows = patch_stream(
         data,
         PatchConfig(num_patches=2, size=8),
         ray_cfg,
         seed=0,
         faults=faults,
-        fault_dir=str(tmp_path),
         counter=counter,
         carry=("id",),
     )
@@ -409,8 +410,8 @@ def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
 def test_parquet_subset_is_the_same_rows_in_the_driver_and_in_ray_data() -> None:
     """The shared test file is in class order: "the first N rows to arrive" would be 2 classes."""
     from empssl_ray.config import DataConfig
-    from empssl_ray.datasets import load_split
-    from empssl_ray.ray_read import read_images
+    from empssl_ray.data.datasets import load_split
+    from empssl_ray.on_ray.read import read_images
 
     data = DataConfig(name="parquet", root=str(SHARED_CIFAR), test_limit=2000)
     images, labels = load_split(data, "test")
@@ -431,7 +432,7 @@ def test_training_stream_shuffles_each_epoch_without_an_all_to_all() -> None:
     from ray.data._internal.logical.operators.all_to_all_operator import AbstractAllToAll
 
     from empssl_ray.config import DataConfig, PatchConfig, RayConfig
-    from empssl_ray.ray_data import RowCounter, patch_stream
+    from empssl_ray.on_ray.stream import RowCounter, patch_stream
 
     data = DataConfig(name="fashion-mnist", train_limit=600)
     ray_cfg = RayConfig(aug_max_actors=1, aug_cpus_per_actor=0.5, read_cpus=0.25, aug_batch_size=10)
@@ -475,9 +476,9 @@ def test_a_large_split_streams_its_epochs_in_windows(monkeypatch: pytest.MonkeyP
     (here one): iterating until an empty execution still gives every image once per epoch."""
     import ray
 
-    from empssl_ray import ray_read
     from empssl_ray.config import DataConfig, PatchConfig, RayConfig
-    from empssl_ray.ray_data import RowCounter, patch_stream
+    from empssl_ray.on_ray import read as ray_read
+    from empssl_ray.on_ray.stream import RowCounter, patch_stream
 
     monkeypatch.setattr(ray_read, "MAX_READ_TASKS", 1)  # fewer than one epoch's blocks
     data = DataConfig(name="fashion-mnist", train_limit=300)

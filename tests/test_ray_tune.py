@@ -8,10 +8,11 @@ import io
 import pandas as pd
 import pytest
 
-from empssl_ray import storage
 from empssl_ray.config import ConfigError, SearchParam
-from empssl_ray.ray_tune import validate_space
-from tests.conftest import compose, s3_keys
+from empssl_ray.data import storage
+from empssl_ray.launch import compose
+from empssl_ray.on_ray.tune import validate_space
+from tests.conftest import s3_keys
 
 
 @pytest.mark.parametrize(
@@ -80,8 +81,9 @@ def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from empssl_ray.config import PretrainConfig, register_configs, to_dataclass
-    from empssl_ray.tracking import read_metrics
+    from empssl_ray.config import PretrainConfig
+    from empssl_ray.launch import register_configs, to_dataclass
+    from empssl_ray.runs.metrics import read_metrics
     from jobs.pretrain import main
 
     _, out, _ = sweep

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from empssl_ray.datasets import Chunk
-from empssl_ray.read_plan import epoch_plan, pack, slices_of
+from empssl_ray.data.datasets import Chunk
+from empssl_ray.data.read_plan import epoch_plan, pack, slices_of
 
 CHUNKS = [Chunk("a", 0, 100), Chunk("b", 0, 100), Chunk("c", 50, 80)]
 

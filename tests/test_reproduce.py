@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from empssl_ray.ray_reproduce import paper_figure, paper_rows
+from empssl_ray.on_ray.reproduce import paper_figure, paper_rows
 
 ROWS = ["cifar10-1ep-20p", "cifar100-1ep-20p"]
 
@@ -23,7 +23,7 @@ def test_every_row_of_the_papers_table_has_a_preset_and_its_figure() -> None:
 @pytest.fixture(scope="module")
 def quick_run(ray_session, tmp_path_factory):
     from empssl_ray.config import DataConfig, ReproduceConfig, ReproduceJobConfig
-    from empssl_ray.prepare import prepare
+    from empssl_ray.data.prepare import prepare
     from jobs.reproduce import main
 
     tmp = tmp_path_factory.mktemp("reproduce")

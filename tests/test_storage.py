@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from empssl_ray import storage
-from empssl_ray.checkpoints import (
+from empssl_ray.data import storage
+from empssl_ray.runs.checkpoints import (
     CheckpointNotFoundError,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from empssl_ray.tracking import MetricsLogger, read_metrics
+from empssl_ray.runs.metrics import MetricsLogger, read_metrics
 from tests.conftest import s3_keys
 
 

@@ -1,0 +1,113 @@
+"""Bag-of-features: each image embedded as the mean pre-feature h of its patches.
+
+`embed_images` is the one place that turns images into embeddings; the online kNN monitor, the
+evaluation job (locally or inside Ray Data actors) and the GPU script all call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from empssl_ray.config import PatchConfig
+from empssl_ray.devices import to_device
+from empssl_ray.method.colour import gray
+from empssl_ray.method.patches import cut_patches, to_model_input
+
+
+@torch.no_grad()
+def embed_images(
+    model: nn.Module,
+    images: torch.Tensor,
+    num_patches: int,
+    patch_size: int,
+    generator: torch.Generator | None = None,
+    channels_last: bool = False,
+    patches: PatchConfig | None = None,
+    bf16: bool = False,
+) -> torch.Tensor:
+    """Bag-of-features: the mean pre-feature h over `num_patches` training-style patches.
+
+    Args:
+        model: an `EMPSSLModel` (anything with `.encode`), in eval mode.
+        images: (B, C, H, W) uint8 on the model's device.
+        num_patches: T, patches averaged per image.
+        patch_size: S.
+        generator: for reproducible patches (on images' device).
+        channels_last: feed the model NHWC tensors.
+        patches: the run's patch settings (crop scale, aspect ratio, interpolation), so that
+            evaluation cuts patches as training did; None = PatchConfig's defaults. Its
+            num_patches and size are not used (T and S are the arguments).
+        bf16: run the model (only the model) under bf16 autocast on images' device.
+
+    Returns:
+        (B, prefeature_dim) float32 embeddings.
+    """
+    # Patches are cut in float32 whatever the caller's autocast (multi_patch turns it off):
+    # the same patches as training's, not bf16-blurred ones.
+    cut = cut_patches(images, patches or PatchConfig(), patch_size, generator, num_patches)
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        h = model.encode(to_model_input(cut, channels_last))  # type: ignore[operator]
+    return h.float().view(images.shape[0], num_patches, -1).mean(dim=1)
+
+
+def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, C, H, W) uint8 images with the encoder's channel count: grey repeated into RGB, RGB
+    turned into ITU-R 601 luma (evaluating on a dataset other than the pretraining one)."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3 and images.shape[1] == 1:
+        return images.expand(-1, 3, -1, -1)
+    if channels == 1 and images.shape[1] == 3:
+        return gray(images.float()).round_().clamp_(0, 255).to(torch.uint8)
+    raise ValueError(f"cannot turn {images.shape[1]}-channel images into {channels} channels")
+
+
+def iterate_batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Slices covering range(n) in order."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+@torch.no_grad()
+def embed_dataset(
+    model: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    num_patches: int,
+    patch_size: int,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: str | None = None,
+    channels_last: bool = False,
+    bf16: bool = False,
+    out_device: torch.device | str = "cpu",
+    patches: PatchConfig | None = None,
+) -> torch.Tensor:
+    """`embed_images` over uint8 images (N, C, H, W) in batches -> (N, D) float32 on out_device.
+
+    Images may already sit on `device` (the GPU script keeps everything there); host images
+    bound for a GPU travel pinned. bf16 autocast applies on CUDA only, to the model only.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = torch.device(device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    autocast = bf16 and device.type == "cuda"
+    out = []
+    for sl in tqdm(
+        list(iterate_batches(len(images), batch_size)),
+        desc=progress,
+        disable=progress is None,
+        leave=False,
+    ):
+        batch = to_device(torch.as_tensor(images[sl]), device)
+        emb = embed_images(
+            model, batch, num_patches, patch_size, generator, channels_last, patches, bf16=autocast
+        )
+        out.append(emb.to(out_device))
+    return torch.cat(out)

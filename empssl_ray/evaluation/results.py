@@ -1,0 +1,20 @@
+"""What an evaluation leaves: `eval.json` and the same rows as a table on the console."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from empssl_ray.data import storage
+from empssl_ray.runs.metrics import format_table
+
+EVAL_COLUMNS = ["probe_acc", "knn_acc", "num_train", "num_test", "eval_patches"]
+
+
+def write_eval(location: str, checkpoint: str, results: dict[str, Any]) -> None:
+    """eval.json: which checkpoint, the pretraining and evaluation datasets, and one metrics row
+    per encoder evaluated; the same rows as a table on stdout."""
+    storage.write_text(location, json.dumps({"checkpoint": checkpoint, **results}, indent=2))
+    rows = {name: row for name, row in results.items() if isinstance(row, dict)}
+    print(f"evaluated on {results['eval_data']} (pretrained on {results['pretrain_data']}):")
+    print(format_table(rows, EVAL_COLUMNS))

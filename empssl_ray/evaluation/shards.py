@@ -1,0 +1,66 @@
+"""Embedding shards: the float16 Parquet files bag-of-features evaluation writes and reads.
+
+`on_ray.evaluate` has actors write one shard per block under `<features>/<split>/`; the probe
+and kNN read them back here, on one worker, without Ray.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from empssl_ray.config import EvalConfig
+from empssl_ray.data import storage
+from empssl_ray.evaluation.probe import evaluate_features
+
+
+def embedding_files(folder: str) -> list[str]:
+    """The shards `embed_split` wrote into a folder, in file order."""
+    return [e.location for e in storage.list_dir(folder) if e.name.endswith(".parquet")]
+
+
+def shard_rows(location: str) -> int:
+    """Rows of one shard, from its footer."""
+    fs, path = storage.filesystem(location)
+    with fs.open_input_file(path) as f:
+        return int(pq.read_metadata(f).num_rows)
+
+
+def read_embeddings_file(location: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One shard: (n, D) float16 features and (n,) int64 labels."""
+    fs, path = storage.filesystem(location)
+    with fs.open_input_file(path) as f:
+        table = pq.read_table(f)
+    column = table.column("embedding").combine_chunks()
+    # Ray Data writes (n, D) arrays as its tensor extension type, stored as a list per row;
+    # read without Ray (this module's case), or with it, the rows are that storage.
+    if isinstance(column, pa.ExtensionArray):
+        column = column.storage
+    flat = (
+        column.flatten().to_numpy()
+        if pa.types.is_list(column.type)
+        or pa.types.is_large_list(column.type)
+        or pa.types.is_fixed_size_list(column.type)
+        else column.to_numpy()
+    )
+    feats = np.ascontiguousarray(flat).reshape(len(column), -1)
+    return torch.from_numpy(feats), torch.from_numpy(table.column("label").to_numpy())
+
+
+def read_embeddings(folder: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every shard of a folder, concatenated: (N, D) float16 and (N,) int64."""
+    parts = [read_embeddings_file(f) for f in embedding_files(folder)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def evaluate_shards(features: str, cfg: EvalConfig, seed: int) -> dict[str, float]:
+    """Probe and kNN on the shards under `features` (train/, test/): a Ray task's body.
+
+    Memory on that worker: the training features (N x D x 2 bytes, float16) and the test ones;
+    the kNN turns its bank into float32 a chunk at a time (a running top-k per test image).
+    """
+    train = read_embeddings(storage.join(features, "train"))
+    test = read_embeddings(storage.join(features, "test"))
+    return evaluate_features(*train, *test, cfg, seed)

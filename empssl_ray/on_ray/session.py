@@ -1,0 +1,60 @@
+"""A job's Ray session: joining a cluster or starting an embedded Ray, and the checks a driver
+makes once Ray is up (where the job reads and writes, whether its CPUs can ever be held)."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+
+from empssl_ray.config import PretrainConfig
+from empssl_ray.console import verbose_wanted
+from empssl_ray.on_ray.logs import quiet_ray, silence_driver
+from empssl_ray.rules import check_capacity, check_locations
+
+# Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint.
+JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+_started_here = False  # init_ray started an embedded Ray: no node will join it
+
+
+def init_ray(address: str | None, verbose: bool = False) -> None:
+    """Joins `address`, or the job's cluster (RAY_ADDRESS, set by `ray job submit`), or else
+    starts an embedded local Ray. A bare ray.init() would instead try to join whatever cluster
+    /tmp/ray last recorded, even a dead one.
+
+    Args:
+        verbose: Ray's own logs on the console (run.verbose, or EMPSSL_VERBOSE=1); otherwise
+            the console shows only our progress (`ray_console`).
+    """
+    global _started_here
+    if ray.is_initialized():
+        return
+    verbose = verbose_wanted(verbose)
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    _started_here = address == "local"
+    # The dashboard stays on even locally: Ray Train V2 watches its controller through the
+    # state API that the dashboard serves.
+    ray.init(address=address, **quiet_ray(verbose))
+    if not verbose:
+        silence_driver()
+
+
+def preflight(
+    cfg: PretrainConfig, outputs: dict[str, str] | None = None, trains: bool = True
+) -> None:
+    """Storage locations (and, for a job that trains, the cluster's CPUs) checked in the driver
+    once Ray is up, before any task starts.
+
+    Args:
+        outputs: where the job writes, by config key; default {"run.storage_path": ...}.
+        trains: the job runs `cfg`'s trainers and patch stream.
+    """
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    check_locations(cfg, nodes, JOB_ENV_VAR in os.environ, outputs)
+    if trains:
+        cpus = ray.cluster_resources().get("CPU", 0.0)
+        note = check_capacity(cfg, cpus, can_grow=not _started_here)
+        if note is not None:
+            print(f"empssl-ray: note: {note}", flush=True)

@@ -1,0 +1,160 @@
+"""Ray Data adapter: any registered dataset as a shuffled stream of uint8 patch batches.
+
+Reading (`on_ray.read`) happens in Ray tasks through the core readers, never in the driver, in a
+new order every epoch without a shuffle that waits for the whole split. Patches are cut by
+`PatchCutter` actors in an elastic pool (min..max actors), so CPU nodes can be added while
+training runs. Everything travels as uint8: S*S*C bytes per patch; the trainer normalises on
+its device.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from empssl_ray.config import DataConfig, PatchConfig, RayConfig
+from empssl_ray.data.datasets import DatasetInfo
+from empssl_ray.faults import Faults
+from empssl_ray.method.patches import cut_patches, patch_seed, patch_size_for
+from empssl_ray.on_ray.read import read_images
+
+BATCHES_PER_BLOCK = 16  # augmentation batches per block: work for every actor, the shuffle window
+
+
+@ray.remote(num_cpus=0)
+class RowCounter:
+    """Counts rows by key across tasks (bad images skipped, images augmented)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def add(self, key: str, n: int) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    def get(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+def _keep_columns(batch: dict[str, np.ndarray], columns: tuple[str, ...]) -> dict:
+    return {k: batch[k] for k in columns}
+
+
+class PatchCutter:
+    """Actor body: images -> n augmented uint8 patches each, with its own random stream.
+
+    Args:
+        patches: patch count, size and crop settings.
+        image_size: dataset image side (default patch size).
+        seed: the run's seed; each actor's stream also hashes its process id (`patch_seed`), so
+            actors never repeat each other or a trainer.
+        faults: the drills asked for (`empssl_ray.faults`), or None.
+        counter: optional RowCounter for images augmented (tests check every image was seen).
+        carry: input columns passed through beside the patches (e.g. "id", "label"). Training
+            carries none, so the object store holds exactly S*S*C bytes per patch.
+    """
+
+    def __init__(
+        self,
+        patches: PatchConfig,
+        image_size: int,
+        seed: int,
+        faults: Faults | None = None,
+        counter: Any = None,
+        carry: tuple[str, ...] = (),
+    ) -> None:
+        cpus = max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+        torch.set_num_threads(cpus)  # the actor's share, not the node's every core
+        self.cfg, self.size = patches, patch_size_for(patches, image_size)
+        self.generator = torch.Generator().manual_seed(patch_seed(seed, "cutter", os.getpid()))
+        self.faults, self.counter = faults, counter
+        self.carry = carry
+        self.batches = 0
+        if counter is not None:  # the pool's size over a run: tests check it is not restarted
+            counter.add.remote("patch_cutters_started", 1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.batches += 1
+        if self.faults is not None:
+            self.faults.after_augment_batch(self.batches)
+        images = torch.from_numpy(np.ascontiguousarray(np.stack(list(batch["image"]))))
+        patches = cut_patches(images, self.cfg, self.size, self.generator)
+        if self.counter is not None:
+            self.counter.add.remote("augmented_images", len(images))
+        return {"patches": patches.numpy(), **{k: np.asarray(batch[k]) for k in self.carry}}
+
+
+def patch_stream(
+    data: DataConfig,
+    patches: PatchConfig,
+    ray_cfg: RayConfig,
+    seed: int,
+    faults: Faults | None = None,
+    counter: Any = None,
+    carry: tuple[str, ...] = (),
+    epochs: Sequence[int] = (0,),
+) -> tuple[ray.data.Dataset, DatasetInfo, int]:
+    """The training stream: images in a new order each epoch, then patches cut on the actor pool.
+
+    The order comes from the read plan (slices permuted per epoch, rows shuffled inside each
+    block of `aug_batch_size` x 16 images; see `on_ray.read`): no operator waits for the whole
+    split, so the first batch comes after one block is read, at any dataset size. All `epochs`
+    are one execution: the actor pool, grown to what the trainers ask for, stays up from one
+    epoch to the next, and the next epoch's blocks are read while this one's last are cut.
+
+    With `ray_cfg.patches_on_trainer` the stream stops at the shuffled images and the trainer
+    cuts patches on its device (n times fewer bytes on the wire, for CPU-poor clusters).
+
+    Args:
+        carry: columns kept beside the patches ("label", "id": the row's index in the split,
+            "epoch").
+        epochs: the epochs the stream holds, in order (a resumed run: those still to train).
+
+    Returns:
+        (dataset of {"patches" (n, C, S, S) uint8 | "image" (C, H, W) uint8} plus `carry`,
+        info, rows).
+    """
+    # Blocks of a few augmentation batches: the actors share the work from the first block on.
+    ds, info, rows = read_images(
+        data,
+        "train",
+        counter,
+        ray_cfg.read_cpus,
+        block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK,
+        shuffle_seed=seed,
+        epochs=epochs,
+    )
+    if ray_cfg.patches_on_trainer:
+        # A map at read_cpus, not select_columns: its projection task asks a whole CPU, which a
+        # small cluster busy with trainers never frees.
+        keep = partial(_keep_columns, columns=("image", *carry))
+        return exact_tensors(ds.map_batches(keep, num_cpus=ray_cfg.read_cpus)), info, rows
+    ds = ds.map_batches(
+        PatchCutter,
+        fn_constructor_args=(patches, info.image_size, seed, faults, counter, carry),
+        batch_size=ray_cfg.aug_batch_size,
+        compute=ray.data.ActorPoolStrategy(
+            min_size=ray_cfg.aug_min_actors, max_size=ray_cfg.aug_max_actors
+        ),
+        num_cpus=ray_cfg.aug_cpus_per_actor,
+        resources=ray_cfg.aug_resources or None,
+        # Ray Data's actor pools restart a killed actor and retry its batch by default
+        # (max_restarts=-1, max_task_retries=-1): no image is lost from the epoch.
+    )
+    return exact_tensors(ds), info, rows
+
+
+def exact_tensors(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """Stores tensor columns in Arrow's fixed-shape tensor type: S*S*C bytes a patch, no more.
+
+    Ray's default tensor type keeps an int64 offset per row (half a byte per patch at n=16).
+    """
+    from ray.data._internal.tensor_extensions.arrow import FixedShapeTensorFormat
+
+    ds.context.arrow_fixed_shape_tensor_format = FixedShapeTensorFormat.ARROW_NATIVE
+    return ds

@@ -1,0 +1,256 @@
+"""Ray Tune adapter: parallel sweeps over patch counts, loss weights, eps, lr and batch size.
+
+Each trial is a real TorchTrainer run, started from a Tune function (Train V2's interop:
+`Tuner(trainer)` is gone) whose metrics reach Tune through `TuneReportCallback`. ASHA stops weak
+trials at epoch boundaries on the online kNN accuracy, or on accuracy per patch-forward.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import posixpath
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from ray import tune
+
+from empssl_ray.config import ConfigError, PretrainConfig, SearchParam, TuneJobConfig
+from empssl_ray.data import storage
+from empssl_ray.launch import to_dataclass
+from empssl_ray.runs.metrics import format_table
+
+TUNABLE = (
+    "patches.num_patches",
+    "loss.invariance_weight",
+    "loss.tcr_weight",
+    "loss.eps",
+    "optim.lr",
+    "optim.batch_size",
+)
+OBJECTIVES = ("knn_acc", "knn_acc_per_mpatch")
+_MINIMUM = {
+    "patches.num_patches": 2,
+    "loss.eps": 1e-9,
+    "optim.lr": 1e-12,
+    "optim.batch_size": 2,
+    "loss.invariance_weight": 0.0,
+    "loss.tcr_weight": 0.0,
+}  # smallest allowed value
+
+
+def validate_space(space: dict[str, SearchParam]) -> None:
+    """Rejects a search space that cannot work, before any trial starts (ConfigError, one line)."""
+    if not space:
+        raise ConfigError(
+            "sweep.space is empty: add e.g. sweep.space.optim.lr={kind: loguniform, "
+            "low: 0.03, high: 1.0}"
+        )
+    for key, p in space.items():
+        if key not in TUNABLE:
+            raise ConfigError(
+                f"sweep.space has unknown key {key!r}; tunable keys: {', '.join(TUNABLE)}"
+            )
+        if p.kind in ("choice", "grid"):
+            if not p.values:
+                raise ConfigError(f"sweep.space.{key}: {p.kind} needs a non-empty `values` list")
+            lows = list(p.values)
+        elif p.kind in ("uniform", "loguniform"):
+            if p.low is None or p.high is None or not p.low < p.high:
+                raise ConfigError(
+                    f"sweep.space.{key}: {p.kind} needs low < high, got low={p.low}, high={p.high}"
+                )
+            if p.kind == "loguniform" and p.low <= 0:
+                raise ConfigError(f"sweep.space.{key}: loguniform needs low > 0, got {p.low}")
+            lows = [p.low]
+        else:
+            raise ConfigError(
+                f"sweep.space.{key}: unknown kind {p.kind!r}; use choice, grid, "
+                "uniform or loguniform"
+            )
+        bad = [
+            v
+            for v in lows
+            if not isinstance(v, (int, float))
+            or v < _MINIMUM[key]
+            or (key == "loss.eps" and v <= 0)
+        ]
+        if bad:
+            need = "> 0" if key in ("loss.eps", "optim.lr") else f">= {_MINIMUM[key]}"
+            raise ConfigError(
+                f"sweep.space.{key}: value(s) {bad} out of range; {key} must be {need}"
+            )
+
+
+def to_tune_space(space: dict[str, SearchParam]) -> dict[str, Any]:
+    """Our SearchParam records -> Tune's sampling primitives."""
+    out: dict[str, Any] = {}
+    for key, p in space.items():
+        if p.kind == "choice":
+            out[key] = tune.choice(list(p.values or []))
+        elif p.kind == "grid":
+            out[key] = tune.grid_search(list(p.values or []))
+        else:
+            assert p.low is not None and p.high is not None  # validate_space checked them
+            sample = tune.uniform if p.kind == "uniform" else tune.loguniform
+            out[key] = sample(p.low, p.high)
+    return out
+
+
+def apply_overrides(base: PretrainConfig, params: dict[str, Any]) -> PretrainConfig:
+    """A copy of `base` with dotted keys (e.g. "optim.lr") set; integers stay integers."""
+    cfg = copy.deepcopy(base)
+    for key, value in params.items():
+        section, name = key.split(".")
+        current = getattr(getattr(cfg, section), name)
+        setattr(getattr(cfg, section), name, int(value) if isinstance(current, int) else value)
+    return cfg
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """Tune function: one TorchTrainer run with this trial's parameters; metrics go to Tune."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from empssl_ray.on_ray.train import pretrain
+
+    cfg = apply_overrides(to_dataclass(config["base"], PretrainConfig), config["params"])
+    cfg.run.name = f"trial-{tune.get_context().get_trial_id()}"
+    cfg.run.storage_path = config["trials_dir"]
+    cfg.run.evaluate = False
+    cfg.run.log_every_steps = 0  # Tune sees epoch reports only: every one carries the objective
+    pretrain(cfg, callbacks=[TuneReportCallback()])
+
+
+def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
+    """A new Tuner, or the restored one when this sweep name already has state (driver died)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    sweep = cfg.sweep
+    validate_space(sweep.space)
+    if sweep.objective not in OBJECTIVES:
+        raise ConfigError(f"sweep.objective {sweep.objective!r}; choose one of {OBJECTIVES}")
+    if sweep.scheduler not in ("asha", "fifo"):
+        raise ConfigError(f"sweep.scheduler {sweep.scheduler!r}; choose asha or fifo")
+    if cfg.eval.monitor_test <= 0:
+        raise ConfigError("sweeps rank trials by the online kNN: set eval.monitor_test > 0")
+    root = storage.resolve(sweep.storage_path)
+    sweep_dir = storage.join(root, sweep.name)
+    trainable = tune.with_resources(run_trial, {"CPU": sweep.trial_cpus})
+    if tune.Tuner.can_restore(sweep_dir):
+        # Finished trials keep their results; unfinished and errored ones run again.
+        return tune.Tuner.restore(sweep_dir, trainable, resume_errored=True), sweep_dir
+    base = cfg.pretrain_config()
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            max_t=cfg.optim.epochs,
+            grace_period=sweep.grace_period,
+            reduction_factor=sweep.reduction_factor,
+        )
+        if sweep.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={
+            "params": to_tune_space(sweep.space),
+            "base": asdict(base),
+            "trials_dir": storage.join(sweep_dir, "trials"),
+        },
+        tune_config=tune.TuneConfig(
+            metric=sweep.objective,
+            mode="max",
+            scheduler=scheduler,
+            num_samples=sweep.num_samples,
+            max_concurrent_trials=sweep.max_concurrent_trials,
+        ),
+        # verbose=0: the driver's console is TrialConsole's table, not Tune's status output.
+        run_config=tune.RunConfig(
+            name=sweep.name,
+            storage_path=root,
+            verbose=0,
+            callbacks=[TrialConsole(list(sweep.space), sweep.objective, cfg.optim.epochs)],
+        ),
+    )
+    return tuner, sweep_dir
+
+
+def trial_table(results: tune.ResultGrid, objective: str) -> list[dict[str, Any]]:
+    """One row per trial: parameters, objective, epochs run, compute used; best first."""
+    rows = []
+    for r in (results[i] for i in range(len(results))):
+        m = r.metrics or {}
+        rows.append(
+            {
+                **{k: v for k, v in (r.config or {})["params"].items()},
+                objective: m.get(objective, math.nan),
+                "knn_acc": m.get("knn_acc", math.nan),
+                "epochs": m.get("epoch", 0),
+                "patch_forwards": m.get("patch_forwards", 0),
+                "time_s": m.get("time_total_s", math.nan),
+                "loss": m.get("loss", math.nan),
+                "error": None if r.error is None else type(r.error).__name__,
+                "trial": posixpath.basename(r.path) if r.path else "",
+            }
+        )
+    return sorted(
+        rows, key=lambda row: -row[objective] if math.isfinite(row[objective]) else math.inf
+    )
+
+
+class TrialConsole(tune.Callback):
+    """A sweep's console in the driver, in place of Tune's own status output: the table of
+    trials with their latest epoch figures, redrawn at each epoch report on a terminal, or one
+    plain line per report in a job log; a line when a trial ends early or fails."""
+
+    def __init__(self, space: list[str], objective: str, epochs: int) -> None:
+        self.space, self.objective, self.epochs = space, objective, epochs
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.drawn = 0  # lines of the table now on screen
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        if result.get("kind") != "epoch":
+            return
+        params = {k: v for k, v in (trial.config or {}).get("params", {}).items()}
+        row = {
+            **params,
+            self.objective: result.get(self.objective, math.nan),
+            "epoch": f"{result.get('epoch', 0)}/{self.epochs}",
+            "loss": result.get("loss", math.nan),
+        }
+        self.rows[trial.trial_id] = row
+        if not sys.stdout.isatty():
+            cells = " ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+            )
+            value = row[self.objective]
+            shown = f"{100 * value:.1f}%" if self.objective.endswith("acc") else f"{value:.4g}"
+            self.say(
+                f"trial {trial.trial_id} epoch {row['epoch']} | {self.objective} {shown} "
+                f"| loss {row['loss']:.3f} | {cells}"
+            )
+            return
+        table = format_table(self.rows, [*self.space, self.objective, "epoch", "loss"])
+        if self.drawn:  # move up over the previous table and clear it
+            sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
+        sys.stdout.write(table + "\n")
+        sys.stdout.flush()
+        self.drawn = table.count("\n") + 1
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epochs = (trial.last_result or {}).get("epoch", 0)
+        if epochs < self.epochs:
+            self.say(
+                f"trial {trial.trial_id} stopped early by the scheduler after epoch "
+                f"{epochs}/{self.epochs}"
+            )
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.say(f"trial {trial.trial_id} failed; its error is in {trial.path}")
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.drawn = 0  # a line under the table: the next table starts below it

@@ -1,0 +1,134 @@
+"""Run outputs people look at: metrics.jsonl / metrics.csv, TensorBoard events, curves.png.
+
+They are written locally and copied to the run dir, which may be on object storage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+from empssl_ray.data import storage
+from empssl_ray.data.storage import LocalMirror
+
+METRICS_FILE = "metrics.jsonl"
+PUSH_EVERY_S = 30.0  # step records reach object storage at least this often, not only per epoch
+CURVES = ("loss", "tcr", "invariance", "knn_acc", "lr", "patches_per_s", "data_wait_frac")
+
+
+class MetricsLogger:
+    """Appends metric records to `<run_dir>/metrics.jsonl` and TensorBoard; redraws the PNG.
+
+    Each record carries `kind` ("step" or "epoch"), `step` and `epoch`. Appending (not
+    rewriting) keeps a resumed run's history in one file. The files are written into a local
+    mirror of the run dir and copied up by `flush` when the run dir is on object storage.
+    """
+
+    def __init__(self, run_dir: str, tensorboard: bool = True) -> None:
+        self.mirror = LocalMirror(run_dir)
+        self.mirror.pull(METRICS_FILE)  # a resumed run continues its history
+        self.path = os.path.join(self.mirror.path, METRICS_FILE)
+        self.pushed_at = time.monotonic()
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(self.mirror.path, "tensorboard"))
+
+    def log(self, kind: str, record: dict[str, Any]) -> None:
+        record = {"kind": kind, **record}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "epoch"):
+                    self.writer.add_scalar(f"{kind}/{key}", value, record.get("step", 0))
+        if self.mirror.remote and time.monotonic() - self.pushed_at > PUSH_EVERY_S:
+            self.mirror.push()  # someone may be watching the run on object storage
+            self.pushed_at = time.monotonic()
+
+    def flush(self) -> None:
+        """Writes the CSV and the curves PNG, and copies new files to the run dir (each epoch)."""
+        if self.writer is not None:
+            self.writer.flush()
+        write_csv_and_plot(self.mirror.path)
+        self.mirror.push()
+        self.pushed_at = time.monotonic()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.flush()
+        self.mirror.close()
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """Every record of `<run_dir>/metrics.jsonl` (local or URI), in order ([] if there is none)."""
+    try:
+        text = storage.read_text(storage.join(run_dir, METRICS_FILE))
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def write_csv_and_plot(folder: str) -> str | None:
+    """metrics.csv (one row per record) and curves.png (one panel per metric) in a local folder
+    holding metrics.jsonl. Returns the PNG's path."""
+    records = read_metrics(folder)
+    if not records:
+        return None
+    import pandas as pd
+
+    frame = pd.DataFrame(records)
+    frame.to_csv(os.path.join(folder, "metrics.csv"), index=False)
+    return plot_curves(frame, os.path.join(folder, "curves.png"))
+
+
+def plot_curves(frame: Any, path: str) -> str:
+    """Training curves: step records as lines, epoch records as markers, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: runs on cluster nodes and in CI
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in CURVES if k in frame and frame[k].notna().any()]
+    cols = 3
+    rows = max(1, math.ceil(len(keys) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        for kind, style in (("step", "-"), ("epoch", "o-")):
+            part = frame[(frame["kind"] == kind) & frame[key].notna()]
+            if len(part):
+                ax.plot(part["step"], part[key], style, label=kind, markersize=4)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys) :]:
+        ax.axis("off")
+    axes.flat[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def format_table(rows: dict[str, dict[str, Any]], columns: list[str]) -> str:
+    """A plain-text table: one row per name, floats as percentages where they are accuracies."""
+
+    def cell(key: str, value: Any) -> str:
+        if isinstance(value, float) and key.endswith("acc"):
+            return f"{100 * value:.2f}%"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    header = ["", *columns]
+    body = [[name, *(cell(c, r.get(c, "")) for c in columns)] for name, r in rows.items()]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
+    lines = [
+        " | ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True))
+        for line in (header, *body)
+    ]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
