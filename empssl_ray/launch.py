@@ -48,23 +48,31 @@ def to_dataclass(cfg: Any, cls: type) -> Any:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), cfg))
 
 
-def compose(config_name: str, overrides: list[str]) -> Any:
+def compose(
+    config_name: str,
+    overrides: list[str],
+    config_dir: str | None = None,
+    schema: type | None = None,
+) -> Any:
     """The typed config a job would get from `python jobs/<job>.py <overrides>`.
 
     Args:
-        config_name: the job's primary config in `empssl_ray/conf`, e.g. "pretrain".
+        config_name: the primary config, e.g. "pretrain" (a job's, in `empssl_ray/conf`) or
+            "best" (a sweep's best.yaml, in `config_dir`).
         overrides: Hydra overrides, e.g. ["experiment=smoke", "optim.epochs=2"].
+        config_dir: a folder of configs to compose from instead of `empssl_ray/conf`.
+        schema: the dataclass to build; default: the job's (`SCHEMAS[config_name]`).
     """
-    schema = SCHEMAS[config_name]
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    schema = schema or SCHEMAS[config_name]
     register_configs()
     # A job that composes (jobs/reproduce.py) runs inside Hydra's own app: keep its state.
-    if GlobalHydra.instance().is_initialized():
+    if config_dir is None and GlobalHydra.instance().is_initialized():
         return to_dataclass(hydra_compose(config_name, overrides=overrides), schema)
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_dir(config_dir=config_dir or CONF_DIR, version_base=None):
         return to_dataclass(hydra_compose(config_name, overrides=overrides), schema)
 
 

@@ -6,114 +6,114 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from empssl_ray.config import ConfigError, PretrainConfig
+from empssl_ray.presets import PRESET_DIR
 
-PRESET_DIR = os.path.join(os.path.dirname(__file__), "conf", "experiment")
-
-# (field, test on the whole config, what the field must be): each is a value Ray, PyTorch or the
-# method would reject later, deep inside a worker, after minutes of start-up.
-_RULES: list[tuple[str, Callable[[PretrainConfig], bool], str]] = [
-    ("data.on_bad_image", lambda c: c.data.on_bad_image in ("error", "skip"), "error or skip"),
-    (
-        "data.train_limit",
-        lambda c: c.data.train_limit is None or c.data.train_limit >= 1,
-        ">= 1 or null",
-    ),
-    (
-        "data.test_limit",
-        lambda c: c.data.test_limit is None or c.data.test_limit >= 1,
-        ">= 1 or null",
-    ),
-    (
-        "patches.num_patches",
-        lambda c: c.patches.num_patches >= 2,
+# One rule per field, on its value alone: what it must be, else Ray, PyTorch or the method rejects
+# it later, deep inside a worker, after minutes of start-up. The config checks (`validate`) and a
+# sweep's search space (`on_ray.tune.validate_space`) both read this table.
+FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.on_bad_image": (lambda v: v in ("error", "skip"), "error or skip"),
+    "data.train_limit": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "data.test_limit": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "patches.num_patches": (
+        lambda v: v >= 2,
         ">= 2 (the invariance term compares the patches of one image)",
     ),
-    ("patches.size", lambda c: c.patches.size is None or c.patches.size >= 1, ">= 1 or null"),
-    ("patches.crop_scale", lambda c: 0 < c.patches.crop_scale <= 1, "in (0, 1]"),
-    (
-        "patches.interpolation",
-        lambda c: c.patches.interpolation in ("bilinear", "bicubic"),
-        "bilinear or bicubic",
+    "patches.size": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "patches.crop_scale": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "patches.interpolation": (lambda v: v in ("bilinear", "bicubic"), "bilinear or bicubic"),
+    "model.width": (lambda v: v >= 1, ">= 1"),
+    "model.proj_dim": (lambda v: v >= 1, ">= 1"),
+    "model.hidden_dim": (lambda v: v >= 1, ">= 1"),
+    "model.prefeature_dim": (lambda v: v >= 1, ">= 1"),
+    "loss.eps": (lambda v: v > 0, "> 0"),
+    "loss.invariance_weight": (lambda v: v >= 0, ">= 0"),
+    "loss.tcr_weight": (lambda v: v >= 0, ">= 0"),
+    "optim.epochs": (lambda v: v >= 1, ">= 1"),
+    "optim.batch_size": (lambda v: v >= 2, ">= 2"),
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "eval.num_patches": (lambda v: v >= 1, ">= 1"),
+    "eval.batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.knn_k": (lambda v: v >= 1, ">= 1"),
+    "eval.knn_temperature": (lambda v: v > 0, "> 0"),
+    "eval.probe_epochs": (lambda v: v >= 1, ">= 1"),
+    "eval.probe_lr": (lambda v: v > 0, "> 0"),
+    "eval.probe_batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.monitor_test": (lambda v: v >= 0, ">= 0 (0 turns the monitor off)"),
+    "eval.monitor_train": (lambda v: v >= 0, ">= 0"),
+    "eval.monitor_patches": (lambda v: v >= 1, ">= 1"),
+    "ray.num_workers": (lambda v: v >= 0, ">= 0 (0: Ray Train's local mode)"),
+    "ray.cpus_per_worker": (lambda v: v > 0, "> 0"),
+    "ray.aug_min_actors": (
+        lambda v: v >= 1,
+        ">= 1 (Ray Data keeps at least one actor; idle CPU nodes still scale to zero)",
     ),
-    ("model.width", lambda c: c.model.width >= 1, ">= 1"),
-    (
-        "model.proj_dim",
-        lambda c: min(c.model.proj_dim, c.model.hidden_dim, c.model.prefeature_dim) >= 1,
-        ">= 1, as are model.hidden_dim and model.prefeature_dim",
+    "ray.aug_cpus_per_actor": (lambda v: v > 0, "> 0"),
+    "ray.aug_batch_size": (lambda v: v >= 1, ">= 1"),
+    "ray.read_cpus": (lambda v: v > 0, "> 0"),
+    "ray.trainer_resources": (
+        lambda v: all(x > 0 for x in v.values()),
+        "a map of resource names to amounts > 0",
     ),
-    ("loss.eps", lambda c: c.loss.eps > 0, "> 0"),
-    ("loss.invariance_weight", lambda c: c.loss.invariance_weight >= 0, ">= 0"),
-    ("loss.tcr_weight", lambda c: c.loss.tcr_weight >= 0, ">= 0"),
-    ("optim.epochs", lambda c: c.optim.epochs >= 1, ">= 1"),
+    "ray.aug_resources": (
+        lambda v: all(x > 0 for x in v.values()),
+        "a map of resource names to amounts > 0",
+    ),
+    "ray.max_failures": (lambda v: v >= 0, ">= 0"),
+    "ray.prefetch_batches": (lambda v: v >= 1, ">= 1"),
+    "run.name": (lambda v: bool(v) and "/" not in v, "a non-empty name without '/'"),
+    "run.storage_path": (lambda v: bool(v), "a folder or a URI"),
+    "run.log_every_steps": (lambda v: v >= 0, ">= 0 (0: epoch reports only)"),
+}
+
+# Rules across fields: (field reported, test on the whole config, what the field must be).
+CROSS_RULES: list[tuple[str, Callable[[PretrainConfig], bool], str]] = [
     (
         "optim.batch_size",
-        lambda c: c.optim.batch_size >= max(2, c.ray.num_workers),
-        ">= 2 and >= ray.num_workers (every worker needs images)",
-    ),
-    ("optim.lr", lambda c: c.optim.lr > 0, "> 0"),
-    ("optim.momentum", lambda c: 0 <= c.optim.momentum < 1, "in [0, 1)"),
-    ("optim.weight_decay", lambda c: c.optim.weight_decay >= 0, ">= 0"),
-    ("optim.warmup_steps", lambda c: c.optim.warmup_steps >= 0, ">= 0"),
-    ("eval.num_patches", lambda c: c.eval.num_patches >= 1, ">= 1"),
-    ("eval.batch_size", lambda c: c.eval.batch_size >= 1, ">= 1"),
-    ("eval.knn_k", lambda c: c.eval.knn_k >= 1, ">= 1"),
-    ("eval.knn_temperature", lambda c: c.eval.knn_temperature > 0, "> 0"),
-    ("eval.probe_epochs", lambda c: c.eval.probe_epochs >= 1, ">= 1"),
-    ("eval.probe_lr", lambda c: c.eval.probe_lr > 0, "> 0"),
-    ("eval.probe_batch_size", lambda c: c.eval.probe_batch_size >= 1, ">= 1"),
-    (
-        "eval.monitor_test",
-        lambda c: c.eval.monitor_test >= 0 and c.eval.monitor_train >= 0,
-        ">= 0, as is eval.monitor_train (0 turns the monitor off)",
-    ),
-    ("eval.monitor_patches", lambda c: c.eval.monitor_patches >= 1, ">= 1"),
-    ("ray.num_workers", lambda c: c.ray.num_workers >= 0, ">= 0 (0: Ray Train's local mode)"),
-    ("ray.cpus_per_worker", lambda c: c.ray.cpus_per_worker > 0, "> 0"),
-    (
-        "ray.aug_min_actors",
-        lambda c: c.ray.aug_min_actors >= 1,
-        ">= 1 (Ray Data keeps at least one actor; idle CPU nodes still scale to zero)",
+        lambda c: c.optim.batch_size >= c.ray.num_workers,
+        ">= ray.num_workers (every worker needs images)",
     ),
     (
         "ray.aug_max_actors",
         lambda c: c.ray.aug_max_actors >= c.ray.aug_min_actors,
         ">= ray.aug_min_actors",
     ),
-    ("ray.aug_cpus_per_actor", lambda c: c.ray.aug_cpus_per_actor > 0, "> 0"),
-    ("ray.aug_batch_size", lambda c: c.ray.aug_batch_size >= 1, ">= 1"),
-    ("ray.read_cpus", lambda c: c.ray.read_cpus > 0, "> 0"),
-    (
-        "ray.trainer_resources",
-        lambda c: all(v > 0 for v in c.ray.trainer_resources.values()),
-        "a map of resource names to amounts > 0",
-    ),
-    (
-        "ray.aug_resources",
-        lambda c: all(v > 0 for v in c.ray.aug_resources.values()),
-        "a map of resource names to amounts > 0",
-    ),
-    ("ray.max_failures", lambda c: c.ray.max_failures >= 0, ">= 0"),
-    ("ray.prefetch_batches", lambda c: c.ray.prefetch_batches >= 1, ">= 1"),
-    (
-        "run.name",
-        lambda c: bool(c.run.name) and "/" not in c.run.name,
-        "a non-empty name without '/'",
-    ),
-    ("run.storage_path", lambda c: bool(c.run.storage_path), "a folder or a URI"),
-    ("run.log_every_steps", lambda c: c.run.log_every_steps >= 0, ">= 0 (0: epoch reports only)"),
 ]
+
+
+def field_problem(key: str, value: Any) -> str | None:
+    """What `value` of dotted field `key` must be, when it breaks that field's rule, else None."""
+    rule = FIELD_RULES.get(key)
+    if rule is None:
+        return None
+    ok, need = rule
+    try:
+        return None if ok(value) else need
+    except (TypeError, AttributeError):  # a string where a number goes, and the like
+        return need
+
+
+def _value(cfg: PretrainConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def validate(cfg: PretrainConfig) -> None:
     """Raises ConfigError (one line: the field, its value, what it must be) for the first field
     that cannot work."""
-    for key, ok, need in _RULES:
+    for key in FIELD_RULES:
+        need = field_problem(key, _value(cfg, key))
+        if need is not None:
+            raise ConfigError(f"{key}={_value(cfg, key)!r} cannot work: it must be {need}")
+    for key, ok, need in CROSS_RULES:
         if not ok(cfg):
-            section, name = key.split(".")
-            value = getattr(getattr(cfg, section), name)
-            raise ConfigError(f"{key}={value!r} cannot work: it must be {need}")
+            raise ConfigError(f"{key}={_value(cfg, key)!r} cannot work: it must be {need}")
 
 
 def experiment_presets() -> list[str]:

@@ -326,27 +326,24 @@ def main(work: Path, data: str, store: str) -> dict:
 
 def run_best(folder: Path, storage_path: str) -> list[int]:
     """jobs/pretrain.py's main on the best trial's YAML; returns the epochs it recorded."""
-    from hydra import compose, initialize_config_dir
-
     from empssl_ray.config import PretrainConfig
-    from empssl_ray.launch import register_configs, to_dataclass
+    from empssl_ray.launch import compose
     from empssl_ray.runs.checkpoints import run_dir_of
     from empssl_ray.runs.metrics import read_metrics
     from jobs.pretrain import main as pretrain_main
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(folder), version_base=None):
-        raw = compose(
-            config_name="best",
-            overrides=[
-                f"run.storage_path={storage_path}",
-                "optim.epochs=1",
-                "run.evaluate=false",
-                "ray.num_workers=0",
-                "run.progress=false",
-            ],
-        )
-    cfg = to_dataclass(raw, PretrainConfig)
+    cfg = compose(
+        "best",
+        [
+            f"run.storage_path={storage_path}",
+            "optim.epochs=1",
+            "run.evaluate=false",
+            "ray.num_workers=0",
+            "run.progress=false",
+        ],
+        config_dir=str(folder),
+        schema=PretrainConfig,
+    )
     pretrain_main(cfg)
     return [r["epoch"] for r in read_metrics(run_dir_of(cfg)) if r["kind"] == "epoch"]
 

@@ -78,11 +78,7 @@ def test_sweep_tables_every_trial_and_asha_keeps_one_to_the_end(sweep) -> None:
 
 
 def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     from empssl_ray.config import PretrainConfig
-    from empssl_ray.launch import register_configs, to_dataclass
     from empssl_ray.runs.metrics import read_metrics
     from jobs.pretrain import main
 
@@ -91,19 +87,17 @@ def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:
     best = storage.read_text(out["best_yaml"])
     assert "after copying s3://" in best
     (tmp_path / "best.yaml").write_text(best)
-    register_configs()
-    with initialize_config_dir(config_dir=str(tmp_path), version_base=None):
-        raw = hydra_compose(
-            config_name="best",
-            # Ray Train's local mode: the whole pretrain path without a worker group to start.
-            overrides=[
-                f"run.storage_path={tmp_path}",
-                "optim.epochs=1",
-                "run.evaluate=false",
-                "ray.num_workers=0",
-            ],
-        )
-    cfg = to_dataclass(raw, PretrainConfig)
+    cfg = compose(
+        "best",
+        [
+            f"run.storage_path={tmp_path}",
+            "optim.epochs=1",
+            "run.evaluate=false",
+            "ray.num_workers=0",
+        ],
+        config_dir=str(tmp_path),
+        schema=PretrainConfig,
+    )
     assert cfg.patches.num_patches in (2, 8)
     main(cfg)
     assert [

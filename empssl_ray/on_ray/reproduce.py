@@ -8,53 +8,43 @@ same sweep name resumes it: finished rows are not trained again.
 
 from __future__ import annotations
 
+import copy
 import io
-import os
-import re
 import time
-from dataclasses import asdict
 from typing import Any
 
 from ray import tune
 
 from empssl_ray.config import ConfigError, DataConfig, PretrainConfig, ReproduceConfig
 from empssl_ray.data import storage
-from empssl_ray.launch import compose, to_dataclass
-from empssl_ray.rules import PRESET_DIR, experiment_presets
+from empssl_ray.launch import compose
+from empssl_ray.paper import FIGURES
+from empssl_ray.presets import TINY, apply_preset
 
 PAPER_PREFIX = "paper/"
-_FIGURE = re.compile(r"^# Paper figure: ([\d.]+)%", re.MULTILINE)
 
 
 def paper_rows() -> list[str]:
-    """Every row of the paper's table that has a preset, e.g. "cifar10-1ep-20p"."""
-    return [p[len(PAPER_PREFIX) :] for p in experiment_presets() if p.startswith(PAPER_PREFIX)]
+    """Every row of the paper's table, e.g. "cifar10-1ep-20p" (each has a preset)."""
+    return list(FIGURES)
 
 
 def paper_figure(row: str) -> float:
-    """The paper's linear-probe accuracy for a row (%), as its preset's header states it."""
-    with open(os.path.join(PRESET_DIR, "paper", f"{row}.yaml")) as f:
-        found = _FIGURE.search(f.read())
-    if found is None:
-        raise ValueError(f"paper/{row}.yaml has no '# Paper figure: N%' line")
-    return float(found.group(1))
+    """The paper's linear-probe accuracy for a row (%)."""
+    return FIGURES[row].probe_acc
 
 
 def shrink_for_cpu(cfg: PretrainConfig) -> None:
-    """--quick: the smoke model on 512 / 256 images, 1 epoch, a tenth of the row's patches, on
-    one CPU worker that cuts its own patches. It checks the path, not the paper's figures."""
-    cfg.data.train_limit, cfg.data.test_limit = 512, 256
-    cfg.patches.num_patches = max(2, cfg.patches.num_patches // 10)
-    cfg.patches.size, cfg.patches.aspect_ratio = 16, [1.0, 1.0]
-    cfg.model.backbone, cfg.model.width, cfg.model.sync_batchnorm = "resnet-narrow", 8, False
-    cfg.model.prefeature_dim = cfg.model.hidden_dim = 64
-    cfg.model.proj_dim = 32
-    cfg.optim.epochs, cfg.optim.batch_size = 1, 64
-    cfg.eval.num_patches, cfg.eval.probe_epochs, cfg.eval.monitor_test = 4, 5, 0
-    cfg.eval.batch_size = 128
+    """--quick: the tiny-run preset (`experiment=smoke`: its images, patch size, model, batch and
+    evaluation), 1 epoch, a tenth of the row's patches, on one CPU worker that cuts its own
+    patches, without the monitor. It checks the path, not the paper's figures."""
+    patches = max(2, cfg.patches.num_patches // 10)
+    apply_preset(cfg, TINY, sections=("data", "patches", "model", "optim", "eval", "ray"))
+    cfg.patches.num_patches, cfg.patches.aspect_ratio = patches, [1.0, 1.0]
+    cfg.model.sync_batchnorm, cfg.optim.epochs = False, 1
+    cfg.eval.probe_epochs, cfg.eval.monitor_test = 5, 0
     cfg.ray.use_gpu, cfg.ray.num_workers, cfg.ray.patches_on_trainer = False, 1, True
-    cfg.ray.cpus_per_worker = cfg.ray.aug_cpus_per_actor = 0.25
-    cfg.ray.read_cpus, cfg.ray.aug_max_actors, cfg.ray.max_failures = 0.1, 1, 0
+    cfg.ray.aug_cpus_per_actor, cfg.ray.read_cpus, cfg.ray.max_failures = 0.25, 0.1, 0
     cfg.run.progress = False
 
 
@@ -75,14 +65,20 @@ def row_config(row: str, settings: ReproduceConfig) -> PretrainConfig:
     return cfg
 
 
-def run_row(config: dict[str, Any]) -> None:
-    """Tune function: pretrain one row, evaluate its last checkpoint, report the figures."""
+def run_row(config: dict[str, Any], configs: dict[str, PretrainConfig], rows_dir: str) -> None:
+    """Tune function: pretrain one row, evaluate its last checkpoint, report the figures.
+
+    Args:
+        config: the trial's {"row": name}.
+        configs: every row's config, as the driver composed it.
+        rows_dir: where the rows' runs go.
+    """
     from empssl_ray.on_ray.evaluate import evaluate_checkpoint
     from empssl_ray.on_ray.train import pretrain
     from empssl_ray.runs.checkpoints import latest_checkpoint, run_dir_of
 
-    cfg: PretrainConfig = to_dataclass(config["configs"][config["row"]], PretrainConfig)
-    cfg.run.storage_path = config["rows_dir"]
+    cfg = copy.deepcopy(configs[config["row"]])
+    cfg.run.storage_path = rows_dir
     start = time.perf_counter()
     pretrain(cfg)
     run_dir = run_dir_of(cfg)
@@ -119,18 +115,19 @@ def build_reproducer(
     """A Tuner over the rows' configs (restored when this sweep name has state) and its folder."""
     root = storage.resolve(settings.storage_path)
     sweep_dir = storage.join(root, settings.name)
-    trainable = tune.with_resources(run_row, {"CPU": settings.trial_cpus})
-    if tune.Tuner.can_restore(sweep_dir):
-        return tune.Tuner.restore(sweep_dir, trainable, resume_errored=True), sweep_dir
     for row, cfg in configs.items():
         cfg.run.name = f"{settings.name}-{row}"
+    # The typed configs travel as they are (in the object store), not through Tune's dicts.
+    rows_dir = storage.join(sweep_dir, "rows")
+    trainable = tune.with_resources(
+        tune.with_parameters(run_row, configs=configs, rows_dir=rows_dir),
+        {"CPU": settings.trial_cpus},
+    )
+    if tune.Tuner.can_restore(sweep_dir):
+        return tune.Tuner.restore(sweep_dir, trainable, resume_errored=True), sweep_dir
     tuner = tune.Tuner(
         trainable,
-        param_space={
-            "row": tune.grid_search(list(configs)),
-            "configs": {row: asdict(cfg) for row, cfg in configs.items()},
-            "rows_dir": storage.join(sweep_dir, "rows"),
-        },
+        param_space={"row": tune.grid_search(list(configs))},
         tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent_trials),
         # verbose=0: the console is RowConsole's line per finished row, not Tune's status.
         run_config=tune.RunConfig(

@@ -11,14 +11,13 @@ import copy
 import math
 import posixpath
 import sys
-from dataclasses import asdict
 from typing import Any
 
 from ray import tune
 
 from empssl_ray.config import ConfigError, PretrainConfig, SearchParam, TuneJobConfig
 from empssl_ray.data import storage
-from empssl_ray.launch import to_dataclass
+from empssl_ray.rules import field_problem
 from empssl_ray.runs.metrics import format_table
 
 TUNABLE = (
@@ -30,14 +29,6 @@ TUNABLE = (
     "optim.batch_size",
 )
 OBJECTIVES = ("knn_acc", "knn_acc_per_mpatch")
-_MINIMUM = {
-    "patches.num_patches": 2,
-    "loss.eps": 1e-9,
-    "optim.lr": 1e-12,
-    "optim.batch_size": 2,
-    "loss.invariance_weight": 0.0,
-    "loss.tcr_weight": 0.0,
-}  # smallest allowed value
 
 
 def validate_space(space: dict[str, SearchParam]) -> None:
@@ -63,21 +54,16 @@ def validate_space(space: dict[str, SearchParam]) -> None:
                 )
             if p.kind == "loguniform" and p.low <= 0:
                 raise ConfigError(f"sweep.space.{key}: loguniform needs low > 0, got {p.low}")
-            lows = [p.low]
+            lows = [p.low, p.high]
         else:
             raise ConfigError(
                 f"sweep.space.{key}: unknown kind {p.kind!r}; use choice, grid, "
                 "uniform or loguniform"
             )
-        bad = [
-            v
-            for v in lows
-            if not isinstance(v, (int, float))
-            or v < _MINIMUM[key]
-            or (key == "loss.eps" and v <= 0)
-        ]
+        # The config's own rule for the field (rules.FIELD_RULES), on every value a trial can get.
+        bad = [v for v in lows if not isinstance(v, (int, float)) or field_problem(key, v)]
         if bad:
-            need = "> 0" if key in ("loss.eps", "optim.lr") else f">= {_MINIMUM[key]}"
+            need = field_problem(key, bad[0]) or "a number"
             raise ConfigError(
                 f"sweep.space.{key}: value(s) {bad} out of range; {key} must be {need}"
             )
@@ -108,15 +94,21 @@ def apply_overrides(base: PretrainConfig, params: dict[str, Any]) -> PretrainCon
     return cfg
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """Tune function: one TorchTrainer run with this trial's parameters; metrics go to Tune."""
+def run_trial(config: dict[str, Any], base: PretrainConfig, trials_dir: str) -> None:
+    """Tune function: one TorchTrainer run with this trial's parameters; metrics go to Tune.
+
+    Args:
+        config: the trial's {"params": {dotted key: value}}.
+        base: the sweep's run, every trial's starting point.
+        trials_dir: where the trials' runs go.
+    """
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from empssl_ray.on_ray.train import pretrain
 
-    cfg = apply_overrides(to_dataclass(config["base"], PretrainConfig), config["params"])
+    cfg = apply_overrides(base, config["params"])
     cfg.run.name = f"trial-{tune.get_context().get_trial_id()}"
-    cfg.run.storage_path = config["trials_dir"]
+    cfg.run.storage_path = trials_dir
     cfg.run.evaluate = False
     cfg.run.log_every_steps = 0  # Tune sees epoch reports only: every one carries the objective
     pretrain(cfg, callbacks=[TuneReportCallback()])
@@ -136,11 +128,16 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
         raise ConfigError("sweeps rank trials by the online kNN: set eval.monitor_test > 0")
     root = storage.resolve(sweep.storage_path)
     sweep_dir = storage.join(root, sweep.name)
-    trainable = tune.with_resources(run_trial, {"CPU": sweep.trial_cpus})
+    # The typed base config travels as it is (in the object store), not through Tune's dicts.
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            run_trial, base=cfg.pretrain_config(), trials_dir=storage.join(sweep_dir, "trials")
+        ),
+        {"CPU": sweep.trial_cpus},
+    )
     if tune.Tuner.can_restore(sweep_dir):
         # Finished trials keep their results; unfinished and errored ones run again.
         return tune.Tuner.restore(sweep_dir, trainable, resume_errored=True), sweep_dir
-    base = cfg.pretrain_config()
     scheduler = (
         ASHAScheduler(
             time_attr="epoch",
@@ -153,11 +150,7 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
     )
     tuner = tune.Tuner(
         trainable,
-        param_space={
-            "params": to_tune_space(sweep.space),
-            "base": asdict(base),
-            "trials_dir": storage.join(sweep_dir, "trials"),
-        },
+        param_space={"params": to_tune_space(sweep.space)},
         tune_config=tune.TuneConfig(
             metric=sweep.objective,
             mode="max",
