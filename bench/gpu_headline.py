@@ -16,6 +16,9 @@ figure. No Ray anywhere: a box with torch, torchvision, pyarrow, pillow, numpy a
     python bench/gpu_headline.py                      # the headline (GPU, ~minutes)
     python bench/gpu_headline.py --bf16               # the same under bf16 autocast
     python bench/gpu_headline.py --quick --device cpu # a CPU smoke run (tiny data and model)
+
+With the package installed (`pip install -e .`), or from the repository root with
+`PYTHONPATH=.` on a box that has only the packages above.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import itertools
 import json
 import multiprocessing as mp
 import os
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -33,15 +35,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python bench/gpu_headline.py` without an installed package
-    sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from empssl_ray.config import (  # noqa: E402
+from empssl_ray.config import (
     DataConfig,
     EvalConfig,
     ModelConfig,
@@ -50,26 +48,28 @@ from empssl_ray.config import (  # noqa: E402
     PretrainConfig,
     RunConfig,
 )
-from empssl_ray.data.datasets import open_dataset  # noqa: E402
-from empssl_ray.devices import to_device  # noqa: E402
-from empssl_ray.evaluation.features import embed_dataset  # noqa: E402
-from empssl_ray.evaluation.probe import evaluate_features  # noqa: E402
-from empssl_ray.method.training import LoopHooks, Trainer, fit  # noqa: E402
+from empssl_ray.data.datasets import open_dataset
+from empssl_ray.devices import to_device
+from empssl_ray.evaluation.features import embed_dataset
+from empssl_ray.evaluation.probe import evaluate_features
+from empssl_ray.method.training import LoopHooks, Trainer, fit
+from empssl_ray.presets import TINY, preset_values
 
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10"
 PAPER_PROBE_ACC = 0.806  # CIFAR-10, 1 epoch, 20 patches, ResNet-18, T = 128 (the paper's Table 1)
 
 # --quick: a CPU smoke run of every stage in seconds. Anything given explicitly wins.
+_TINY = preset_values(TINY)  # the tiny-run preset: its images, model and batch
 QUICK = dict(
-    train_limit=512,
-    test_limit=256,
-    backbone="resnet-narrow",
-    width=8,
-    prefeature_dim=512,
-    hidden_dim=512,
-    proj_dim=128,
-    patches=2,
-    batch_size=64,
+    train_limit=_TINY["data"]["train_limit"],
+    test_limit=_TINY["data"]["test_limit"],
+    **{
+        k: _TINY["model"][k]
+        for k in ("backbone", "width", "prefeature_dim", "hidden_dim", "proj_dim")
+    },
+    batch_size=_TINY["optim"]["batch_size"],
+    patches=2,  # the fewest the loss takes: every stage once, as fast as it goes
     eval_patches=2,
     probe_epochs=1,
     warmup_steps=1,

@@ -15,18 +15,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ray
+import torch
 
-import ray  # noqa: E402
-import torch  # noqa: E402
-
-from empssl_ray.config import DataConfig, ModelConfig, PatchConfig, PretrainConfig, RayConfig  # noqa: E402
+from empssl_ray.config import DataConfig, PatchConfig, PretrainConfig, RayConfig
+from empssl_ray.data.datasets import open_dataset, open_splits
+from empssl_ray.presets import TINY, apply_preset
 
 
 @ray.remote(num_cpus=0)
@@ -121,9 +119,8 @@ def trainer_config(args: argparse.Namespace) -> PretrainConfig:
     cfg = PretrainConfig()
     cfg.data = DataConfig(name="fashion-mnist", train_limit=args.train_images)
     cfg.patches = PatchConfig(num_patches=args.patches, size=args.size)
-    cfg.model = ModelConfig(
-        backbone="resnet-narrow", width=args.width, prefeature_dim=128, hidden_dim=128, proj_dim=64
-    )
+    apply_preset(cfg, TINY, sections=("model",))  # the tiny-run preset's model, at --width
+    cfg.model.width = args.width
     cfg.optim.epochs, cfg.optim.batch_size = args.epochs, args.batch_size
     cfg.eval.monitor_test = 0
     # One core each for the trainer and the augmentation actor; the read/shuffle tasks need a
@@ -182,8 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     data = DataConfig(name="fashion-mnist", train_limit=args.aug_images)
     # Read and shuffle into the training stream's blocks once, outside the timings.
     images, info, rows = read_images(
-        data,
-        "train",
+        open_dataset(data, "train"),
         read_cpus=0.25,
         shuffle_seed=0,
         block_rows=BATCHES_PER_BLOCK * args.batch_size,
@@ -210,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = trainer_config(args)
     with tempfile.TemporaryDirectory() as tmp:
         cfg.run.storage_path = tmp
-        build_trainer(cfg).fit()
+        build_trainer(cfg, open_splits(cfg.data)).fit()
         epochs = [r for r in read_metrics(os.path.join(tmp, cfg.run.name)) if r["kind"] == "epoch"]
     ray.shutdown()
     waited = sum(r["data_wait_frac"] * r["epoch_time_s"] for r in epochs)

@@ -37,7 +37,6 @@ import contextlib
 import io
 import logging
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -45,14 +44,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import ray
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from empssl_ray.config import DataConfig, PatchConfig, RayConfig  # noqa: E402
-from empssl_ray.on_ray.logs import silence_driver  # noqa: E402
+from empssl_ray.config import DataConfig, PatchConfig, RayConfig
+from empssl_ray.on_ray.logs import silence_driver
 
 FILE_ROWS = 2_000
 DESIGNS = ("all-to-all", "per-epoch", "one-exec")
@@ -91,12 +88,12 @@ def all_to_all_stream(
     data: DataConfig, patches: PatchConfig, ray_cfg: RayConfig, seed: int, epoch: int
 ) -> ray.data.Dataset:
     """The training stream as it was: in-order read, `random_shuffle`, then the actor pool."""
+    from empssl_ray.data.datasets import open_dataset
     from empssl_ray.on_ray.read import read_images
     from empssl_ray.on_ray.stream import BATCHES_PER_BLOCK, PatchCutter, exact_tensors
 
     ds, info, _ = read_images(
-        data,
-        "train",
+        open_dataset(data, "train"),
         read_cpus=ray_cfg.read_cpus,
         block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK,
     )
@@ -221,14 +218,23 @@ def batches(
         yield from ds.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True)
 
     if design == "one-exec":
-        ds = patch_stream(data, patches, ray_cfg, 0, epochs=range(epochs))[0]
+        ds = patch_stream(train_split(data), patches, ray_cfg, 0, epochs=range(epochs))[0]
         yield from iterate_epochs(lambda: iterate(ds), wanted=epochs * (len_of(data) // batch))
         return
     for epoch in range(epochs):  # each epoch a new execution, in a new order
         if design == "per-epoch":
-            yield from iterate(patch_stream(data, patches, ray_cfg, seed=0, epochs=[epoch])[0])
+            yield from iterate(
+                patch_stream(train_split(data), patches, ray_cfg, seed=0, epochs=[epoch])[0]
+            )
         else:
             yield from iterate(all_to_all_stream(data, patches, ray_cfg, seed=0, epoch=epoch))
+
+
+def train_split(data: DataConfig) -> Any:
+    """The opened training split (`ImageDataset`) the stream reads."""
+    from empssl_ray.data.datasets import open_dataset
+
+    return open_dataset(data, "train")
 
 
 def len_of(data: DataConfig) -> int:

@@ -14,26 +14,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
-if "empssl_ray" not in sys.modules:  # an explicit PYTHONPATH checkout wins over this repo
-    sys.path.append(str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from empssl_ray.config import ModelConfig, PretrainConfig  # noqa: E402
-from empssl_ray.method.training import Trainer  # noqa: E402
+from empssl_ray.config import PretrainConfig
+from empssl_ray.method.training import Trainer
+from empssl_ray.presets import TINY, apply_preset
 
 
 def smoke_config(batch_size: int) -> PretrainConfig:
     """The smoke preset's model, patch and batch sizes (conf/experiment/smoke.yaml)."""
-    cfg = PretrainConfig()
-    cfg.model = ModelConfig(
-        backbone="resnet-narrow", width=8, prefeature_dim=64, hidden_dim=64, proj_dim=32
-    )
-    cfg.patches.num_patches, cfg.patches.size = 4, 16
+    cfg = apply_preset(PretrainConfig(), TINY, sections=("model", "patches"))
     cfg.optim.batch_size = batch_size
     return cfg
 

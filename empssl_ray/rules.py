@@ -15,9 +15,11 @@ from empssl_ray.presets import PRESET_DIR
 # it later, deep inside a worker, after minutes of start-up. The config checks (`validate`) and a
 # sweep's search space (`on_ray.tune.validate_space`) both read this table.
 FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "data.on_bad_image": (lambda v: v in ("error", "skip"), "error or skip"),
-    "data.train_limit": (lambda v: v is None or v >= 1, ">= 1 or null"),
-    "data.test_limit": (lambda v: v is None or v >= 1, ">= 1 or null"),
+    "data.on_bad_image": (lambda v: v in ("error", "skip"), "'error' (stop) or 'skip' (drop)"),
+    "data.train_limit": (lambda v: v is None or v >= 1, "at least 1, or null"),
+    "data.test_limit": (lambda v: v is None or v >= 1, "at least 1, or null"),
+    "data.num_classes": (lambda v: v is None or v >= 1, "at least 1, or null"),
+    "data.image_size": (lambda v: v is None or v >= 1, "at least 1, or null"),
     "patches.num_patches": (
         lambda v: v >= 2,
         ">= 2 (the invariance term compares the patches of one image)",

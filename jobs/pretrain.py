@@ -17,6 +17,7 @@ from typing import Any
 from empssl_ray.config import PretrainConfig
 from empssl_ray.console import metrics_text
 from empssl_ray.data import storage
+from empssl_ray.data.datasets import open_splits
 from empssl_ray.evaluation.results import write_eval
 from empssl_ray.launch import start
 from empssl_ray.on_ray.evaluate import evaluate_checkpoint
@@ -31,10 +32,11 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
     init_ray(cfg.ray.address, cfg.run.verbose)
     preflight(cfg)
     run_dir = run_dir_of(cfg)
+    splits = open_splits(cfg.data)  # once: the stream, the monitor and evaluation read it
     start_time = time.perf_counter()
     with driver_console(cfg.run.progress) as console:
         console.line(f"empssl-ray: run {cfg.run.name} -> {run_dir}")
-        result = pretrain(cfg, board=console.board)
+        result = pretrain(cfg, board=console.board, splits=splits)
         summary: dict[str, Any] = {
             "run_dir": run_dir,
             "final": result.metrics or {},
@@ -52,6 +54,7 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
                 storage.join(run_dir, "features"),
                 cfg.run.compare_random_init,
                 board=console.board,
+                splits=splits,
             )
     if "eval" in summary:
         write_eval(storage.join(run_dir, "eval.json"), checkpoint, summary["eval"])

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from empssl_ray.data import storage
+from empssl_ray.data.datasets import open_dataset
 from empssl_ray.faults import Faults
 from empssl_ray.launch import compose
 from empssl_ray.runs.metrics import read_metrics
@@ -303,7 +304,9 @@ def test_bad_image_stops_with_one_line_naming_the_file(tmp_path: Path, capsys) -
     from empssl_ray.on_ray.stream import patch_stream
 
     data = DataConfig(name="parquet", root=str(write_image_parquet(tmp_path, bad_rows=(5,))))
-    ds, _, _ = patch_stream(data, PatchConfig(num_patches=2), RayConfig(aug_max_actors=1), seed=0)
+    ds, _, _ = patch_stream(
+        open_dataset(data, "train"), PatchConfig(num_patches=2), RayConfig(aug_max_actors=1), 0
+    )
     with pytest.raises(SystemExit) as exit_info, user_errors():
         ds.materialize()
     assert exit_info.value.code == 2
@@ -389,7 +392,7 @@ def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
     counter = RowCounter.remote()  # type: ignore[attr-defined]
     faults = Faults({"KILL_AUGMENT_AFTER": "3"}, str(tmp_path))
     ds, _, rows = patch_stream(
-        data,
+        open_dataset(data, "train"),
         PatchConfig(num_patches=2, size=8),
         ray_cfg,
         seed=0,
@@ -415,7 +418,7 @@ def test_parquet_subset_is_the_same_rows_in_the_driver_and_in_ray_data() -> None
 
     data = DataConfig(name="parquet", root=str(SHARED_CIFAR), test_limit=2000)
     images, labels = load_split(data, "test")
-    ds, _, rows = read_images(data, "test", read_cpus=0.5, block_rows=256)
+    ds, _, rows = read_images(open_dataset(data, "test"), read_cpus=0.5, block_rows=256)
     parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
     order = np.argsort(np.concatenate([p["id"] for p in parts]))  # the driver's row order
     assert rows == 2000 and len(order) == 2000
@@ -440,7 +443,7 @@ def test_training_stream_shuffles_each_epoch_without_an_all_to_all() -> None:
     def stream(seed: int, epochs: range) -> tuple[Any, dict[int, list[int]], dict[str, int]]:
         counter = RowCounter.remote()  # type: ignore[attr-defined]
         ds, _, _ = patch_stream(
-            data,
+            open_dataset(data, "train"),
             PatchConfig(num_patches=2, size=8),
             ray_cfg,
             seed=seed,
@@ -485,7 +488,7 @@ def test_a_large_split_streams_its_epochs_in_windows(monkeypatch: pytest.MonkeyP
     ray_cfg = RayConfig(aug_max_actors=1, aug_cpus_per_actor=0.5, read_cpus=0.25, aug_batch_size=10)
     counter = RowCounter.remote()  # type: ignore[attr-defined]
     ds, _, _ = patch_stream(
-        data,
+        open_dataset(data, "train"),
         PatchConfig(num_patches=2, size=8),
         ray_cfg,
         seed=0,

@@ -54,8 +54,9 @@ def random_init_state(model_cfg: ModelConfig, in_channels: int, seed: int) -> di
     return build_model(model_cfg, in_channels).state_dict()
 
 
-def random_encoder(cfg: PretrainConfig, like: Encoder | None, data: DataConfig) -> Encoder:
-    """A freshly initialised encoder, shaped like `like` (or by cfg for `data`): the baseline."""
+def random_encoder(cfg: PretrainConfig, like: Encoder | None, channels: int) -> Encoder:
+    """A freshly initialised encoder, shaped like `like` (or by cfg, for images of `channels`
+    channels): the baseline."""
     if like is not None:
         return Encoder(
             random_init_state(like.model, like.in_channels, cfg.run.seed),
@@ -65,7 +66,6 @@ def random_encoder(cfg: PretrainConfig, like: Encoder | None, data: DataConfig) 
             like.patch_size,
             "none (random init)",
         )
-    channels = open_dataset(data, "train").info.channels
     return Encoder(
         random_init_state(cfg.model, channels, cfg.run.seed),
         cfg.model,

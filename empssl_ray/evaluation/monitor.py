@@ -8,14 +8,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from empssl_ray.config import DataConfig, EvalConfig, PatchConfig
-from empssl_ray.data.datasets import open_dataset
+from empssl_ray.config import EvalConfig, PatchConfig
+from empssl_ray.data.datasets import ImageDataset, Splits
 from empssl_ray.evaluation.features import embed_dataset
 from empssl_ray.evaluation.probe import knn_accuracy
 
 
 def sample_split(
-    cfg: DataConfig, split: str, n: int, seed: int = 0, per_chunk: int = 50
+    dataset: ImageDataset, n: int, seed: int = 0, per_chunk: int = 50
 ) -> tuple[np.ndarray, np.ndarray]:
     """About n images spread over random chunks of a split (test sets are often class-sorted).
 
@@ -24,7 +24,6 @@ def sample_split(
     Returns:
         images uint8 (m, C, H, W) and labels int64 (m,), m <= n.
     """
-    dataset = open_dataset(cfg, split)
     rng = np.random.default_rng(seed)
     k = min(len(dataset.chunks), max(1, math.ceil(n / per_chunk)))
     images, labels = [], []
@@ -41,7 +40,7 @@ class KnnMonitor:
 
     def __init__(
         self,
-        data: DataConfig,
+        splits: Splits,
         cfg: EvalConfig,
         patch_size: int,
         seed: int = 0,
@@ -49,8 +48,8 @@ class KnnMonitor:
     ) -> None:
         self.cfg, self.patch_size, self.seed = cfg, patch_size, seed
         self.patches = patches  # the run's patch settings: cut as training cuts
-        self.train = sample_split(data, "train", cfg.monitor_train, seed)
-        self.test = sample_split(data, "test", cfg.monitor_test, seed + 1)
+        self.train = sample_split(splits.train, cfg.monitor_train, seed)
+        self.test = sample_split(splits.test, cfg.monitor_test, seed + 1)
 
     def __call__(self, model: nn.Module, device: torch.device | str) -> float:
         """Weighted kNN accuracy of bag-of-features (monitor_patches per image) in [0, 1]."""

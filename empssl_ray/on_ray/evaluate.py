@@ -23,6 +23,7 @@ from empssl_ray.config import (
     RayConfig,
 )
 from empssl_ray.data import storage
+from empssl_ray.data.datasets import ImageDataset, Splits, open_splits
 from empssl_ray.devices import device_for_reserved_gpus
 from empssl_ray.evaluation.encoders import Encoder, load_encoder, random_encoder
 from empssl_ray.evaluation.features import embed_images, match_channels
@@ -84,8 +85,7 @@ class Embedder:
 
 def embed_split(
     encoder: Encoder,
-    data: DataConfig,
-    split: str,
+    dataset: ImageDataset,
     cfg: EvalConfig,
     ray_cfg: RayConfig,
     seed: int,
@@ -99,13 +99,14 @@ def embed_split(
     Runs as a task (see `evaluate_encoder`), so Ray Data's own logs stay in the worker logs.
 
     Args:
-        board: a `ray_console.ProgressBoard` for the driver's bars, or None.
+        dataset: the opened split.
+        board: an `on_ray.progress.ProgressBoard` for the driver's bars, or None.
         stage: the name its progress shows under, e.g. "embed train (pretrained)".
     """
     ray.data.DataContext.get_current().enable_progress_bars = False  # ours are on the driver
     # Blocks of 16 embedding batches: one shard each, and work for every actor of the pool.
     ds, info, rows = read_images(
-        data, split, read_cpus=ray_cfg.read_cpus, block_rows=cfg.batch_size * BATCHES_PER_BLOCK
+        dataset, read_cpus=ray_cfg.read_cpus, block_rows=cfg.batch_size * BATCHES_PER_BLOCK
     )
     post(board, {"kind": "stage", "name": stage, "total": rows})
     ds = ds.map_batches(
@@ -135,7 +136,7 @@ def embed_split(
 
 def evaluate_encoder(
     encoder: Encoder,
-    data: DataConfig,
+    splits: Splits,
     cfg: EvalConfig,
     ray_cfg: RayConfig,
     features: str,
@@ -148,7 +149,7 @@ def evaluate_encoder(
     of the (N, D) features, only the metrics.
 
     Args:
-        board: a `ray_console.ProgressBoard` for the driver's bars, or None.
+        board: a `on_ray.progress.ProgressBoard` for the driver's bars, or None.
         label: the encoder's name on the console, e.g. "pretrained".
     """
     # Tasks, not the driver, run the embedding and the probe. "DEFAULT": out of a Tune trial's
@@ -159,8 +160,7 @@ def evaluate_encoder(
         ray.get(
             embed.remote(
                 encoder,
-                data,
-                split,
+                splits[split],
                 cfg,
                 ray_cfg,
                 split_seed,
@@ -188,6 +188,7 @@ def evaluate_checkpoint(
     with_random_init: bool = False,
     eval_data: DataConfig | None = None,
     board: Any = None,
+    splits: Splits | None = None,
 ) -> dict[str, Any]:
     """What both jobs report: the checkpoint's encoder and/or a random-init one, same protocol.
 
@@ -199,17 +200,20 @@ def evaluate_checkpoint(
         with_random_init: also evaluate a random-init encoder of the same architecture.
         eval_data: evaluate on this dataset instead of cfg.data (transfer: channels and image
             size may differ from the pretraining data's).
-        board: a `ray_console.ProgressBoard` for the driver's bars, or None.
+        board: an `on_ray.progress.ProgressBoard` for the driver's bars, or None.
+        splits: `cfg.data`'s splits when the caller opened them already (`pretrain` did).
 
     Returns:
         {"pretrain_data": name, "eval_data": name, "pretrained": metrics, "random init":
         metrics}, each metrics row present when asked for.
     """
     data = eval_data or cfg.data
+    if splits is None or eval_data is not None:
+        splits = open_splits(data)
     trained = load_encoder(checkpoint) if checkpoint is not None else None
     encoders = {"pretrained": trained} if trained is not None else {}
     if trained is None or with_random_init:
-        encoders["random init"] = random_encoder(cfg, trained, data)
+        encoders["random init"] = random_encoder(cfg, trained, splits.train.info.channels)
     results: dict[str, Any] = {
         "pretrain_data": trained.data_name if trained is not None else "none (random init)",
         "eval_data": data.name,
@@ -217,6 +221,6 @@ def evaluate_checkpoint(
     for name, encoder in encoders.items():
         folder = storage.join(features, name.replace(" ", "-"))
         results[name] = evaluate_encoder(
-            encoder, data, cfg.eval, cfg.ray, folder, cfg.run.seed, board, name
+            encoder, splits, cfg.eval, cfg.ray, folder, cfg.run.seed, board, name
         )
     return results

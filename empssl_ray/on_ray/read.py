@@ -21,8 +21,7 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from empssl_ray.config import DataConfig
-from empssl_ray.data.datasets import DatasetInfo, ImageDataset, open_dataset
+from empssl_ray.data.datasets import DatasetInfo, ImageDataset
 from empssl_ray.data.read_plan import Piece, epoch_plan, load_pieces, split_slices
 
 ROWS_PER_READ_TASK = 10_000  # images one evaluation read task loads
@@ -95,8 +94,7 @@ def load_block(
 
 
 def read_images(
-    cfg: DataConfig,
-    split: str,
+    dataset: ImageDataset,
     counter: Any = None,
     read_cpus: float = 1.0,
     block_rows: int = ROWS_PER_READ_TASK,
@@ -107,12 +105,13 @@ def read_images(
     "epoch"}, once per epoch of `epochs`, epoch after epoch, over one execution per window of
     epochs (`iterate_epochs`); a small split's epochs are all in the first.
 
-    Opening the dataset first (in the driver, for training) turns a missing or malformed
-    dataset into one clear error before any task starts, and fixes the rows: exactly the ones
-    `open_dataset` picked (data.*_limit spreads them over the files), never "the first N to
-    arrive".
+    The split comes opened (`open_splits`, once per run in the driver): a missing or malformed
+    dataset was one clear error before any task started, and the rows are fixed: exactly the
+    ones `open_dataset` picked (data.*_limit spreads them over the files), never "the first N
+    to arrive".
 
     Args:
+        dataset: the opened split.
         block_rows: images per block at most. A block is the unit of parallel work downstream
             (one block is one actor task) and the window of the in-block shuffle.
         shuffle_seed: None reads in split order; a seed gives a new order every epoch.
@@ -122,7 +121,6 @@ def read_images(
     Returns:
         (dataset, info, rows of one epoch before bad images are skipped).
     """
-    dataset = open_dataset(cfg, split)
     source = SplitSource(dataset, block_rows, shuffle_seed, epochs)
     blocks = len(source.window(0)) * source.blocks_per_epoch
     ds = ray.data.read_datasource(source, num_cpus=read_cpus, override_num_blocks=blocks)

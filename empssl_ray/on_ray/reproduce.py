@@ -17,6 +17,7 @@ from ray import tune
 
 from empssl_ray.config import ConfigError, DataConfig, PretrainConfig, ReproduceConfig
 from empssl_ray.data import storage
+from empssl_ray.data.datasets import open_splits
 from empssl_ray.launch import compose
 from empssl_ray.paper import FIGURES
 from empssl_ray.presets import TINY, apply_preset
@@ -80,10 +81,11 @@ def run_row(config: dict[str, Any], configs: dict[str, PretrainConfig], rows_dir
     cfg = copy.deepcopy(configs[config["row"]])
     cfg.run.storage_path = rows_dir
     start = time.perf_counter()
-    pretrain(cfg)
+    splits = open_splits(cfg.data)
+    pretrain(cfg, splits=splits)
     run_dir = run_dir_of(cfg)
     results = evaluate_checkpoint(
-        cfg, latest_checkpoint(run_dir), storage.join(run_dir, "features")
+        cfg, latest_checkpoint(run_dir), storage.join(run_dir, "features"), splits=splits
     )["pretrained"]
     wall = time.perf_counter() - start
     gpus = cfg.ray.num_workers if cfg.ray.use_gpu else 0

@@ -18,8 +18,8 @@ import numpy as np
 import ray
 import torch
 
-from empssl_ray.config import DataConfig, PatchConfig, RayConfig
-from empssl_ray.data.datasets import DatasetInfo
+from empssl_ray.config import PatchConfig, RayConfig
+from empssl_ray.data.datasets import DatasetInfo, ImageDataset
 from empssl_ray.faults import Faults
 from empssl_ray.method.patches import cut_patches, patch_seed, patch_size_for
 from empssl_ray.on_ray.read import read_images
@@ -90,7 +90,7 @@ class PatchCutter:
 
 
 def patch_stream(
-    data: DataConfig,
+    dataset: ImageDataset,
     patches: PatchConfig,
     ray_cfg: RayConfig,
     seed: int,
@@ -111,6 +111,7 @@ def patch_stream(
     cuts patches on its device (n times fewer bytes on the wire, for CPU-poor clusters).
 
     Args:
+        dataset: the opened training split.
         carry: columns kept beside the patches ("label", "id": the row's index in the split,
             "epoch").
         epochs: the epochs the stream holds, in order (a resumed run: those still to train).
@@ -121,8 +122,7 @@ def patch_stream(
     """
     # Blocks of a few augmentation batches: the actors share the work from the first block on.
     ds, info, rows = read_images(
-        data,
-        "train",
+        dataset,
         counter,
         ray_cfg.read_cpus,
         block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK,

@@ -28,7 +28,7 @@ from ray.train.torch import TorchTrainer
 
 from empssl_ray.config import ConfigError, PretrainConfig
 from empssl_ray.data import storage
-from empssl_ray.data.datasets import DatasetInfo
+from empssl_ray.data.datasets import DatasetInfo, Splits, open_splits
 from empssl_ray.data.prefetch import Prefetcher
 from empssl_ray.errors import UserError, find_user_error, user_error_line
 from empssl_ray.evaluation.monitor import KnnMonitor
@@ -73,6 +73,7 @@ class WorkerJob:
     driver settled (the dataset, its steps, where to resume) so that all ranks agree."""
 
     cfg: PretrainConfig
+    splits: Splits  # the dataset, opened once by the driver (the monitor samples it)
     info: DatasetInfo  # the training split's channels, image size, classes
     steps_per_epoch: int
     run_dir: str
@@ -151,7 +152,7 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
         return
     monitor = None
     if lead and cfg.eval.monitor_test > 0:
-        monitor = KnnMonitor(cfg.data, cfg.eval, trainer.patch_size, cfg.run.seed, cfg.patches)
+        monitor = KnnMonitor(job.splits, cfg.eval, trainer.patch_size, cfg.run.seed, cfg.patches)
     shard = ray.train.get_dataset_shard("train")
     # One iterator over every epoch still to train (one Ray Data execution per window of
     # epochs, see `on_ray.read`), cut into epochs of `per_epoch` batches: the actor pool stays
@@ -190,11 +191,12 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
 
 
 def build_trainer(
-    cfg: PretrainConfig, callbacks: list | None = None, board: Any = None
+    cfg: PretrainConfig, splits: Splits, callbacks: list | None = None, board: Any = None
 ) -> TorchTrainer:
     """A TorchTrainer for the config; rerunning the same run name resumes its latest checkpoint.
 
     Args:
+        splits: `cfg.data`'s splits, opened once per run (`open_splits`).
         callbacks: Ray Train callbacks (a Tune trial's report callback).
         board: a `ray_console.ProgressBoard` that rank 0 sends its progress to, or None.
     """
@@ -208,7 +210,7 @@ def build_trainer(
     # (its one planned epoch is never iterated).
     resume_from, first_epoch = resume_point(run_dir)
     ds, info, rows = patch_stream(
-        cfg.data,
+        splits.train,
         cfg.patches,
         cfg.ray,
         cfg.run.seed,
@@ -228,7 +230,9 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "job": WorkerJob(cfg, info, per_epoch, run_dir, resume_from, counter, board, faults)
+            "job": WorkerJob(
+                cfg, splits, info, per_epoch, run_dir, resume_from, counter, board, faults
+            )
         },
         scaling_config=ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources
@@ -266,7 +270,10 @@ def fit_and_release(trainer: TorchTrainer) -> ray.train.Result:
 
 
 def pretrain(
-    cfg: PretrainConfig, callbacks: list | None = None, board: Any = None
+    cfg: PretrainConfig,
+    callbacks: list | None = None,
+    board: Any = None,
+    splits: Splits | None = None,
 ) -> ray.train.Result:
     """Fits the run (resuming it if its name has checkpoints) and returns Ray Train's Result.
 
@@ -274,10 +281,11 @@ def pretrain(
     `ray.max_failures` times. A user error (a non-finite loss, a bad image) ends the run at once:
     a restart would meet it again.
     """
+    splits = splits or open_splits(cfg.data)  # once per run, whatever the restarts
     failures = 0
     while True:
         try:
-            return fit_and_release(build_trainer(cfg, callbacks, board))
+            return fit_and_release(build_trainer(cfg, splits, callbacks, board))
         except ray.train.TrainingFailedError as exc:
             # Ray Data's errors reach here as text only: the line is all there is to keep.
             line = user_error_line(exc)

@@ -30,7 +30,6 @@ from empssl_ray.data.datasets.base import (
     DatasetError,
     DatasetInfo,
     ImageDataset,
-    check_on_bad,
     download_root,
 )
 from empssl_ray.data.datasets.cifar import open_cifar
@@ -38,6 +37,7 @@ from empssl_ray.data.datasets.idx import FASHION_MNIST_ROOT, open_fashion_mnist
 from empssl_ray.data.datasets.imagefolder import open_imagefolder
 from empssl_ray.data.datasets.images import decode_images
 from empssl_ray.data.datasets.parquet import open_parquet
+from empssl_ray.rules import field_problem
 
 __all__ = [
     "DATASETS",
@@ -47,10 +47,12 @@ __all__ = [
     "DatasetInfo",
     "DatasetSpec",
     "ImageDataset",
+    "Splits",
     "decode_images",
     "download_root",
     "load_split",
     "open_dataset",
+    "open_splits",
 ]
 
 SPLITS = ("train", "test")
@@ -88,15 +90,11 @@ def open_dataset(cfg: DataConfig, split: str) -> ImageDataset:
         )
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    check_on_bad(cfg.on_bad_image)
+    for knob in ("on_bad_image", f"{split}_limit", "num_classes", "image_size"):
+        need = field_problem(f"data.{knob}", getattr(cfg, knob))  # the config checks' rules
+        if need is not None:
+            raise DatasetError(f"data.{knob}={getattr(cfg, knob)!r} must be {need}")
     limit = cfg.train_limit if split == "train" else cfg.test_limit
-    for knob, value in (
-        (f"{split}_limit", limit),
-        ("num_classes", cfg.num_classes),
-        ("image_size", cfg.image_size),
-    ):
-        if value is not None and value < 1:
-            raise DatasetError(f"data.{knob}={value} must be at least 1, or null")
     spec = DATASETS[name]
     root = os.fspath(cfg.root) if cfg.root else spec.default_root
     root = root or (download_root() if spec.downloadable else None)
@@ -113,6 +111,23 @@ def open_dataset(cfg: DataConfig, split: str) -> ImageDataset:
         raise DatasetError(f"{name} at {root}: the {split} split holds no rows")
     ds.chunks = _limit_chunks(ds.chunks, limit)
     return ds
+
+
+@dataclass
+class Splits:
+    """A dataset's train and test splits, opened once per run (in the driver) and handed to
+    everything that reads them: the training stream, the online monitor and evaluation."""
+
+    train: ImageDataset
+    test: ImageDataset
+
+    def __getitem__(self, split: str) -> ImageDataset:
+        return self.train if split == "train" else self.test
+
+
+def open_splits(cfg: DataConfig) -> Splits:
+    """Both splits of `cfg`'s dataset, each opened (listed and checked) once."""
+    return Splits(open_dataset(cfg, "train"), open_dataset(cfg, "test"))
 
 
 def load_split(

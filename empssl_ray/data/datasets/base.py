@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from empssl_ray.errors import UserError
-
-ON_BAD_CHOICES = ("error", "skip")
+from empssl_ray.rules import field_problem
 
 
 class DatasetError(UserError, ValueError):
@@ -20,10 +19,9 @@ class DatasetError(UserError, ValueError):
 
 def check_on_bad(on_bad: str) -> None:
     """Raises DatasetError unless `on_bad` is a known bad-image policy."""
-    if on_bad not in ON_BAD_CHOICES:
-        raise DatasetError(
-            f"data.on_bad_image={on_bad!r} is not a policy: use 'error' (stop) or 'skip' (drop)"
-        )
+    need = field_problem("data.on_bad_image", on_bad)  # the config checks' rule
+    if need is not None:
+        raise DatasetError(f"data.on_bad_image={on_bad!r} is not a policy: use {need}")
 
 
 def download_root() -> str:
