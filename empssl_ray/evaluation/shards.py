@@ -45,7 +45,7 @@ def read_embeddings_file(location: str) -> tuple[torch.Tensor, torch.Tensor]:
         or pa.types.is_fixed_size_list(column.type)
         else column.to_numpy()
     )
-    feats = np.ascontiguousarray(flat).reshape(len(column), -1)
+    feats = np.array(flat, copy=True).reshape(len(column), -1)  # Arrow's buffers are read-only
     return torch.from_numpy(feats), torch.from_numpy(table.column("label").to_numpy())
 
 
