@@ -191,6 +191,17 @@ class RunConfig:
     seed: int = 0
     # report metrics every N steps (and at each epoch's end)
     log_every_steps: int = 10
+    # checkpoint inside an epoch too, every N optimiser steps (0: at epoch ends only); a restart
+    # goes on from the checkpoint's row, training every image once per epoch
+    checkpoint_every_steps: int = 0
+    # checkpoint inside an epoch when this many minutes passed since the last checkpoint (0:
+    # never); sized for GPU runs, where one epoch of a large dataset takes hours
+    checkpoint_every_minutes: float = 30.0
+    # newest complete checkpoints kept in the run dir, across restarts (older ones deleted)
+    checkpoints_to_keep: int = 2
+    # seconds an object-store outage (refused connections, timeouts, 5xx, throttling) is waited
+    # out, with backoff, before the worker fails and the run restarts from its checkpoint
+    storage_retry_s: float = 300.0
     # run the bag-of-features evaluation after pretraining
     evaluate: bool = True
     # also evaluate a random-init encoder on the same protocol

@@ -5,7 +5,7 @@ workers write to) is `ray_console.py`'s business. On a terminal the events drive
 without one (a `ray job submit` log, a file) every event becomes one plain line.
 
 Events, by "kind":
-    start     {"epochs", "steps_per_epoch", "start_epoch"}: a (resumed) run begins
+    start     {"epochs", "steps_per_epoch", "start_epoch", "start_step"}: a (resumed) run begins
     step      {"epoch", "step", "loss", "tcr", "invariance", "patches_per_s", "data_wait_frac"}
     epoch     the epoch's metrics; "epoch" counts finished epochs; "knn_acc" when monitored
     stage     {"name", "total"}: an evaluation stage of `total` images begins
@@ -71,9 +71,15 @@ class Console:
         kind = event.get("kind")
         if kind == "start":
             self.epochs, self.per_epoch = event["epochs"], event["steps_per_epoch"]
-            first = event.get("start_epoch", 0)
+            first, step = event.get("start_epoch", 0), event.get("start_step", 0)
+            inside = step - first * self.per_epoch  # steps done of the epoch resumed
             if first >= self.epochs:
                 self.line(f"already trained: {first}/{self.epochs} epochs")
+            elif inside > 0:
+                self.line(
+                    f"resuming inside epoch {first + 1}/{self.epochs} at step {step} "
+                    f"({inside}/{self.per_epoch} of the epoch done)"
+                )
             elif first > 0:
                 self.line(f"resuming at epoch {first + 1}/{self.epochs}")
         elif kind == "step":

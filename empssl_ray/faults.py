@@ -9,6 +9,9 @@ kill fire once per run, so the restarted process carries on.
 - EMPSSL_FAULT_NAN_AT_EPOCH=N: the model's weights turn NaN from epoch N on (every rank).
 - EMPSSL_FAULT_SLOW_AUGMENT_S=X: every augmentation batch takes X seconds longer (tiny test
   data then keeps an actor pool busy long enough to grow, as real images do).
+- EMPSSL_FAULT_RECORD_TRAINED=DIR: every rank appends the (step, epoch, id) of each row it
+  trains on to DIR/trained-<pid>.txt (a local folder every node sees): what the drills check
+  exactly-once training with, by the model's steps, not by our own bookkeeping.
 - EMPSSL_FAULT_DIR: where the markers go (a local directory every node sees; default: the run
   dir when it is local, else a folder under this machine's temporary directory).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +68,15 @@ class Faults(LoopHooks):
     def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         if trainer.rank == 0:
             self.die_if_due("KILL_TRAINER_AT_STEP", trainer.step)
+
+    def on_batch(self, trainer: Trainer, batch: Mapping[str, torch.Tensor]) -> None:
+        folder = self.settings.get("RECORD_TRAINED")
+        if folder is None or "id" not in batch:
+            return
+        os.makedirs(folder, exist_ok=True)
+        rows = zip(batch["epoch"].tolist(), batch["id"].tolist(), strict=True)
+        with open(os.path.join(folder, f"trained-{os.getpid()}.txt"), "a") as f:
+            f.writelines(f"{trainer.step} {epoch} {row}\n" for epoch, row in rows)
 
     def after_augment_batch(self, batches: int) -> None:
         """An augmentation actor's drills, after its `batches`-th batch: slow, then maybe die."""

@@ -72,6 +72,10 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "run.name": (lambda v: bool(v) and "/" not in v, "a non-empty name without '/'"),
     "run.storage_path": (lambda v: bool(v), "a folder or a URI"),
     "run.log_every_steps": (lambda v: v >= 0, ">= 0 (0: epoch reports only)"),
+    "run.checkpoint_every_steps": (lambda v: v >= 0, ">= 0 (0: at epoch ends only)"),
+    "run.checkpoint_every_minutes": (lambda v: v >= 0, ">= 0 (0: no time-based checkpoints)"),
+    "run.checkpoints_to_keep": (lambda v: v >= 1, ">= 1 (a restart needs one)"),
+    "run.storage_retry_s": (lambda v: v >= 0, ">= 0 (0: no retries)"),
 }
 
 # Rules across fields: (field reported, test on the whole config, what the field must be).
@@ -211,3 +215,26 @@ def check_capacity(cfg: PretrainConfig, cluster_cpus: float, can_grow: bool) -> 
         f"{text}: lower those shares (they are logical, e.g. experiment=demo's 0.25..0.5) "
         "or run on a larger cluster"
     )
+
+
+def check_split_sizes(
+    cfg: PretrainConfig, train_rows: int, test_rows: int, trains: bool = True
+) -> None:
+    """Refuses, in the first seconds, values the dataset's split sizes rule out: found only
+    after training otherwise (the probe's batch), or deep in a worker (a step's batch).
+
+    Args:
+        train_rows, test_rows: images in each split, after data.*_limit.
+        trains: the job trains (else it only evaluates).
+    """
+    needs = [("eval.probe_batch_size", cfg.eval.probe_batch_size, "training images evaluated")]
+    if trains:
+        needs.insert(0, ("optim.batch_size", cfg.optim.batch_size, "training images"))
+    for key, value, what in needs:
+        rows = train_rows
+        if value > rows:
+            raise ConfigError(
+                f"{key}={value} exceeds the {rows} {what}: lower {key}, or raise data.train_limit"
+            )
+    if test_rows < 1:
+        raise ConfigError("the test split holds no images: raise data.test_limit")

@@ -24,6 +24,7 @@ from empssl_ray.on_ray.evaluate import evaluate_checkpoint
 from empssl_ray.on_ray.progress import driver_console
 from empssl_ray.on_ray.session import init_ray, preflight
 from empssl_ray.on_ray.train import pretrain
+from empssl_ray.rules import check_split_sizes
 from empssl_ray.runs.checkpoints import latest_checkpoint, run_dir_of
 
 
@@ -33,6 +34,7 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
     preflight(cfg)
     run_dir = run_dir_of(cfg)
     splits = open_splits(cfg.data)  # once: the stream, the monitor and evaluation read it
+    check_split_sizes(cfg, len(splits.train), len(splits.test))  # not after an hour's training
     start_time = time.perf_counter()
     with driver_console(cfg.run.progress) as console:
         console.line(f"empssl-ray: run {cfg.run.name} -> {run_dir}")

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
+pin() { sed -n "s/^$1==//p" cluster/pins.txt; }  # the versions every node installs too
 PY=${PYTHON:-python3}
 
 # Fashion-MNIST ships in Debian: the demo and the tests need no network for it.
@@ -33,7 +34,7 @@ if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
   INDEX_ARGS=()
   if [ -n "${TORCH_INDEX_URL:-}" ]; then INDEX_ARGS=(--index-url "$TORCH_INDEX_URL"); fi
   "$VENV/bin/pip" install -q "${INDEX_ARGS[@]}" \
-    "torch==${TORCH_VERSION:-2.14.1}" "torchvision==${TORCHVISION_VERSION:-0.29.1}"
+    "torch==${TORCH_VERSION:-$(pin torch)}" "torchvision==${TORCHVISION_VERSION:-$(pin torchvision)}"
   "$VENV/bin/pip" install -q -e ".[dev]"
   touch "$STAMP"
 fi

@@ -15,30 +15,42 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.forwarder import Forwarder
+
 # CIFAR-10 as Parquet beside the repository (../shared/data/cifar10): every test that reads it
 # takes the path from here, and skips without it.
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 
 
 @pytest.fixture(scope="session")
-def s3() -> Iterator[str]:
+def s3_link() -> Iterator[Forwarder]:
+    """The one way to the session's S3 endpoint: a forwarder a test may cut (an outage)."""
+    link = Forwarder(0)  # its target is set by `s3` once the server has a port
+    yield link
+    link.close()
+
+
+@pytest.fixture(scope="session")
+def s3(s3_link: Forwarder) -> Iterator[str]:
     """A loopback S3 endpoint (moto's server) for the whole run; yields a bucket URI.
 
     Reached through the standard AWS_* variables, which pyarrow, boto3 and Ray's workers (started
-    later from this environment) read: nothing in the project names the server.
+    later from this environment) read: nothing in the project names the server. Every request
+    goes through `s3_link`, so that a test can take the store away and bring it back.
     """
     import boto3
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    s3_link.target = ("127.0.0.1", port)
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_link.port}",
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from empssl_ray.runs.checkpoints import PROGRESS_FILE, resume_point, save_checkpoint
+from empssl_ray.data.read_plan import StreamPosition
+from empssl_ray.runs.checkpoints import (
+    PROGRESS_FILE,
+    ResumePoint,
+    prune_checkpoints,
+    resume_point,
+    save_checkpoint,
+)
 
 
 def write(run_dir: Path, name: str, epoch: int) -> Path:
@@ -17,13 +25,13 @@ def write(run_dir: Path, name: str, epoch: int) -> Path:
 
 
 def test_a_fresh_run_starts_at_zero(tmp_path: Path) -> None:
-    assert resume_point(str(tmp_path / "none-yet")) == (None, 0)
+    assert resume_point(str(tmp_path / "none-yet")) == ResumePoint(None)
 
 
 def test_the_newest_complete_checkpoint_wins(tmp_path: Path) -> None:
     write(tmp_path, "1", 1)
     newest = write(tmp_path, "2", 2)
-    assert resume_point(str(tmp_path)) == (str(newest / "checkpoint.pt"), 2)
+    assert resume_point(str(tmp_path)) == ResumePoint(str(newest / "checkpoint.pt"), 2, 20)
 
 
 def test_a_checkpoint_cut_off_mid_upload_is_passed_over(tmp_path: Path) -> None:
@@ -31,12 +39,35 @@ def test_a_checkpoint_cut_off_mid_upload_is_passed_over(tmp_path: Path) -> None:
     cut = write(tmp_path, "2", 2)
     data = (cut / "checkpoint.pt").read_bytes()
     (cut / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # progress.json says more
-    assert resume_point(str(tmp_path)) == (str(older / "checkpoint.pt"), 1)
+    assert resume_point(str(tmp_path)) == ResumePoint(str(older / "checkpoint.pt"), 1, 10)
     (cut / "checkpoint.pt").unlink()  # only progress.json made it
-    assert resume_point(str(tmp_path)) == (str(older / "checkpoint.pt"), 1)
+    assert resume_point(str(tmp_path)) == ResumePoint(str(older / "checkpoint.pt"), 1, 10)
 
 
 def test_a_checkpoint_without_progress_file_is_read_for_its_epoch(tmp_path: Path) -> None:
     folder = write(tmp_path, "1", 3)
     (folder / PROGRESS_FILE).unlink()  # written before progress files existed
-    assert resume_point(str(tmp_path)) == (str(folder / "checkpoint.pt"), 3)
+    assert resume_point(str(tmp_path)) == ResumePoint(str(folder / "checkpoint.pt"), 3, 30)
+
+
+def test_the_stream_position_travels_with_its_checkpoint(tmp_path: Path) -> None:
+    position = StreamPosition(rows=10)
+    position.add(np.array([0, 0, 0]), np.array([1, 4, 9]))
+    folder = tmp_path / "checkpoint_2026-11-30_00-00-01"
+    folder.mkdir()
+    save_checkpoint({"epoch": 0, "step": 3}, str(folder), position.state())
+    saved = resume_point(str(tmp_path)).position()
+    assert saved is not None
+    again = StreamPosition.from_state(saved)
+    assert again.trained_in(0).nonzero()[0].tolist() == [1, 4, 9]  # type: ignore[union-attr]
+    assert resume_point(str(tmp_path / "none")).position() is None
+
+
+def test_pruning_keeps_the_newest_complete_checkpoints_of_every_fit(tmp_path: Path) -> None:
+    folders = [write(tmp_path, str(i), i) for i in range(1, 5)]  # e.g. two fits, two each
+    cut = folders[-1] / "checkpoint.pt"
+    cut.write_bytes(cut.read_bytes()[:10])  # the newest is still being written
+    deleted = prune_checkpoints(str(tmp_path), keep=2)
+    assert sorted(deleted) == [str(folders[0])]
+    assert [f.exists() for f in folders] == [False, True, True, True]
+    assert resume_point(str(tmp_path)).epoch == 3

@@ -72,10 +72,18 @@ def _prepared(path: Path) -> dict[str, Any]:
 
 
 def _pyproject_dependencies() -> dict[str, Requirement]:
+    """What a node installs: pyproject's dependencies, those of cluster/pins.txt pinned."""
     tomllib = pytest.importorskip("tomllib")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    reqs = [Requirement(d) for d in project["dependencies"]]
-    return {_canon(r.name): r for r in reqs}
+    reqs = {_canon(r.name): r for r in map(Requirement, project["dependencies"])}
+    for line in (ROOT / "cluster" / "pins.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            pin = Requirement(line)
+            # A pin must be a version pyproject allows, and it replaces the range on nodes.
+            assert reqs[_canon(pin.name)].specifier.contains(str(pin.specifier).lstrip("=")), pin
+            pin.extras = reqs[_canon(pin.name)].extras
+            reqs[_canon(pin.name)] = pin
+    return reqs
 
 
 def _requirements_in(commands: list[str]) -> list[Requirement]:

@@ -117,3 +117,17 @@ def test_jobs_print_one_line_and_exit_2(job: str, args: list[str], expected: str
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line
     assert out.stderr.startswith(expected), out.stderr
+
+
+def test_split_sizes_refuse_what_would_fail_after_training() -> None:
+    from empssl_ray.config import PretrainConfig
+    from empssl_ray.rules import check_split_sizes
+
+    cfg = PretrainConfig()  # probe batches of 100, steps of 100 images
+    check_split_sizes(cfg, 100, 10)
+    with pytest.raises(ConfigError, match=r"^optim.batch_size=100 exceeds the 64 training"):
+        check_split_sizes(cfg, 64, 10)
+    cfg.optim.batch_size = 32
+    with pytest.raises(ConfigError, match=r"^eval.probe_batch_size=100 exceeds the 64"):
+        check_split_sizes(cfg, 64, 10)
+    check_split_sizes(cfg, 100, 10, trains=False)

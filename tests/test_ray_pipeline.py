@@ -55,18 +55,25 @@ def smoke_run(ray_session, s3, tmp_path_factory):
             f"data.root={data}",
             f"run.storage_path={s3}/pipeline/runs",
             "run.progress=false",
+            "run.checkpoint_every_steps=3",
         ],
     )
-    # Rank 0 dies abruptly at step 10, in the middle of epoch 2 (8 steps per epoch). Fault
-    # markers need a local folder (object stores have no atomic create-if-absent).
-    os.environ.update(EMPSSL_FAULT_KILL_TRAINER_AT_STEP="10", EMPSSL_FAULT_DIR=str(work))
+    # Rank 0 dies abruptly at step 10, in the middle of epoch 2 (8 steps per epoch), after the
+    # checkpoint of step 9. Fault markers need a local folder (object stores have no atomic
+    # create-if-absent); every rank records the rows each step trained on.
+    os.environ.update(
+        EMPSSL_FAULT_KILL_TRAINER_AT_STEP="10",
+        EMPSSL_FAULT_DIR=str(work),
+        EMPSSL_FAULT_RECORD_TRAINED=str(work / "trained"),
+    )
     cwd = os.getcwd()
     os.chdir(work)  # a relative "s3:" folder written by mistake would appear here
     try:
         summary = main(cfg)
     finally:
         os.chdir(cwd)
-        del os.environ["EMPSSL_FAULT_KILL_TRAINER_AT_STEP"], os.environ["EMPSSL_FAULT_DIR"]
+        for key in ("KILL_TRAINER_AT_STEP", "DIR", "RECORD_TRAINED"):
+            del os.environ[f"EMPSSL_FAULT_{key}"]
     return cfg, summary, f"{s3}/pipeline/runs/smoke", work
 
 
@@ -80,6 +87,36 @@ def test_run_on_s3_survives_a_killed_trainer_without_redoing_epochs(smoke_run) -
     state = load_checkpoint(latest_checkpoint(run_dir))
     assert state["epoch"] == 2 and state["step"] == 16 and state["config"]["run"]["name"] == "smoke"
     assert {"model", "optimizer", "scheduler"} <= set(state)
+
+
+def test_a_restart_inside_an_epoch_trains_every_image_once_and_logs_every_step_once(
+    smoke_run,
+) -> None:
+    _, summary, run_dir, work = smoke_run
+    # Every rank's (step, epoch, id) per process: the killed attempt's rows up to the step of
+    # the checkpoint it resumed from count, the later ones were trained again after it.
+    attempts = {}
+    for f in (work / "trained").glob("trained-*.txt"):
+        attempts[f.name] = np.loadtxt(f, dtype=np.int64).reshape(-1, 3)
+    firsts = sorted({int(rows[:, 0].min()) for rows in attempts.values()})
+    assert len(firsts) == 2, firsts  # two starts: step 1, and the step after the resume
+    resumed_at = firsts[1] - 1
+    assert resumed_at == 9  # the checkpoint of step 9, inside epoch 2: not epoch 2's start
+    kept = np.concatenate(
+        [
+            rows if rows[:, 0].min() > resumed_at else rows[rows[:, 0] <= resumed_at]
+            for rows in attempts.values()
+        ]
+    )
+    pairs = [tuple(p) for p in kept[:, 1:].tolist()]
+    assert len(pairs) == len(set(pairs)) == 2 * 512  # each image once in each of 2 epochs
+    assert set(pairs) == {(e, i) for e in (0, 1) for i in range(512)}
+    steps = [r["step"] for r in read_metrics(run_dir) if r["kind"] == "step"]
+    assert steps == sorted(set(steps)) and steps[-1] == 16  # each step once, in order
+    # Checkpoints pruned across the restart; the counters carried on from the checkpoint.
+    folders = {k.split("/")[3] for k in s3_keys(run_dir) if "/checkpoint_" in k}
+    assert len(folders) == 2, folders
+    assert summary["final"]["augmented_images"] >= 2 * 512
 
 
 def test_run_writes_everything_to_the_bucket_and_nothing_local(smoke_run) -> None:

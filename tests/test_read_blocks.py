@@ -49,3 +49,45 @@ def test_every_epoch_is_every_row_once_in_a_new_reproducible_order() -> None:
     assert epochs[1] != rows_of(epoch_plan(pieces, 64, seed=8, epoch=1))
     in_order = epoch_plan(pieces, 64, seed=None, epoch=5)
     assert rows_of(in_order) == list(range(230)) and {s for _, s in in_order} == {None}
+
+
+def test_a_resumed_epoch_streams_each_untrained_row_once_and_no_trained_one() -> None:
+    import numpy as np
+
+    from empssl_ray.data.read_plan import StreamPosition, unfinished
+
+    pieces = slices_of(CHUNKS, 16)
+    plan = epoch_plan(pieces, 64, seed=3, epoch=1)
+    position = StreamPosition(rows=230, complete_through=1)
+    rng = np.random.default_rng(0)
+    first_block = [r for _, s, t, f in plan[0][0] for r in range(f, f + t - s)]
+    trained = np.unique(np.concatenate([first_block, rng.choice(230, size=60, replace=False)]))
+    position.add(np.ones(len(trained), int), trained)
+    left = unfinished(plan, position.trained_in(1))
+    assert len(left) == len(plan) - 1  # a block trained through is not read again
+    rows = [
+        r
+        for block, _, drop in left
+        for _, s, t, first in block
+        for r in range(first, first + t - s)
+        if r not in set(drop.tolist())
+    ]
+    assert sorted(rows) == sorted(set(range(230)) - set(trained.tolist()))
+    assert [seed for _, seed, _ in left] == [seed for _, seed in plan[1:]]  # same shuffles
+
+
+def test_the_position_completes_epochs_and_forgets_their_bits() -> None:
+    import numpy as np
+
+    from empssl_ray.data.read_plan import StreamPosition
+
+    position = StreamPosition(rows=4)
+    position.add(np.array([0, 0, 1]), np.array([0, 1, 2]))
+    assert position.complete_through == 0 and set(position.trained) == {0, 1}
+    position.add(np.array([0, 0]), np.array([2, 3]))
+    assert position.complete_through == 1 and set(position.trained) == {1}
+    assert position.trained_in(0).all()  # type: ignore[union-attr]
+    assert position.trained_in(5) is None
+    again = StreamPosition.from_state(position.state())
+    assert again.complete_through == 1
+    assert again.trained_in(1).tolist() == [False, False, True, False]  # type: ignore[union-attr]

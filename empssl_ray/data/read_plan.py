@@ -4,7 +4,7 @@ A split is cut into slices (row ranges: small where a row is cheap to reach alon
 Parquet row group otherwise). An epoch permutes the slices with a seed drawn from (seed, epoch),
 packs them into blocks of about `block_rows` rows and shuffles the rows inside each block, so
 every row comes exactly once per epoch and no step waits for the whole split. The Ray read
-(`ray_read`) and `prepare` (which writes training rows in such an order) both use it.
+(`on_ray.read`) and `prepare` (which writes training rows in such an order) both use it.
 """
 
 from __future__ import annotations
@@ -65,12 +65,17 @@ def epoch_plan(
 
 
 def load_pieces(
-    pieces: Sequence[Piece], dataset: ImageDataset, shuffle_seed: int | None, counter: Any = None
+    pieces: Sequence[Piece],
+    dataset: ImageDataset,
+    shuffle_seed: int | None,
+    counter: Any = None,
+    drop_ids: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Task body: one block's pieces -> rows of image (N, C, H, W) uint8, label, id.
 
     `id` is the row's position in the split (skipped bad rows leave gaps), so an epoch's coverage
-    can be checked after faults.
+    can be checked after faults. Rows whose id is in `drop_ids` (trained before a resume) are
+    left out, after the shuffle: the others keep the order they had.
     """
     images, labels, ids, skipped = [], [], [], 0
     for i, start, stop, first in pieces:
@@ -89,4 +94,72 @@ def load_pieces(
     if shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(len(rows["id"]))
         rows = {k: v[order] for k, v in rows.items()}
+    if drop_ids is not None and len(drop_ids):
+        keep = ~np.isin(rows["id"], drop_ids)
+        rows = {k: v[keep] for k, v in rows.items()}
     return rows
+
+
+class StreamPosition:
+    """Which rows of which epochs the model has trained on: where a resumed stream goes on.
+
+    One bit per row of the split for every epoch begun and not yet complete; epochs before
+    `complete_through` are done. A checkpoint holds it, so a resume re-plans those epochs
+    without the rows already trained (`unfinished`): across kills and restarts each row is
+    trained on once per epoch, inside an epoch too.
+    """
+
+    def __init__(self, rows: int, complete_through: int = 0) -> None:
+        self.rows = rows  # rows in the split (ids are 0..rows-1)
+        self.complete_through = complete_through  # epochs before this one are fully trained
+        self.trained: dict[int, np.ndarray] = {}  # epoch -> (rows,) bool, for epochs begun
+
+    def add(self, epochs: np.ndarray, ids: np.ndarray) -> None:
+        """Marks rows `ids` of `epochs` (equal-length int arrays) as trained."""
+        for epoch in np.unique(epochs):
+            epoch = int(epoch)
+            if epoch < self.complete_through:
+                continue  # a row trained twice would be a bug upstream; the epoch is done
+            mask = self.trained.setdefault(epoch, np.zeros(self.rows, dtype=bool))
+            mask[ids[epochs == epoch]] = True
+        # Leading epochs whose every row is trained are done: their bits are not kept.
+        while self.complete_through in self.trained and self.trained[self.complete_through].all():
+            del self.trained[self.complete_through]
+            self.complete_through += 1
+
+    def trained_in(self, epoch: int) -> np.ndarray | None:
+        """(rows,) bool of the rows of `epoch` trained, or None when none are (nor were)."""
+        if epoch < self.complete_through:
+            return np.ones(self.rows, dtype=bool)
+        return self.trained.get(epoch)
+
+    def state(self) -> dict[str, Any]:
+        """A compact, picklable form (bits packed: rows / 8 bytes per epoch begun)."""
+        return {
+            "rows": self.rows,
+            "complete_through": self.complete_through,
+            "trained": {e: np.packbits(m) for e, m in self.trained.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> StreamPosition:
+        position = cls(int(state["rows"]), int(state["complete_through"]))
+        position.trained = {
+            int(e): np.unpackbits(bits, count=position.rows).astype(bool)
+            for e, bits in state["trained"].items()
+        }
+        return position
+
+
+def unfinished(
+    plan: Sequence[tuple[list[Piece], int | None]], trained: np.ndarray | None
+) -> list[tuple[list[Piece], int | None, np.ndarray]]:
+    """An epoch's blocks without the rows already trained: blocks all of whose rows are trained
+    go; every other block keeps its seed and lists the ids of its rows to drop (often none)."""
+    out = []
+    for block, seed in plan:
+        ids = np.concatenate([np.arange(p[3], p[3] + p[2] - p[1]) for p in block])
+        done = ids[trained[ids]] if trained is not None else ids[:0]
+        if len(done) < len(ids):
+            out.append((block, seed, done))
+    return out

@@ -1,5 +1,12 @@
 """Where runs, sweeps and datasets live: one code path for a local folder, s3:// and gs://.
 
+Object stores fail for a while and come back (refused or reset connections, timeouts, 5xx,
+throttling, credentials being refreshed): every operation here waits such an outage out, with
+backoff, for up to `retry_window()` seconds (`run.storage_retry_s`), then raises
+`StorageUnavailableError`, which a run treats as a worker failure (a restart), never as the
+user's error. Errors that retrying cannot mend (access denied, no such bucket) are a
+`StorageError` at once.
+
 Every file a run or a sweep writes or reads goes through `pyarrow.fs`, which reads the standard
 credentials (`AWS_*` variables, `GOOGLE_APPLICATION_CREDENTIALS`, instance roles). Libraries that
 only write local files (TensorBoard, matplotlib) write into a `LocalMirror`, which copies its
@@ -12,7 +19,10 @@ import os
 import posixpath
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
@@ -21,6 +31,7 @@ from empssl_ray.errors import StorageError
 __all__ = [
     "LocalMirror",
     "StorageError",
+    "StorageUnavailableError",
     "copy_file",
     "exists",
     "filesystem",
@@ -34,9 +45,90 @@ __all__ = [
     "resolve",
     "uri_prefix",
     "remove_tree",
+    "retry_window",
+    "retrying",
+    "set_retry_window",
     "write_bytes",
     "write_text",
 ]
+
+
+T = TypeVar("T")
+RETRY_ENV = "EMPSSL_STORAGE_RETRY_S"  # the window where no config reaches (Ray Data's tasks)
+DEFAULT_RETRY_S = 300.0
+# Words of pyarrow's (AWS SDK's, GCS client's) messages for failures that pass: a store that
+# is unreachable, overloaded or refreshing credentials. Anything else is not retried.
+TRANSIENT = (
+    "NETWORK_CONNECTION",
+    "onnection refused",
+    "onnection reset",
+    "onnection aborted",
+    "Couldn't connect",
+    "Unable to connect",
+    "imed out",
+    "imeout",
+    "TIMEOUT",
+    "Broken pipe",
+    "SlowDown",
+    "SLOW_DOWN",
+    "hrottl",
+    "Service Unavailable",
+    "ServiceUnavailable",
+    "SERVICE_UNAVAILABLE",
+    "InternalError",
+    "INTERNAL_FAILURE",
+    "HTTP response code: 5",
+    "ExpiredToken",
+    "EXPIRED_TOKEN",
+    "curlCode",
+    "Temporary failure",
+)
+_window: float | None = None  # set_retry_window's; None: the environment's, else the default
+
+
+class StorageUnavailableError(OSError):
+    """Object storage kept failing for the whole retry window: the run restarts from its newest
+    checkpoint (a worker failure, not a user error)."""
+
+
+def set_retry_window(seconds: float) -> None:
+    """How long this process waits out an object-store outage (`run.storage_retry_s`)."""
+    global _window
+    _window = float(seconds)
+
+
+def retry_window() -> float:
+    if _window is not None:
+        return _window
+    return float(os.environ.get(RETRY_ENV, DEFAULT_RETRY_S))
+
+
+def is_transient(error: BaseException) -> bool:
+    """An I/O error that may pass: worth retrying, never the user's to fix."""
+    if not isinstance(error, OSError) or isinstance(
+        error, (FileNotFoundError, PermissionError, StorageUnavailableError)
+    ):
+        return False
+    return any(word in str(error) for word in TRANSIENT)
+
+
+def retrying(what: str, operation: Callable[[], T]) -> T:
+    """`operation()`, retried with backoff (1 s doubling to 30 s) while it fails transiently,
+    for up to `retry_window()` seconds; then StorageUnavailableError naming `what`."""
+    deadline, delay = time.monotonic() + retry_window(), 1.0
+    while True:
+        try:
+            return operation()
+        except OSError as e:
+            if not is_transient(e):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise StorageUnavailableError(
+                    f"{what}: object storage failed for {retry_window():.0f} s "
+                    f"(run.storage_retry_s) ({str(e).splitlines()[0][:200]})"
+                ) from e
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
 
 
 def is_uri(location: str) -> bool:
@@ -74,18 +166,20 @@ def uri_prefix(location: str) -> str:
 
 def exists(location: str) -> bool:
     fs, path = filesystem(location)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    info = retrying(f"look up {location}", lambda: fs.get_file_info(path))
+    return info.type != pafs.FileType.NotFound
 
 
 def is_dir(location: str) -> bool:
     fs, path = filesystem(location)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    info = retrying(f"look up {location}", lambda: fs.get_file_info(path))
+    return info.type == pafs.FileType.Directory
 
 
 def file_size(location: str) -> int:
     """Bytes in a file; FileNotFoundError when there is none."""
     fs, path = filesystem(location)
-    info = fs.get_file_info(path)
+    info = retrying(f"look up {location}", lambda: fs.get_file_info(path))
     if info.type != pafs.FileType.File:
         raise FileNotFoundError(location)
     return int(info.size)
@@ -93,10 +187,14 @@ def file_size(location: str) -> int:
 
 def read_bytes(location: str) -> bytes:
     fs, path = filesystem(location)
-    try:
+
+    def read() -> bytes:
         with fs.open_input_stream(path) as f:
             return f.read()
-    except FileNotFoundError:
+
+    try:
+        return retrying(f"read {location}", read)
+    except (FileNotFoundError, StorageUnavailableError):
         raise
     except OSError as e:
         raise StorageError(f"cannot read {location} ({e}): check the path and permissions") from e
@@ -105,11 +203,17 @@ def read_bytes(location: str) -> bytes:
 def write_bytes(location: str, data: bytes) -> None:
     """Writes a whole file, making its folder first (object stores have none to make)."""
     fs, path = filesystem(location)
-    try:
+
+    def write() -> None:
         if not is_uri(location):  # object stores have no folders (pyarrow would add markers)
             fs.create_dir(os.path.dirname(path), recursive=True)
         with fs.open_output_stream(path) as f:
             f.write(data)
+
+    try:
+        retrying(f"write {location}", write)
+    except StorageUnavailableError:
+        raise
     except OSError as e:
         raise StorageError(f"cannot write {location} ({e}): check the path and permissions") from e
 
@@ -134,7 +238,8 @@ def list_dir(location: str, recursive: bool = False) -> list[Entry]:
     """The entries under a folder, sorted by location ([] when it does not exist)."""
     fs, path = filesystem(location)
     prefix = uri_prefix(location)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=recursive))
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
+    infos = retrying(f"list {location}", lambda: fs.get_file_info(selector))
     return sorted(
         (
             Entry(prefix + i.path, i.base_name, i.type == pafs.FileType.Directory, i.mtime_ns)
@@ -147,15 +252,19 @@ def list_dir(location: str, recursive: bool = False) -> list[Entry]:
 def modified_ns(location: str) -> int | None:
     """A file's modification time in ns (None when it does not exist)."""
     fs, path = filesystem(location)
-    info = fs.get_file_info(path)
+    info = retrying(f"look up {location}", lambda: fs.get_file_info(path))
     return None if info.type == pafs.FileType.NotFound else info.mtime_ns
 
 
 def remove_tree(location: str) -> None:
     """Deletes a folder and everything under it (nothing happens when it does not exist)."""
     fs, path = filesystem(location)
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
+
+    def remove() -> None:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+
+    retrying(f"delete {location}", remove)
 
 
 def copy_file(source: str, destination: str) -> None:

@@ -144,13 +144,16 @@ class Trainer:
         batches: Iterable[Mapping[str, torch.Tensor]],
         on_step: Callable[[dict[str, float]], None] | None = None,
         log_every: int = 10,
+        after_step: Callable[[Mapping[str, torch.Tensor]], None] | None = None,
     ) -> dict[str, float]:
         """Trains on every batch of one epoch; `batches` yield {"patches"} or raw {"image"} tensors.
 
         Every `log_every` steps (and at the end) the loss parts are read from the device, once,
         checked to be finite and passed to `on_step`; in between nothing waits for the device.
         A non-finite loss therefore stops the epoch up to `log_every` steps after it appeared,
-        before any checkpoint of the epoch is written.
+        before any checkpoint of the epoch is written. `after_step` gets every step's batch once
+        the step (and its report) is done: rows to count, a checkpoint to write inside the epoch
+        (after a report, so a NaN found there is found before it).
 
         Returns the epoch's mean loss parts, patches/s and data-wait fraction.
         """
@@ -194,6 +197,8 @@ class Trainer:
                         }
                     )
                 window_start, window_patches, window_wait = now, 0, 0.0
+            if after_step:
+                after_step(batch)
         if steps == 0:
             raise EmptyEpochError(
                 "the epoch had no batches: the dataset is empty or smaller than one batch"
@@ -281,6 +286,9 @@ class LoopHooks:
     def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         """Every `log_every` steps: the step's loss parts, lr, patches/s and data wait."""
 
+    def on_batch(self, trainer: Trainer, batch: Mapping[str, torch.Tensor]) -> None:
+        """After every step (and its `on_step`), with the batch it trained on."""
+
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         """After an epoch: its means, counters, patch-forwards and the monitor's kNN."""
 
@@ -322,12 +330,16 @@ def fit(
             for hook in hooks:
                 hook.on_step(trainer, metrics)
 
+    def batch_hook(batch: Mapping[str, torch.Tensor]) -> None:
+        for hook in hooks:
+            hook.on_batch(trainer, batch)
+
     while trainer.epoch < epochs:
         for hook in hooks:
             hook.on_epoch_start(trainer)
         try:
             metrics: dict[str, Any] = trainer.run_epoch(
-                epoch_batches(trainer.epoch), step_hook, max(1, log_every)
+                epoch_batches(trainer.epoch), step_hook, max(1, log_every), batch_hook
             )
         except EmptyEpochError:
             if last is None:

@@ -33,6 +33,7 @@ from empssl_ray.method.patches import patch_seed, patch_size_for
 from empssl_ray.on_ray.progress import post
 from empssl_ray.on_ray.read import read_images
 from empssl_ray.on_ray.stream import BATCHES_PER_BLOCK
+from empssl_ray.rules import check_split_sizes
 
 
 class Embedder:
@@ -210,6 +211,8 @@ def evaluate_checkpoint(
     data = eval_data or cfg.data
     if splits is None or eval_data is not None:
         splits = open_splits(data)
+    # Before any encoder is embedded, not after.
+    check_split_sizes(cfg, len(splits.train), len(splits.test), trains=False)
     trained = load_encoder(checkpoint) if checkpoint is not None else None
     encoders = {"pretrained": trained} if trained is not None else {}
     if trained is None or with_random_init:

@@ -22,7 +22,14 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from empssl_ray.data.datasets import DatasetInfo, ImageDataset
-from empssl_ray.data.read_plan import Piece, epoch_plan, load_pieces, split_slices
+from empssl_ray.data.read_plan import (
+    Piece,
+    StreamPosition,
+    epoch_plan,
+    load_pieces,
+    split_slices,
+    unfinished,
+)
 
 ROWS_PER_READ_TASK = 10_000  # images one evaluation read task loads
 MAX_READ_TASKS = 1_024  # blocks one execution plans at most (set-up: about 0.5 ms each here)
@@ -41,9 +48,15 @@ class SplitSource(Datasource):
     """
 
     def __init__(
-        self, dataset: ImageDataset, block_rows: int, seed: int | None, epochs: Sequence[int]
+        self,
+        dataset: ImageDataset,
+        block_rows: int,
+        seed: int | None,
+        epochs: Sequence[int],
+        position: StreamPosition | None = None,
     ) -> None:
         self.block_rows, self.seed, self.epochs = block_rows, seed, list(epochs)
+        self.position = position  # rows trained before a resume: left out of their epochs
         self.pieces = split_slices(dataset, block_rows)
         self.blocks_per_epoch = len(epoch_plan(self.pieces, block_rows, None, 0))
         self.epochs_per_execution = max(1, MAX_READ_TASKS // max(1, self.blocks_per_epoch))
@@ -64,21 +77,35 @@ class SplitSource(Datasource):
         execution = getattr(data_context, "_execution_idx", 0) if data_context is not None else 0
         return [
             ReadTask(
-                partial(_plan_block, block, epoch, shuffle_seed),
+                partial(_plan_block, block, epoch, shuffle_seed, drop),
                 BlockMetadata(num_rows=1, size_bytes=None, exec_stats=None, input_files=None),
                 per_task_row_limit=per_task_row_limit,
             )
             for epoch in self.window(execution)
-            for block, shuffle_seed in epoch_plan(self.pieces, self.block_rows, self.seed, epoch)
+            for block, shuffle_seed, drop in self.blocks(epoch)
         ]
 
+    def blocks(self, epoch: int) -> list[tuple[list[Piece], int | None, np.ndarray]]:
+        """Epoch `epoch`'s blocks, each with the ids of its rows trained before a resume."""
+        plan = epoch_plan(self.pieces, self.block_rows, self.seed, epoch)
+        trained = self.position.trained_in(epoch) if self.position is not None else None
+        return unfinished(plan, trained)
 
-def _plan_block(block: list[Piece], epoch: int, shuffle_seed: int | None) -> Iterable[Any]:
+
+def _plan_block(
+    block: list[Piece], epoch: int, shuffle_seed: int | None, drop: np.ndarray
+) -> Iterable[Any]:
     import pyarrow as pa
 
     columns = {k: [[int(p[j]) for p in block]] for j, k in enumerate(_PIECE_KEYS)}
     seed = -1 if shuffle_seed is None else shuffle_seed
-    return [pa.table({**columns, "epoch": [epoch], "shuffle_seed": [seed]})]
+    table = {**columns, "epoch": [epoch], "shuffle_seed": [seed], "drop": [drop.tolist()]}
+    ints = pa.list_(pa.int64())  # one schema for every block, empty `drop` lists included
+    schema = pa.schema(
+        [(k, ints) for k in _PIECE_KEYS]
+        + [("epoch", pa.int64()), ("shuffle_seed", pa.int64()), ("drop", ints)]
+    )
+    return [pa.table(table, schema=schema)]
 
 
 def load_block(
@@ -88,7 +115,8 @@ def load_block(
     the block's epoch."""
     pieces = list(zip(*(map(int, np.concatenate(batch[k])) for k in _PIECE_KEYS), strict=True))
     seed = int(batch["shuffle_seed"][0])
-    rows = load_pieces(pieces, dataset, None if seed < 0 else seed, counter)
+    drop = np.asarray(batch["drop"][0], dtype=np.int64)
+    rows = load_pieces(pieces, dataset, None if seed < 0 else seed, counter, drop)
     rows["epoch"] = np.full(len(rows["id"]), int(batch["epoch"][0]), dtype=np.int32)
     return rows
 
@@ -100,6 +128,7 @@ def read_images(
     block_rows: int = ROWS_PER_READ_TASK,
     shuffle_seed: int | None = None,
     epochs: Sequence[int] = (0,),
+    position: StreamPosition | None = None,
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
     """A split as a Ray Dataset of rows {"image": uint8 (C, H, W), "label": int64, "id",
     "epoch"}, once per epoch of `epochs`, epoch after epoch, over one execution per window of
@@ -117,12 +146,13 @@ def read_images(
         shuffle_seed: None reads in split order; a seed gives a new order every epoch.
         epochs: the epochs the dataset holds (a resumed run: those it still has to train).
             Evaluation reads one, in split order.
+        position: the rows a resumed run trained already, left out of their epochs.
 
     Returns:
         (dataset, info, rows of one epoch before bad images are skipped).
     """
-    source = SplitSource(dataset, block_rows, shuffle_seed, epochs)
-    blocks = len(source.window(0)) * source.blocks_per_epoch
+    source = SplitSource(dataset, block_rows, shuffle_seed, epochs, position)
+    blocks = max(1, sum(len(source.blocks(epoch)) for epoch in source.window(0)))
     ds = ray.data.read_datasource(source, num_cpus=read_cpus, override_num_blocks=blocks)
     ds = ds.map_batches(
         partial(load_block, dataset=dataset, counter=counter), batch_size=1, num_cpus=read_cpus

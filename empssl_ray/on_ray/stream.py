@@ -20,6 +20,7 @@ import torch
 
 from empssl_ray.config import PatchConfig, RayConfig
 from empssl_ray.data.datasets import DatasetInfo, ImageDataset
+from empssl_ray.data.read_plan import StreamPosition
 from empssl_ray.faults import Faults
 from empssl_ray.method.patches import cut_patches, patch_seed, patch_size_for
 from empssl_ray.on_ray.read import read_images
@@ -98,6 +99,7 @@ def patch_stream(
     counter: Any = None,
     carry: tuple[str, ...] = (),
     epochs: Sequence[int] = (0,),
+    position: StreamPosition | None = None,
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
     """The training stream: images in a new order each epoch, then patches cut on the actor pool.
 
@@ -115,6 +117,7 @@ def patch_stream(
         carry: columns kept beside the patches ("label", "id": the row's index in the split,
             "epoch").
         epochs: the epochs the stream holds, in order (a resumed run: those still to train).
+        position: the rows a resumed run trained already (left out of their epochs).
 
     Returns:
         (dataset of {"patches" (n, C, S, S) uint8 | "image" (C, H, W) uint8} plus `carry`,
@@ -128,6 +131,7 @@ def patch_stream(
         block_rows=ray_cfg.aug_batch_size * BATCHES_PER_BLOCK,
         shuffle_seed=seed,
         epochs=epochs,
+        position=position,
     )
     if ray_cfg.patches_on_trainer:
         # A map at read_cpus, not select_columns: its projection task asks a whole CPU, which a

@@ -1,23 +1,24 @@
 """Ray Train adapter: EMP-SSL pretraining as a TorchTrainer run (Train V2 APIs).
 
-The loop is the core's (`method.training.fit`); this file only wires it to Ray: DDP through
-`prepare_model`, the TCR gather, the patch stream's shard, reports and a checkpoint every epoch
-(`RayHooks`), resume from the latest checkpoint, and restarts after worker failures.
+The loop is the core's (`method.training.fit`); this file wires it to Ray: DDP through
+`prepare_model`, the TCR gather, the patch stream's shard, reports and checkpoints
+(`on_ray.reporting.RayHooks`), and restarts. Whoever restarts the workers (`pretrain` after a
+failure, or Ray Train itself after a node is drained), they start from the run's newest complete
+checkpoint, and so does the stream (`training_stream`, built at each worker-group start).
 """
 
 from __future__ import annotations
 
 import signal
-import tempfile
 import threading
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import ray
 import ray.train
 import torch
 from ray.train import (
-    Checkpoint,
     CheckpointConfig,
     FailureConfig,
     LoggingConfig,
@@ -30,35 +31,19 @@ from empssl_ray.config import ConfigError, PretrainConfig
 from empssl_ray.data import storage
 from empssl_ray.data.datasets import DatasetInfo, Splits, open_splits
 from empssl_ray.data.prefetch import Prefetcher
-from empssl_ray.errors import UserError, find_user_error, user_error_line
+from empssl_ray.data.read_plan import StreamPosition
+from empssl_ray.data.storage import StorageUnavailableError
+from empssl_ray.errors import StorageError, UserError, find_user_error, user_error_line
 from empssl_ray.evaluation.monitor import KnnMonitor
 from empssl_ray.faults import Faults
 from empssl_ray.method.gather import gather_batch
-from empssl_ray.method.training import LoopHooks, Trainer, fit
+from empssl_ray.method.training import Trainer, fit
 from empssl_ray.on_ray.placement import on_head
 from empssl_ray.on_ray.progress import post
 from empssl_ray.on_ray.read import iterate_epochs
+from empssl_ray.on_ray.reporting import RayHooks
 from empssl_ray.on_ray.stream import RowCounter, patch_stream
-from empssl_ray.runs.checkpoints import load_checkpoint, resume_point, run_dir_of, save_checkpoint
-from empssl_ray.runs.metrics import MetricsLogger
-
-# What the console shows of a report (the rest goes to metrics.jsonl and TensorBoard).
-CONSOLE_KEYS = (
-    "epoch",
-    "step",
-    "loss",
-    "tcr",
-    "invariance",
-    "patches_per_s",
-    "data_wait_frac",
-    "epoch_time_s",
-    "knn_acc",
-)
-
-
-def console_event(kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """A report as the driver's console shows it (the rest goes to metrics.jsonl)."""
-    return {"kind": kind, **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}}
+from empssl_ray.runs.checkpoints import ResumePoint, load_checkpoint, resume_point, run_dir_of
 
 
 def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
@@ -70,64 +55,52 @@ def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
 @dataclass
 class WorkerJob:
     """What every training worker is handed: the typed config as it is, and the run's facts the
-    driver settled (the dataset, its steps, where to resume) so that all ranks agree."""
+    driver settled (the dataset and its steps) so that all ranks agree."""
 
     cfg: PretrainConfig
     splits: Splits  # the dataset, opened once by the driver (the monitor samples it)
     info: DatasetInfo  # the training split's channels, image size, classes
     steps_per_epoch: int
     run_dir: str
-    resume_from: str | None  # the checkpoint the weights (and the stream) start from
     counter: Any  # RowCounter: images augmented and skipped, across tasks
     board: Any = None  # the driver's console (`on_ray.progress.ProgressBoard`), or None
     faults: Faults | None = None  # drills (`empssl_ray.faults`), or None
 
 
-class RayHooks(LoopHooks):
-    """The Ray worker's part of the loop: every rank reports (a report is a barrier); rank 0 also
-    logs the metrics, shows progress on the driver's console and writes the checkpoint."""
+def stream_position(resume: ResumePoint, rows: int) -> StreamPosition:
+    """The rows trained before `resume` (a checkpoint without a saved position: whole epochs)."""
+    saved = resume.position()
+    return StreamPosition.from_state(saved) if saved else StreamPosition(rows, resume.epoch)
 
-    def __init__(self, job: WorkerJob, lead: bool) -> None:
-        self.job, self.lead = job, lead
-        self.board = job.board if lead else None
-        self.logger = MetricsLogger(job.run_dir) if lead else None
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if self.logger:
-            self.logger.log("step", metrics)
-        post(self.board, console_event("step", metrics))
-        ray.train.report({**metrics, "kind": "step"})
-
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if self.job.counter is not None:
-            # Cumulative over this attempt's epochs: images cut into patches (a batch re-run
-            # after an actor died counts twice), and bad images dropped by on_bad_image=skip.
-            counts = ray.get(self.job.counter.get.remote())
-            metrics["augmented_images"] = counts.get("augmented_images", 0)
-            metrics["skipped_images"] = counts.get("skipped_images", 0)
-        with tempfile.TemporaryDirectory() as tmp:
-            saved = None
-            if self.lead:
-                save_checkpoint(trainer.state_dict(), tmp)
-                saved = Checkpoint.from_directory(tmp)
-                if self.logger:
-                    self.logger.log("epoch", metrics)
-                    self.logger.flush()  # CSV, PNG and TensorBoard on storage every epoch
-                post(self.board, console_event("epoch", metrics))
-            ray.train.report(metrics, checkpoint=saved)
-
-    def on_note(self, text: str) -> None:
-        post(self.board, {"kind": "note", "text": text})
-
-    def close(self) -> None:
-        if self.logger:
-            self.logger.close()
+def training_stream(job: WorkerJob) -> ray.data.Dataset:
+    """The patch stream from the run's newest complete checkpoint on: every epoch still to train,
+    without the rows trained already. Ray Train calls it at each worker-group start (first
+    start, and each restart after a node is drained), in its controller."""
+    cfg = job.cfg
+    storage.set_retry_window(cfg.run.storage_retry_s)
+    position = stream_position(resume_point(job.run_dir), len(job.splits.train))
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the workers' bars: none
+    ds, _, _ = patch_stream(
+        job.splits.train,
+        cfg.patches,
+        cfg.ray,
+        cfg.run.seed,
+        job.faults,
+        job.counter,
+        carry=("id", "epoch"),  # which rows each step trained: the checkpoints' position
+        # A finished run streams nothing (its one planned epoch is never iterated).
+        epochs=range(min(position.complete_through, cfg.optim.epochs - 1), cfg.optim.epochs),
+        position=position,
+    )
+    return ds
 
 
 def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
     """Runs on every training worker: Ray's context, the stream's shard, the core's loop."""
     job = config["job"]
     cfg = job.cfg
+    storage.set_retry_window(cfg.run.storage_retry_s)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -143,11 +116,18 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
         wrap=ray.train.torch.prepare_model if world > 1 else None,
         rank=rank,
     )  # patches differ across ranks, also after a resume
-    if job.resume_from is not None:  # the driver's choice: the stream starts there too
-        trainer.load_state_dict(load_checkpoint(job.resume_from))
+    # The newest complete checkpoint, chosen as `training_stream` chose it: the weights and the
+    # stream start at the same row. (ray.train.get_checkpoint() names the newest reported one
+    # of this fit only, and knows nothing of a checkpoint whose upload was cut off.)
+    resume = resume_point(job.run_dir)
+    counts: dict[str, int] = {}
+    if resume.location is not None:
+        state = load_checkpoint(resume.location)
+        trainer.load_state_dict(state)
+        counts = state.get("counts", {})
     lead = rank == 0
     start = {"epochs": cfg.optim.epochs, "steps_per_epoch": per_epoch, "start_epoch": trainer.epoch}
-    post(job.board if lead else None, {"kind": "start", **start})
+    post(job.board if lead else None, {"kind": "start", **start, "start_step": trainer.step})
     if trainer.epoch >= cfg.optim.epochs:  # a finished run, rerun: nothing to train
         return
     monitor = None
@@ -156,7 +136,7 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
     shard = ray.train.get_dataset_shard("train")
     # One iterator over every epoch still to train (one Ray Data execution per window of
     # epochs, see `on_ray.read`), cut into epochs of `per_epoch` batches: the actor pool stays
-    # up across epoch boundaries, and the prefetch thread fetches on while the checkpoint is
+    # up across epoch boundaries, and the prefetch thread fetches on while a checkpoint is
     # written.
     stream = Prefetcher(
         iterate_epochs(
@@ -166,20 +146,24 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
                 prefetch_batches=1,
                 # uint8 on the wire; the Trainer moves and normalises on its device. Pinned
                 # pages let that copy run beside the GPU's compute (non_blocking).
-                dtypes=torch.uint8,
+                dtypes={"patches": torch.uint8, "image": torch.uint8},
                 device="cpu",
                 pin_memory=cfg.ray.use_gpu,
             ),
-            wanted=(cfg.optim.epochs - trainer.epoch) * per_epoch,
+            wanted=cfg.optim.epochs * per_epoch - trainer.step,
         ),
         cfg.ray.prefetch_batches,
     )
-    reporter = RayHooks(job, lead)
+    position = stream_position(resume, len(job.splits.train))
+    reporter = RayHooks(
+        cfg, job.run_dir, per_epoch, rank, world, position, counts, job.counter, job.board
+    )
     hooks = [h for h in (job.faults, reporter) if h is not None]
     try:
         fit(
             trainer,
-            lambda epoch: stream.take(per_epoch),
+            # An epoch resumed inside has only its remaining steps to go.
+            lambda epoch: stream.take((epoch + 1) * per_epoch - trainer.step),
             cfg.optim.epochs,
             hooks,
             cfg.run.log_every_steps,
@@ -198,56 +182,44 @@ def build_trainer(
     Args:
         splits: `cfg.data`'s splits, opened once per run (`open_splits`).
         callbacks: Ray Train callbacks (a Tune trial's report callback).
-        board: a `ray_console.ProgressBoard` that rank 0 sends its progress to, or None.
+        board: an `on_ray.progress.ProgressBoard` that rank 0 sends its progress to, or None.
     """
     run_dir = run_dir_of(cfg)
-    # On the head node, as Ray Train pins its own state actor: a counter on a worker node that
-    # leaves would take the run with it (seen in tests/cluster_scenario.py). "DEFAULT" leaves a
-    # Tune trial's placement group, whose bundles hold no head-node resource.
-    counter = on_head(RowCounter).remote()
-    faults = Faults.from_env(run_dir)
-    # The weights and the stream start at the same epoch; a finished run streams nothing
-    # (its one planned epoch is never iterated).
-    resume_from, first_epoch = resume_point(run_dir)
-    ds, info, rows = patch_stream(
-        splits.train,
-        cfg.patches,
-        cfg.ray,
-        cfg.run.seed,
-        faults,
-        counter,
-        epochs=range(min(first_epoch, cfg.optim.epochs - 1), cfg.optim.epochs),
-    )
-    # The stream runs in a coordinator actor whose bars would only fill the logs.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    rows = len(splits.train)
     per_epoch = steps_per_epoch(rows, cfg)
     if per_epoch < 1:
         raise ConfigError(
             f"optim.batch_size={cfg.optim.batch_size} is larger than the {rows} "
             "training images: lower optim.batch_size or raise data.train_limit"
         )
+    # On the head node, as Ray Train pins its own state actor: a counter on a worker node that
+    # leaves would take the run with it (seen in tests/cluster_scenario.py). "DEFAULT" leaves a
+    # Tune trial's placement group, whose bundles hold no head-node resource.
+    counter = on_head(RowCounter).remote()
+    faults = Faults.from_env(run_dir)
+    job = WorkerJob(cfg, splits, splits.train.info, per_epoch, run_dir, counter, board, faults)
     resources = {"CPU": cfg.ray.cpus_per_worker, **(cfg.ray.trainer_resources or {})}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "job": WorkerJob(
-                cfg, splits, info, per_epoch, run_dir, resume_from, counter, board, faults
-            )
-        },
+        train_loop_config={"job": job},
         scaling_config=ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
             name=cfg.run.name,
             storage_path=storage.resolve(cfg.run.storage_path),
-            # Restarts happen in `pretrain`, which ends at once on errors a rerun would repeat.
+            # Failures end the fit, and `pretrain` restarts it: it ends at once on errors a
+            # rerun would repeat. A drained (preempted) node's worker group is restarted by Ray
+            # Train itself, from the newest checkpoint as well (`training_stream` is called again).
             failure_config=FailureConfig(max_failures=0),
             # Not a log line per report per rank. (mypy sees Train V1's RunConfig stub.)
             logging_config=LoggingConfig(log_level="WARNING"),  # type: ignore[call-arg]
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # RayHooks prunes, across every fit of the run (Ray's count is per fit).
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
             callbacks=callbacks,
         ),
-        datasets={"train": ds},
+        # A callable: Ray Train builds the stream anew at each worker-group start.
+        datasets={"train": partial(training_stream, job)},
     )
 
 
@@ -277,12 +249,16 @@ def pretrain(
 ) -> ray.train.Result:
     """Fits the run (resuming it if its name has checkpoints) and returns Ray Train's Result.
 
-    A worker or node that fails is restarted from the latest checkpoint, up to
-    `ray.max_failures` times. A user error (a non-finite loss, a bad image) ends the run at once:
-    a restart would meet it again.
+    A worker or node that fails is restarted from the newest complete checkpoint. A failure
+    after which the run had checkpointed further than at its start (a spot loss in a long run)
+    costs nothing; `ray.max_failures` counts the failures without progress in between, so a
+    crash loop still ends. A user error (a non-finite loss, a bad image) ends the run at once: a
+    restart would meet it again.
     """
+    storage.set_retry_window(cfg.run.storage_retry_s)
     splits = splits or open_splits(cfg.data)  # once per run, whatever the restarts
-    failures = 0
+    run_dir = run_dir_of(cfg)
+    failures, started_at = 0, resume_point(run_dir).step
     while True:
         try:
             return fit_and_release(build_trainer(cfg, splits, callbacks, board))
@@ -291,14 +267,33 @@ def pretrain(
             line = user_error_line(exc)
             if line is not None:
                 raise find_user_error(exc) or UserError(line) from None
-            if failures >= cfg.ray.max_failures:
-                raise
-            failures += 1
             reason = str(exc).strip().splitlines()[-1][:200]
-            note = (
-                f"a training worker failed ({reason}); restarting from the latest "
-                f"checkpoint, restart {failures} of ray.max_failures={cfg.ray.max_failures}"
+            try:
+                now = resume_point(run_dir)
+            except StorageUnavailableError as outage:  # still down: a failure without progress
+                now, reason = ResumePoint(None, 0, started_at), str(outage)
+            progressed, started_at = now.step > started_at, max(now.step, started_at)
+            if not progressed:
+                if failures >= cfg.ray.max_failures:
+                    if "object storage failed" in str(exc) or "object storage failed" in reason:
+                        raise StorageError(
+                            f"{reason.splitlines()[0]}; gave up after {failures} restarts "
+                            "without progress: rerun the same command to resume once the "
+                            "store answers (or raise run.storage_retry_s)"
+                        ) from None
+                    raise
+                failures += 1
+            budget = (
+                "it had progressed since the last start: not counted"
+                if progressed
+                else f"restart {failures} of ray.max_failures={cfg.ray.max_failures}"
             )
+            where = (
+                f"the checkpoint at epoch {now.epoch} step {now.step}"
+                if now.location is not None
+                else "the newest checkpoint"
+            )
+            note = f"a training worker failed ({reason}); restarting from {where} ({budget})"
             if board is None:
                 print(f"empssl-ray: {note}", flush=True)
             post(board, {"kind": "note", "text": note})

@@ -111,6 +111,7 @@ def run_trial(config: dict[str, Any], base: PretrainConfig, trials_dir: str) -> 
     cfg.run.storage_path = trials_dir
     cfg.run.evaluate = False
     cfg.run.log_every_steps = 0  # Tune sees epoch reports only: every one carries the objective
+    cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_minutes = 0, 0.0  # nor checkpoints
     pretrain(cfg, callbacks=[TuneReportCallback()])
 
 

@@ -2,8 +2,11 @@
 reading a checkpoint file or folder, and the encoder inside it.
 
 A run lives in `<run.storage_path>/<run.name>/`; Ray Train writes one `checkpoint_<time>/`
-folder per epoch there, each holding `checkpoint.pt` (see `engine.Trainer.state_dict`) and
-`progress.json` (its epoch, step and size, read without loading the weights).
+folder per checkpoint there (each epoch's end, and inside an epoch every
+`run.checkpoint_every_steps` / `_minutes`), each holding `checkpoint.pt` (see
+`method.training.Trainer.state_dict`), `progress.json` (its epoch, step and size, read without
+loading the weights) and `position.pt` (which rows the model has trained on: where the stream
+goes on).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import os
 import pickle
 import posixpath
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +28,7 @@ from empssl_ray.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PROGRESS_FILE = "progress.json"  # beside it: {"epoch", "step"}, read without the weights
+POSITION_FILE = "position.pt"  # beside it: the stream's position (`read_plan.StreamPosition`)
 CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train names checkpoint folders checkpoint_<UTC time>
 
 
@@ -46,14 +51,14 @@ def checkpoint_files(run_dir: str) -> list[str]:
 
 
 def latest_checkpoint(run_dir: str) -> str:
-    """Location of the newest checkpoint file of a run."""
-    found = checkpoint_files(run_dir)
-    if not found:
+    """Location of the newest complete checkpoint file of a run (what a restart resumes)."""
+    found = resume_point(run_dir).location
+    if found is None:
         raise CheckpointNotFoundError(
             f"no checkpoint under {run_dir}: pretrain first (same run.name and "
             "run.storage_path), or pass checkpoint=<folder or file of checkpoint.pt>"
         )
-    return found[-1]
+    return found
 
 
 def checkpoint_file(location: str) -> str:
@@ -71,23 +76,47 @@ def load_checkpoint(location: str) -> dict[str, Any]:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
 
 
-def save_checkpoint(state: dict[str, Any], folder: str) -> None:
-    """Writes `state` as the checkpoint file of a (local) folder handed to Ray Train, and beside
-    it its epoch, step and byte size (Ray uploads the two files independently: the size tells a
-    complete checkpoint file from one cut off by a failure)."""
+def save_checkpoint(
+    state: dict[str, Any], folder: str, position: dict[str, Any] | None = None
+) -> None:
+    """Writes `state` as the checkpoint file of a (local) folder handed to Ray Train, beside it
+    the stream's `position` (a `StreamPosition.state()`), and last its epoch, step and byte
+    size (Ray uploads the files independently: the size tells a complete checkpoint file from
+    one cut off by a failure)."""
     path = storage.join(folder, CHECKPOINT_FILE)
     torch.save(state, path)
+    if position is not None:
+        torch.save(position, storage.join(folder, POSITION_FILE))
     progress = {"epoch": state["epoch"], "step": state["step"], "bytes": os.path.getsize(path)}
     storage.write_text(storage.join(folder, PROGRESS_FILE), json.dumps(progress))
 
 
-def resume_point(run_dir: str) -> tuple[str | None, int]:
-    """Where a rerun of this run starts: its newest complete checkpoint file and that epoch, or
-    (None, 0) for a fresh start.
+@dataclass
+class ResumePoint:
+    """Where a run (re)starts: its newest complete checkpoint, or nothing (a fresh start)."""
 
-    Decided once, in the driver, and handed to every training worker: the data stream and the
-    weights start at the same epoch. A checkpoint whose file is missing or shorter than recorded
-    (a failure mid-upload) is passed over for the one before.
+    location: str | None  # the checkpoint file; None = a fresh start
+    epoch: int = 0  # epochs the checkpoint completed
+    step: int = 0  # optimiser steps it took
+
+    def position(self) -> dict[str, Any] | None:
+        """The stream's position saved with the checkpoint (None: fresh, or an older one)."""
+        if self.location is None:
+            return None
+        try:
+            blob = storage.read_bytes(storage.join(posixpath.dirname(self.location), POSITION_FILE))
+        except FileNotFoundError:
+            return None
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+
+
+def resume_point(run_dir: str) -> ResumePoint:
+    """Where a (re)start of this run begins: its newest complete checkpoint.
+
+    Decided the same way by the stream (in Ray Train's controller, at each worker-group start)
+    and by every training worker: the weights and the data start at the same place. A
+    checkpoint whose file is missing or shorter than recorded (a failure mid-upload) is passed
+    over for the one before.
     """
     for location in reversed(checkpoint_files(run_dir)):
         folder = posixpath.dirname(location)
@@ -96,10 +125,26 @@ def resume_point(run_dir: str) -> tuple[str | None, int]:
             complete = storage.file_size(location) == progress["bytes"]
         except FileNotFoundError:  # no progress file (or no checkpoint file): read the weights
             with contextlib.suppress(OSError, RuntimeError, EOFError, pickle.UnpicklingError):
-                return location, int(load_checkpoint(location)["epoch"])
+                state = load_checkpoint(location)
+                return ResumePoint(location, int(state["epoch"]), int(state["step"]))
             continue
         except (OSError, ValueError, KeyError):  # the progress file itself was cut off
             continue
         if complete:
-            return location, int(progress["epoch"])
-    return None, 0
+            return ResumePoint(location, int(progress["epoch"]), int(progress.get("step", 0)))
+    return ResumePoint(None)
+
+
+def prune_checkpoints(run_dir: str, keep: int) -> list[str]:
+    """Deletes all but the newest `keep` complete checkpoints of a run (and any incomplete one
+    older than them), across every fit and restart the run had; returns the folders deleted."""
+    folders = [posixpath.dirname(f) for f in checkpoint_files(run_dir)]
+    newest = resume_point(run_dir).location
+    if newest is None:
+        return []
+    kept = folders[: folders.index(posixpath.dirname(newest)) + 1][-keep:]
+    # Folders newer than the newest complete one are being written: left alone.
+    doomed = folders[: folders.index(kept[0])]
+    for folder in doomed:
+        storage.remove_tree(folder)
+    return doomed

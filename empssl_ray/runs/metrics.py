@@ -27,16 +27,24 @@ class MetricsLogger:
     mirror of the run dir and copied up by `flush` when the run dir is on object storage.
     """
 
-    def __init__(self, run_dir: str, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: str, tensorboard: bool = True, resumed_step: int | None = None
+    ) -> None:
         self.mirror = LocalMirror(run_dir)
         self.mirror.pull(METRICS_FILE)  # a resumed run continues its history
         self.path = os.path.join(self.mirror.path, METRICS_FILE)
+        if resumed_step is not None:
+            truncate_after(self.path, resumed_step)
         self.pushed_at = time.monotonic()
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(self.mirror.path, "tensorboard"))
+            # TensorBoard hides its own records past the step resumed from, as the file does.
+            self.writer = SummaryWriter(
+                os.path.join(self.mirror.path, "tensorboard"),
+                purge_step=None if resumed_step is None else resumed_step + 1,
+            )
 
     def log(self, kind: str, record: dict[str, Any]) -> None:
         record = {"kind": kind, **record}
@@ -63,6 +71,19 @@ class MetricsLogger:
             self.writer.close()
         self.flush()
         self.mirror.close()
+
+
+def truncate_after(path: str, step: int) -> None:
+    """Drops the records of steps after `step` from a metrics.jsonl: a run resumed from the
+    checkpoint of `step` logs them again, and each step is in the history once."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        with open(path, "w") as f:
+            f.writelines(kept)
 
 
 def read_metrics(run_dir: str) -> list[dict[str, Any]]:

@@ -103,13 +103,19 @@ def scan_parquet(
         file's `empssl.channels` metadata, else 3).
     """
     fs, path = storage.filesystem(source)
-    try:
+
+    def scan() -> tuple[pa.Schema, list[int], pa.ChunkedArray | None]:
         with fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
             schema = pf.schema_arrow
             sizes = [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)]
             has_labels = label_column in schema.names
-            labels = pf.read(columns=[label_column]).column(0) if has_labels else None
+            return schema, sizes, pf.read(columns=[label_column]).column(0) if has_labels else None
+
+    try:  # an outage is waited out; what the bytes say is the data's fault
+        schema, sizes, labels = storage.retrying(f"read {source}", scan)
+    except storage.StorageUnavailableError:
+        raise
     except (OSError, ValueError) as e:  # ArrowInvalid is a ValueError
         raise DatasetError(f"{source} is not a readable parquet file ({e}): replace it") from e
     for col, knob in ((image_column, "data.image_column"), (label_column, "data.label_column")):
@@ -151,9 +157,15 @@ def read_parquet_rows(
     if not starts[g] <= start < stop <= starts[g + 1]:
         raise ValueError(f"rows {start}..{stop} of {source} are not inside one row group")
     fs, path = storage.filesystem(source)
-    try:
+
+    def read() -> pa.Table:
         with fs.open_input_file(path) as f:
-            table = pq.ParquetFile(f).read_row_group(g, columns=columns)
+            return pq.ParquetFile(f).read_row_group(g, columns=columns)
+
+    try:  # an outage is waited out; what the bytes say is the data's fault
+        table = storage.retrying(f"read {source}", read)
+    except storage.StorageUnavailableError:
+        raise
     except (OSError, ValueError) as e:
         raise DatasetError(
             f"{source} row {start}: row group {g} cannot be read ({e}): the file "
