@@ -114,7 +114,7 @@ def test_a_restart_inside_an_epoch_trains_every_image_once_and_logs_every_step_o
     steps = [r["step"] for r in read_metrics(run_dir) if r["kind"] == "step"]
     assert steps == sorted(set(steps)) and steps[-1] == 16  # each step once, in order
     # Checkpoints pruned across the restart; the counters carried on from the checkpoint.
-    folders = {k.split("/")[3] for k in s3_keys(run_dir) if "/checkpoint_" in k}
+    folders = {k.split("/")[3] for k in s3_keys(run_dir) if k.endswith("/checkpoint.pt")}
     assert len(folders) == 2, folders
     assert summary["final"]["augmented_images"] >= 2 * 512
 
@@ -330,6 +330,7 @@ def local_cfg(tmp_path: Path, *extra: str):
             "patches.size=16",
             "run.progress=false",
             "eval.monitor_test=0",
+            "eval.probe_batch_size=32",  # 96 training images: the preflight refuses 100
             *extra,
         ],
     )

@@ -44,6 +44,7 @@ __all__ = [
     "read_text",
     "resolve",
     "uri_prefix",
+    "remove_file",
     "remove_tree",
     "retry_window",
     "retrying",
@@ -263,6 +264,17 @@ def remove_tree(location: str) -> None:
     def remove() -> None:
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.delete_dir(path)
+
+    retrying(f"delete {location}", remove)
+
+
+def remove_file(location: str) -> None:
+    """Deletes one file (nothing happens when it does not exist)."""
+    fs, path = filesystem(location)
+
+    def remove() -> None:
+        if fs.get_file_info(path).type == pafs.FileType.File:
+            fs.delete_file(path)
 
     retrying(f"delete {location}", remove)
 

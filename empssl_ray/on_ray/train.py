@@ -46,6 +46,9 @@ from empssl_ray.on_ray.stream import RowCounter, patch_stream
 from empssl_ray.runs.checkpoints import ResumePoint, load_checkpoint, resume_point, run_dir_of
 
 
+RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's checkpoint record
+
+
 def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
     """Optimiser steps in one epoch: each worker's share of the rows in whole batches."""
     workers = max(1, cfg.ray.num_workers)
@@ -134,6 +137,7 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
     if lead and cfg.eval.monitor_test > 0:
         monitor = KnnMonitor(job.splits, cfg.eval, trainer.patch_size, cfg.run.seed, cfg.patches)
     shard = ray.train.get_dataset_shard("train")
+    pixels = "image" if cfg.ray.patches_on_trainer else "patches"  # the batches' uint8 column
     # One iterator over every epoch still to train (one Ray Data execution per window of
     # epochs, see `on_ray.read`), cut into epochs of `per_epoch` batches: the actor pool stays
     # up across epoch boundaries, and the prefetch thread fetches on while a checkpoint is
@@ -146,7 +150,7 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
                 prefetch_batches=1,
                 # uint8 on the wire; the Trainer moves and normalises on its device. Pinned
                 # pages let that copy run beside the GPU's compute (non_blocking).
-                dtypes={"patches": torch.uint8, "image": torch.uint8},
+                dtypes={pixels: torch.uint8, "id": torch.int64, "epoch": torch.int64},
                 device="cpu",
                 pin_memory=cfg.ray.use_gpu,
             ),
@@ -197,6 +201,10 @@ def build_trainer(
     # Tune trial's placement group, whose bundles hold no head-node resource.
     counter = on_head(RowCounter).remote()
     faults = Faults.from_env(run_dir)
+    # The run's checkpoints are ours to choose (`resume_point`) and prune (`RayHooks`), across
+    # fits: Ray Train's own record of them, which refuses a run dir whose older checkpoints
+    # were pruned, starts empty at each fit.
+    storage.remove_file(storage.join(run_dir, RAY_TRAIN_SNAPSHOT))
     job = WorkerJob(cfg, splits, splits.train.info, per_epoch, run_dir, counter, board, faults)
     resources = {"CPU": cfg.ray.cpus_per_worker, **(cfg.ray.trainer_resources or {})}
     return TorchTrainer(
