@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-cluster test-slow demo lint bench
+.PHONY: setup test test-cluster test-drills test-slow demo lint bench
 
 setup:
 	bash scripts/setup.sh
@@ -12,6 +12,9 @@ test: setup  ## unit + Ray integration tests (default suite: about 10 min on 2 c
 
 test-cluster: setup  ## only the ray job submit test: head + 3 loopback nodes on a loopback S3 (~4 min)
 	$(PY) -m pytest -q -m cluster
+
+test-drills: setup  ## spot drills: a drained trainer node, an object-store outage mid-run (~3 min)
+	$(PY) -m pytest -q -m drills
 
 test-slow: setup  ## the CPU learning recipe on CIFAR-10 from ../shared/data/cifar10 (~3 min)
 	$(PY) -m pytest -q -m slow -s

@@ -275,8 +275,12 @@ class SweepConfig:
     grace_period: int = 1
     # ASHA: keep the best 1/reduction_factor at each rung
     reduction_factor: int = 2
-    # CPUs the trial's driver function holds (its trainers ask their own)
-    trial_cpus: float = 0.1
+    # CPUs the trial's driver function holds; it runs on the head node, out of reach of spot
+    # losses, and only coordinates (its trainers ask their own). 0 fits heads without CPUs
+    trial_cpus: float = 0.0
+    # restarts of a trial whose run failed (a node lost): each resumes from the trial's newest
+    # checkpoint (its run dir)
+    trial_max_failures: int = 3
     # seeds the search
     seed: int = 0
 
@@ -306,8 +310,10 @@ class ReproduceConfig:
     storage_path: str = "sweeps"
     # rows trained at once
     max_concurrent_trials: int = 4
-    # CPUs each row's driver function holds (its trainers ask their own)
-    trial_cpus: float = 0.1
+    # CPUs each row's driver function holds, on the head node (its trainers ask their own)
+    trial_cpus: float = 0.0
+    # restarts of a row whose run failed (a node lost), each from the row's newest checkpoint
+    trial_max_failures: int = 3
 
 
 @dataclass

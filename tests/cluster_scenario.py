@@ -289,7 +289,6 @@ def main(work: Path, data: str, store: str) -> dict:
             "ray.aug_cpus_per_actor=0.25",
             "ray.cpus_per_worker=0.25",
             "ray.read_cpus=0.1",
-            "sweep.trial_cpus=0.05",
             "ray.aug_batch_size=8",
             # 64 batches an epoch, 0.05 s longer each: pools live long enough to be seen at once.
             env={"EMPSSL_FAULT_SLOW_AUGMENT_S": "0.05"},

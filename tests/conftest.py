@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -178,3 +180,31 @@ def write_image_parquet(
         os.makedirs(root / split, exist_ok=True)
         pq.write_table(pa.table({"image": blobs, "label": labels}), root / split / "part-0.parquet")
     return root
+
+
+def run_scenario(script: Path, args: list[str], limit_s: int) -> dict:
+    """Runs a multi-node scenario script in its own process session and returns the JSON of its
+    last `SCENARIO ` line. Past `limit_s` it gets SIGINT (its `finally` stops its cluster),
+    then SIGKILL of its own session only; the test fails with the scenario's progress lines
+    (`[  12.3 s] ...`) and its output's end."""
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # KeyboardInterrupt: its `finally` stops the cluster
+        try:
+            out, _ = proc.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what it started
+            out, _ = proc.communicate(timeout=30)
+        ours = "\n".join(x for x in out.splitlines() if x.startswith("[") and " s] " in x)
+        pytest.fail(f"{script.name} took over {limit_s} s:\n{ours}\n{out[-4000:]}")
+    lines = [x for x in out.splitlines() if x.startswith("SCENARIO ")]
+    assert proc.returncode == 0 and lines, out[-6000:]
+    return json.loads(lines[-1][len("SCENARIO ") :])

@@ -5,14 +5,11 @@ processes never mix with the test session's Ray, and all of them stop with it.""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import run_scenario
 
 # In the default suite; `make test-cluster` runs it alone.
 pytestmark = pytest.mark.cluster
@@ -34,27 +31,7 @@ def scenario(s3, tmp_path_factory) -> dict:
         rows_per_file=32,
         progress=False,
     )  # 16 files: 16 blocks for the pool to share
-    args = [str(SCENARIO), str(work), data, f"{s3}/cluster"]
-    proc = subprocess.Popen(
-        [sys.executable, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, _ = proc.communicate(timeout=LIMIT_S)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # KeyboardInterrupt: its `finally` stops the cluster
-        try:
-            out, _ = proc.communicate(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what it started
-            out, _ = proc.communicate(timeout=30)
-        pytest.fail(f"cluster scenario took over {LIMIT_S} s:\n{out[-4000:]}")
-    lines = [x for x in out.splitlines() if x.startswith("SCENARIO ")]
-    assert proc.returncode == 0 and lines, out[-4000:]
-    seen = json.loads(lines[-1][len("SCENARIO ") :])
+    seen = run_scenario(SCENARIO, [str(work), data, f"{s3}/cluster"], LIMIT_S)
     seen["work"] = work
     return seen
 

@@ -1,6 +1,8 @@
-"""What a spot cloud does to a run, on a local Ray with data and outputs on the loopback S3:
-the object store going away mid-run and coming back. (Node losses: tests/test_ray_pipeline.py
-kills a trainer; tests/test_cluster_jobs.py drains and removes nodes.)"""
+"""What a spot cloud does to a run, with data and outputs on the loopback S3: the object store
+going away mid-run and coming back (on the session's Ray), and a trainer node drained by Ray's
+drain API with reason preemption, removed and replaced (a multi-node cluster in a subprocess,
+tests/drain_scenario.py). Both check every image trained once and every step logged once.
+`-m drills` (make test-drills): about 3 minutes together on 2 cores, run by CI after the suite."""
 
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ from empssl_ray.config import DataConfig
 from empssl_ray.data.prepare import prepare
 from empssl_ray.launch import compose
 from empssl_ray.runs.metrics import read_metrics
+from tests.conftest import run_scenario
 from tests.forwarder import Forwarder
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = pytest.mark.drills
+DRAIN_SCENARIO = Path(__file__).with_name("drain_scenario.py")
+DRAIN_LIMIT_S = 420
 
 
 def trained_steps(folder: Path) -> int:
@@ -31,6 +36,37 @@ def trained_steps(folder: Path) -> int:
     return newest
 
 
+def once_per_epoch(attempts: dict[str, list[str]]) -> tuple[int, list[tuple[int, int]]]:
+    """The step a restart resumed from, and the (epoch, id) rows the model kept: a killed
+    attempt's rows up to that step, and every row of the attempt that resumed."""
+    rows = {
+        name: np.array([line.split() for line in lines], dtype=np.int64).reshape(-1, 3)
+        for name, lines in attempts.items()
+    }
+    firsts = sorted({int(r[:, 0].min()) for r in rows.values() if len(r)})
+    assert len(firsts) == 2, firsts  # the first start, and one restart
+    resumed_at = firsts[1] - 1
+    kept = [r if r[:, 0].min() > resumed_at else r[r[:, 0] <= resumed_at] for r in rows.values()]
+    return resumed_at, [tuple(p) for p in np.concatenate(kept)[:, 1:].tolist()]
+
+
+@pytest.mark.timeout(DRAIN_LIMIT_S + 180)
+def test_a_drained_trainer_node_resumes_inside_the_only_epoch(s3: str, tmp_path: Path) -> None:
+    from empssl_ray.data.prepare import prepare
+
+    data = f"{s3}/drain/data"
+    prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data, 64, False)
+    seen = run_scenario(DRAIN_SCENARIO, [str(tmp_path), data, f"{s3}/drain"], DRAIN_LIMIT_S)
+    assert seen["drain_accepted"] and seen["drained_at_step"] >= 5
+    assert seen["final"]["epoch"] == 1 and seen["final"]["step"] == 16
+    resumed_at, pairs = once_per_epoch(seen["trained"])
+    assert 0 < resumed_at < 16  # inside the only epoch, not at its start
+    assert len(pairs) == len(set(pairs)) == 512 and {i for _, i in pairs} == set(range(512))
+    steps = [r["step"] for r in seen["metrics"] if r["kind"] == "step"]
+    assert steps == sorted(set(steps)) and steps[-1] == 16
+
+
+@pytest.mark.usefixtures("ray_session")
 def test_a_run_outlives_an_object_store_outage_mid_epoch(
     s3: str, s3_link: Forwarder, tmp_path: Path, fault_env
 ) -> None:

@@ -43,6 +43,14 @@ CONSOLE_KEYS = (
 COUNTS = ("augmented_images", "skipped_images")  # cumulative over the run, restarts included
 
 
+def preemption_note(info: Any) -> str:
+    """The console's line for a drain notice (`ray.train.PreemptionInfo`)."""
+    return (
+        f"a node of the run is being preempted (ranks {info.preempted_ranks}): "
+        "checkpointing now, then training on until it goes"
+    )
+
+
 def console_event(kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """A report as the driver's console shows it (the rest goes to metrics.jsonl)."""
     return {"kind": kind, **{k: metrics[k] for k in CONSOLE_KEYS if k in metrics}}
@@ -81,6 +89,7 @@ class RayHooks(LoopHooks):
         self.logger: MetricsLogger | None = None
         self.trained: list[tuple[np.ndarray, np.ndarray]] = []  # (epochs, ids) since a checkpoint
         self.last_checkpoint = time.monotonic()
+        self.preemption: Any = None  # the drain notice a checkpoint was written for
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         if self.lead and self.logger is None:  # the history up to the step resumed from
@@ -110,11 +119,20 @@ class RayHooks(LoopHooks):
         every = self.cfg.run.checkpoint_every_steps
         if every > 0 and trainer.step % every == 0:
             return True
-        minutes = self.cfg.run.checkpoint_every_minutes
-        # The clock is read every few steps only, where the ranks agree on it (one tiny
-        # collective; a device read that a GPU waits for once per `log_every_steps`).
-        if minutes <= 0 or trainer.step % max(1, self.cfg.run.log_every_steps or 10):
+        # The rest is looked at every few steps only, where the ranks agree on it.
+        if trainer.step % max(1, self.cfg.run.log_every_steps or 10):
             return False
+        if self.preemption is None:
+            # A node of the run is being drained (a spot reclaim notice): checkpoint now, once,
+            # and train on; Ray Train restarts the workers from it when the node goes.
+            self.preemption = ray.train.get_preemption_info()  # a barrier: every rank calls
+            if self.preemption is not None:
+                post(self.board, {"kind": "note", "text": preemption_note(self.preemption)})
+                return True
+        minutes = self.cfg.run.checkpoint_every_minutes
+        if minutes <= 0:
+            return False
+        # One tiny collective: a device read that a GPU waits for once per `log_every_steps`.
         due = time.monotonic() - self.last_checkpoint >= 60 * minutes
         if self.world > 1:
             flag = torch.tensor([float(due)], device=trainer.device)

@@ -19,6 +19,7 @@ from empssl_ray.config import ConfigError, DataConfig, PretrainConfig, Reproduce
 from empssl_ray.data import storage
 from empssl_ray.data.datasets import open_splits
 from empssl_ray.launch import compose
+from empssl_ray.on_ray.placement import trial_on_head
 from empssl_ray.paper import FIGURES
 from empssl_ray.presets import TINY, apply_preset
 
@@ -123,7 +124,7 @@ def build_reproducer(
     rows_dir = storage.join(sweep_dir, "rows")
     trainable = tune.with_resources(
         tune.with_parameters(run_row, configs=configs, rows_dir=rows_dir),
-        {"CPU": settings.trial_cpus},
+        trial_on_head(settings.trial_cpus),
     )
     if tune.Tuner.can_restore(sweep_dir):
         return tune.Tuner.restore(sweep_dir, trainable, resume_errored=True), sweep_dir
@@ -133,7 +134,12 @@ def build_reproducer(
         tune_config=tune.TuneConfig(max_concurrent_trials=settings.max_concurrent_trials),
         # verbose=0: the console is RowConsole's line per finished row, not Tune's status.
         run_config=tune.RunConfig(
-            name=settings.name, storage_path=root, verbose=0, callbacks=[RowConsole()]
+            name=settings.name,
+            storage_path=root,
+            verbose=0,
+            callbacks=[RowConsole()],
+            # A row whose run fails (a node lost) runs again, from its newest checkpoint.
+            failure_config=tune.FailureConfig(max_failures=settings.trial_max_failures),
         ),
     )
     return tuner, sweep_dir

@@ -45,7 +45,6 @@ from empssl_ray.on_ray.reporting import RayHooks
 from empssl_ray.on_ray.stream import RowCounter, patch_stream
 from empssl_ray.runs.checkpoints import ResumePoint, load_checkpoint, resume_point, run_dir_of
 
-
 RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's checkpoint record
 
 

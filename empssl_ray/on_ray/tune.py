@@ -17,6 +17,7 @@ from ray import tune
 
 from empssl_ray.config import ConfigError, PretrainConfig, SearchParam, TuneJobConfig
 from empssl_ray.data import storage
+from empssl_ray.on_ray.placement import trial_on_head
 from empssl_ray.rules import field_problem
 from empssl_ray.runs.metrics import format_table
 
@@ -134,7 +135,7 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
         tune.with_parameters(
             run_trial, base=cfg.pretrain_config(), trials_dir=storage.join(sweep_dir, "trials")
         ),
-        {"CPU": sweep.trial_cpus},
+        trial_on_head(sweep.trial_cpus),
     )
     if tune.Tuner.can_restore(sweep_dir):
         # Finished trials keep their results; unfinished and errored ones run again.
@@ -165,6 +166,9 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
             storage_path=root,
             verbose=0,
             callbacks=[TrialConsole(list(sweep.space), sweep.objective, cfg.optim.epochs)],
+            # A trial whose run fails (its trainers' node lost) runs again: `pretrain` resumes
+            # it from the trial's newest checkpoint.
+            failure_config=tune.FailureConfig(max_failures=sweep.trial_max_failures),
         ),
     )
     return tuner, sweep_dir
