@@ -27,9 +27,17 @@ def _core_files() -> dict[str, Path]:
 
 def forbidden_imports(source: str) -> list[str]:
     """Every `import ray...` / `from hydra... import` anywhere in a module's code, with its line
-    (module level, inside functions, under TYPE_CHECKING alike)."""
+    (module level, inside functions, under TYPE_CHECKING alike), and every `x.remote(...)` call
+    (an actor or task handed in from outside: Ray all the same)."""
     found = []
     for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "remote"
+        ):
+            found.append(f"line {node.lineno}: .remote()")
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -43,6 +51,9 @@ def forbidden_imports(source: str) -> list[str]:
 def test_the_scan_sees_imports_inside_functions() -> None:
     source = "def f():\n    import ray.data\n    from omegaconf import OmegaConf\nimport torch\n"
     assert forbidden_imports(source) == ["line 2: ray.data", "line 3: omegaconf"]
+    assert forbidden_imports("def f(counter):\n    counter.add.remote(1)\n") == [
+        "line 2: .remote()"
+    ]
 
 
 def test_no_core_module_imports_ray_or_hydra_anywhere() -> None:

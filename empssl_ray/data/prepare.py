@@ -53,7 +53,7 @@ def encoded_rows(
     seed, in a shuffled order (slices permuted, rows shuffled inside each row group's worth)."""
     pieces = split_slices(dataset, ROW_GROUP_ROWS)
     for block, seed in epoch_plan(pieces, ROW_GROUP_ROWS, shuffle_seed, epoch=0):
-        rows = load_pieces(block, dataset, seed)
+        rows, _ = load_pieces(block, dataset, seed)
         for image, label in zip(rows["image"], rows["label"], strict=True):
             yield encode_png(image), int(label)
         bar.update(sum(stop - start for _, start, stop, _ in block))

@@ -68,10 +68,10 @@ def load_pieces(
     pieces: Sequence[Piece],
     dataset: ImageDataset,
     shuffle_seed: int | None,
-    counter: Any = None,
     drop_ids: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Task body: one block's pieces -> rows of image (N, C, H, W) uint8, label, id.
+) -> tuple[dict[str, np.ndarray], int]:
+    """Task body: one block's pieces -> rows of image (N, C, H, W) uint8, label, id, and the
+    count of bad images skipped (data.on_bad_image=skip; the caller counts them where it can).
 
     `id` is the row's position in the split (skipped bad rows leave gaps), so an epoch's coverage
     can be checked after faults. Rows whose id is in `drop_ids` (trained before a resume) are
@@ -84,8 +84,6 @@ def load_pieces(
         labels.append(y)
         ids.append(first + np.arange(len(y)))
         skipped += bad
-    if skipped and counter is not None:
-        counter.add.remote("skipped_images", skipped)
     rows = {
         "image": np.concatenate(images),
         "label": np.concatenate(labels),
@@ -97,7 +95,7 @@ def load_pieces(
     if drop_ids is not None and len(drop_ids):
         keep = ~np.isin(rows["id"], drop_ids)
         rows = {k: v[keep] for k, v in rows.items()}
-    return rows
+    return rows, skipped
 
 
 class StreamPosition:

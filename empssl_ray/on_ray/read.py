@@ -116,7 +116,9 @@ def load_block(
     pieces = list(zip(*(map(int, np.concatenate(batch[k])) for k in _PIECE_KEYS), strict=True))
     seed = int(batch["shuffle_seed"][0])
     drop = np.asarray(batch["drop"][0], dtype=np.int64)
-    rows = load_pieces(pieces, dataset, None if seed < 0 else seed, counter, drop)
+    rows, skipped = load_pieces(pieces, dataset, None if seed < 0 else seed, drop)
+    if skipped and counter is not None:
+        counter.add.remote("skipped_images", skipped)
     rows["epoch"] = np.full(len(rows["id"]), int(batch["epoch"][0]), dtype=np.int32)
     return rows
 
