@@ -71,3 +71,18 @@ def test_pruning_keeps_the_newest_complete_checkpoints_of_every_fit(tmp_path: Pa
     assert sorted(deleted) == [str(folders[0])]
     assert [f.exists() for f in folders] == [False, True, True, True]
     assert resume_point(str(tmp_path)).epoch == 3
+
+
+def test_an_outage_is_no_reason_to_start_afresh(tmp_path: Path, monkeypatch) -> None:
+    import pytest
+
+    from empssl_ray.data import storage
+
+    write(tmp_path, "1", 1)
+
+    def away(location: str) -> str:
+        raise storage.StorageUnavailableError(f"read {location}: object storage failed")
+
+    monkeypatch.setattr(storage, "read_text", away)
+    with pytest.raises(storage.StorageUnavailableError):
+        resume_point(str(tmp_path))  # not ResumePoint(None): that would retrain from step 0

@@ -165,22 +165,23 @@ def uri_prefix(location: str) -> str:
     return location.split("://")[0] + "://" if is_uri(location) else ""
 
 
-def exists(location: str) -> bool:
+def file_info(location: str) -> pafs.FileInfo:
+    """What the filesystem knows of `location` (type, size, mtime), an outage waited out."""
     fs, path = filesystem(location)
-    info = retrying(f"look up {location}", lambda: fs.get_file_info(path))
-    return info.type != pafs.FileType.NotFound
+    return retrying(f"look up {location}", lambda: fs.get_file_info(path))
+
+
+def exists(location: str) -> bool:
+    return file_info(location).type != pafs.FileType.NotFound
 
 
 def is_dir(location: str) -> bool:
-    fs, path = filesystem(location)
-    info = retrying(f"look up {location}", lambda: fs.get_file_info(path))
-    return info.type == pafs.FileType.Directory
+    return file_info(location).type == pafs.FileType.Directory
 
 
 def file_size(location: str) -> int:
     """Bytes in a file; FileNotFoundError when there is none."""
-    fs, path = filesystem(location)
-    info = retrying(f"look up {location}", lambda: fs.get_file_info(path))
+    info = file_info(location)
     if info.type != pafs.FileType.File:
         raise FileNotFoundError(location)
     return int(info.size)
@@ -252,8 +253,7 @@ def list_dir(location: str, recursive: bool = False) -> list[Entry]:
 
 def modified_ns(location: str) -> int | None:
     """A file's modification time in ns (None when it does not exist)."""
-    fs, path = filesystem(location)
-    info = retrying(f"look up {location}", lambda: fs.get_file_info(path))
+    info = file_info(location)
     return None if info.type == pafs.FileType.NotFound else info.mtime_ns
 
 

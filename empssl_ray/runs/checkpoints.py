@@ -11,7 +11,6 @@ goes on).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from empssl_ray.data import storage
+from empssl_ray.data.storage import StorageUnavailableError
 from empssl_ray.config import PretrainConfig
 from empssl_ray.errors import UserError
 
@@ -118,16 +118,26 @@ def resume_point(run_dir: str) -> ResumePoint:
     checkpoint whose file is missing or shorter than recorded (a failure mid-upload) is passed
     over for the one before.
     """
-    for location in reversed(checkpoint_files(run_dir)):
+    return newest_complete(checkpoint_files(run_dir))
+
+
+def newest_complete(files: list[str]) -> ResumePoint:
+    """`resume_point` over a run's checkpoint files (oldest first), listed by the caller."""
+    for location in reversed(files):
         folder = posixpath.dirname(location)
         try:
             progress = json.loads(storage.read_text(storage.join(folder, PROGRESS_FILE)))
             complete = storage.file_size(location) == progress["bytes"]
+        except StorageUnavailableError:  # the store is away: not a reason to pass one over
+            raise
         except FileNotFoundError:  # no progress file (or no checkpoint file): read the weights
-            with contextlib.suppress(OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+            try:
                 state = load_checkpoint(location)
-                return ResumePoint(location, int(state["epoch"]), int(state["step"]))
-            continue
+            except StorageUnavailableError:
+                raise
+            except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
+                continue  # cut off
+            return ResumePoint(location, int(state["epoch"]), int(state["step"]))
         except (OSError, ValueError, KeyError):  # the progress file itself was cut off
             continue
         if complete:
@@ -138,8 +148,9 @@ def resume_point(run_dir: str) -> ResumePoint:
 def prune_checkpoints(run_dir: str, keep: int) -> list[str]:
     """Deletes all but the newest `keep` complete checkpoints of a run (and any incomplete one
     older than them), across every fit and restart the run had; returns the folders deleted."""
-    folders = [posixpath.dirname(f) for f in checkpoint_files(run_dir)]
-    newest = resume_point(run_dir).location
+    files = checkpoint_files(run_dir)
+    folders = [posixpath.dirname(f) for f in files]
+    newest = newest_complete(files).location
     if newest is None:
         return []
     kept = folders[: folders.index(posixpath.dirname(newest)) + 1][-keep:]
