@@ -9,6 +9,8 @@ kill fire once per run, so the restarted process carries on.
 - EMPSSL_FAULT_NAN_AT_EPOCH=N: the model's weights turn NaN from epoch N on (every rank).
 - EMPSSL_FAULT_SLOW_AUGMENT_S=X: every augmentation batch takes X seconds longer (tiny test
   data then keeps an actor pool busy long enough to grow, as real images do).
+- EMPSSL_FAULT_SLOW_AUGMENT_WHILE=FILE: ... only while FILE exists (a local path every node
+  sees): deleting it mid-run turns the pool's demand down, so the pool and the cluster shrink.
 - EMPSSL_FAULT_RECORD_TRAINED=DIR: every rank appends the (step, epoch, id) of each row it
   trains on to DIR/trained-<pid>.txt (a local folder every node sees): what the drills check
   exactly-once training with, by the model's steps, not by our own bookkeeping.
@@ -82,7 +84,9 @@ class Faults(LoopHooks):
         """An augmentation actor's drills, after its `batches`-th batch: slow, then maybe die."""
         self.die_if_due("KILL_AUGMENT_AFTER", batches)
         seconds = self.settings.get("SLOW_AUGMENT_S")
-        if seconds is not None:  # a stand-in for costly work; no CPU used
+        flag = self.settings.get("SLOW_AUGMENT_WHILE")
+        if seconds is not None and (flag is None or os.path.exists(flag)):
+            # a stand-in for costly work; no CPU used
             time.sleep(float(seconds))
 
     def die_if_due(self, name: str, count: int) -> None:

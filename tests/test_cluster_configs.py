@@ -146,6 +146,12 @@ def _cpu_quantity(value: Any) -> float:
     return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
 
 
+def _memory_quantity(value: Any) -> float:
+    text = str(value)
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    return float(text[:-2]) * units[text[-2:]] if text[-2:] in units else float(text)
+
+
 def _container_limits(group: dict[str, Any]) -> dict[str, Any]:
     return group["template"]["spec"]["containers"][0].get("resources", {}).get("limits", {})
 
@@ -157,6 +163,8 @@ def _kuberay_node_kinds(spec: dict[str, Any]) -> list[NodeKind]:
         limits = _container_limits(group)
         if "cpu" in limits:
             resources["CPU"] = _cpu_quantity(limits["cpu"])
+        if "memory" in limits:  # KubeRay sets Ray's `memory` from the container's limit
+            resources["memory"] = _memory_quantity(limits["memory"])
         if "nvidia.com/gpu" in limits:
             resources["GPU"] = float(limits["nvidia.com/gpu"])
         kinds.append(NodeKind(group["groupName"], group["maxReplicas"], resources))
@@ -185,7 +193,17 @@ def _trainer_demand(cfg: Any) -> dict[str, float]:
 
 
 def _actor_demand(cfg: Any) -> dict[str, float]:
-    return {"CPU": float(cfg.ray.aug_cpus_per_actor), **dict(cfg.ray.aug_resources)}
+    """What Ray Data asks for each augmentation actor it adds to a running pool: the CPUs and
+    custom resources configured, plus `memory` = the average output block in bytes (Ray 2.60's
+    ConfigureMapTaskMemoryUsingOutputSize), here one batch of uint8 patches (3 channels at most,
+    32 px when the dataset's size is not in the config) within the 128 MiB block target."""
+    side = cfg.patches.size or cfg.data.image_size or 32
+    block = cfg.ray.aug_batch_size * cfg.patches.num_patches * side * side * 3
+    return {
+        "CPU": float(cfg.ray.aug_cpus_per_actor),
+        **dict(cfg.ray.aug_resources),
+        "memory": float(min(block, 128 * 1024**2)),
+    }
 
 
 # --------------------------------------------------------------------------------------------
