@@ -8,7 +8,12 @@ Train restarts the worker group itself; the run resumes inside its only epoch, f
 checkpoint (written just in time on the notice), and finishes. Prints one JSON line of what it
 saw; every process it starts belongs to the Cluster object and is stopped in `finally`.
 
-    python tests/drain_scenario.py <work dir> <s3:// data> <s3:// storage>
+With `losses` as the mode, the trainer node is instead lost three times without notice (its
+processes killed, as a launcher cluster loses a spot instance), at steps 4, 8 and 12 of a run
+that checkpoints every 2 steps and allows `ray.max_failures=2`: each loss made progress since
+the last, so none counts, and the run finishes.
+
+    python tests/drain_scenario.py <work dir> <s3:// data> <s3:// storage> [drain|losses]
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DRAIN_AT_STEP = 5
 DEADLINE_S = 6.0
+LOSSES_AT_STEPS = (4, 8, 12)
 
 
 START = time.monotonic()
@@ -58,7 +65,28 @@ def drain(node_id: str, seconds: float) -> bool:
     return bool(accepted)
 
 
-def main(work: Path, data: str, store: str) -> dict:
+def wait_for_step(record: Path, step: int) -> None:
+    deadline = time.monotonic() + 300
+    while newest_step(record) < step and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def drain_and_replace(cluster: Any, node: Any, record: Path, seen: dict) -> Any:
+    """Drains `node` with reason preemption at step DRAIN_AT_STEP, removes it once the notice's
+    deadline passes, and adds its replacement (the autoscaler's new node), returned."""
+    wait_for_step(record, DRAIN_AT_STEP)
+    seen["drained_at_step"] = newest_step(record)
+    seen["drain_accepted"] = drain(node.node_id, DEADLINE_S)
+    log(f"drained the trainer node at step {seen['drained_at_step']}")
+    time.sleep(DEADLINE_S + 1)
+    cluster.remove_node(node)  # the instance is gone
+    log(f"removed it at step {newest_step(record)}")
+    replacement = cluster.add_node(num_cpus=1, resources={"trainer": 1})
+    log("a new trainer node joined")
+    return replacement
+
+
+def main(work: Path, data: str, store: str, mode: str = "drain") -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -82,7 +110,7 @@ def main(work: Path, data: str, store: str) -> dict:
                 "data=parquet",
                 f"data.root={data}",
                 f"run.storage_path={store}/runs",
-                "run.name=drained",
+                f"run.name={mode}",
                 "run.progress=false",
                 "run.evaluate=false",
                 "optim.epochs=1",
@@ -94,6 +122,11 @@ def main(work: Path, data: str, store: str) -> dict:
                 "++ray.trainer_resources={trainer: 1}",
                 "++ray.aug_resources={augment: 1}",
                 "eval.monitor_test=0",
+                *(
+                    ["run.checkpoint_every_steps=2", "ray.max_failures=2"]
+                    if mode == "losses"
+                    else []
+                ),
             ],
         )
 
@@ -109,24 +142,23 @@ def main(work: Path, data: str, store: str) -> dict:
 
         thread = threading.Thread(target=train, daemon=True)
         thread.start()
-        deadline = time.monotonic() + 300
-        while newest_step(record) < DRAIN_AT_STEP and time.monotonic() < deadline:
-            time.sleep(0.2)
-        seen["drained_at_step"] = newest_step(record)
-        seen["drain_accepted"] = drain(first.node_id, DEADLINE_S)
-        log(f"drained the trainer node at step {seen['drained_at_step']}")
-        time.sleep(DEADLINE_S + 1)
-        cluster.remove_node(first)  # the instance is gone
-        log(f"removed it at step {newest_step(record)}")
-        cluster.add_node(num_cpus=1, resources={"trainer": 1})  # the autoscaler's new one
-        log("a new trainer node joined")
+        if mode == "drain":
+            first = drain_and_replace(cluster, first, record, seen)
+        else:
+            for n, step in enumerate(LOSSES_AT_STEPS):
+                wait_for_step(record, step)
+                cluster.remove_node(first, allow_graceful=False)  # no notice, no drain
+                seen.setdefault("lost_at_steps", []).append(newest_step(record))
+                log(f"lost the trainer node without notice at step {newest_step(record)}")
+                first = cluster.add_node(num_cpus=1, resources={"trainer": 1})
+                log(f"trainer node {n + 2} joined")
         thread.join(timeout=300)
         if "summary" not in result:
             raise RuntimeError(f"the run did not finish: {result.get('error', 'still running')}")
         summary = result["summary"]
         log(f"the run finished at step {summary['final'].get('step')}")
         seen["final"] = summary["final"]
-        seen["metrics"] = read_metrics(f"{store}/runs/drained")
+        seen["metrics"] = read_metrics(f"{store}/runs/{mode}")
         seen["trained"] = {
             f.name: f.read_text().splitlines() for f in sorted(record.glob("trained-*.txt"))
         }
@@ -138,5 +170,6 @@ def main(work: Path, data: str, store: str) -> dict:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    result = main(Path(sys.argv[1]), sys.argv[2], sys.argv[3])
+    mode = sys.argv[4] if len(sys.argv) > 4 else "drain"
+    result = main(Path(sys.argv[1]), sys.argv[2], sys.argv[3], mode)
     print("SCENARIO " + json.dumps(result, default=str), flush=True)

@@ -36,18 +36,29 @@ def trained_steps(folder: Path) -> int:
     return newest
 
 
-def once_per_epoch(attempts: dict[str, list[str]]) -> tuple[int, list[tuple[int, int]]]:
-    """The step a restart resumed from, and the (epoch, id) rows the model kept: a killed
-    attempt's rows up to that step, and every row of the attempt that resumed."""
-    rows = {
-        name: np.array([line.split() for line in lines], dtype=np.int64).reshape(-1, 3)
-        for name, lines in attempts.items()
-    }
-    firsts = sorted({int(r[:, 0].min()) for r in rows.values() if len(r)})
-    assert len(firsts) == 2, firsts  # the first start, and one restart
-    resumed_at = firsts[1] - 1
-    kept = [r if r[:, 0].min() > resumed_at else r[r[:, 0] <= resumed_at] for r in rows.values()]
-    return resumed_at, [tuple(p) for p in np.concatenate(kept)[:, 1:].tolist()]
+def once_per_epoch(attempts: dict[str, list[str]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """The steps the restarts resumed from, and the (epoch, id) rows the model kept: each
+    attempt's rows up to the step the next one resumed from, and every row of the last."""
+    rows = [
+        np.array([line.split() for line in lines], dtype=np.int64).reshape(-1, 3)
+        for lines in attempts.values()
+    ]
+    rows = sorted((r for r in rows if len(r)), key=lambda r: int(r[:, 0].min()))
+    resumed = [int(r[:, 0].min()) - 1 for r in rows[1:]]
+    kept = [r[r[:, 0] <= step] for r, step in zip(rows, resumed, strict=False)] + rows[-1:]
+    return resumed, [tuple(p) for p in np.concatenate(kept)[:, 1:].tolist()]
+
+
+def assert_one_epoch_trained_once(seen: dict, restarts: int) -> list[int]:
+    """The 16-step, 512-image epoch finished with every image once and every step logged
+    once, across `restarts` restarts each resuming inside the epoch; returns their steps."""
+    assert seen["final"]["epoch"] == 1 and seen["final"]["step"] == 16
+    resumed, pairs = once_per_epoch(seen["trained"])
+    assert len(resumed) == restarts and all(0 < step < 16 for step in resumed), resumed
+    assert len(pairs) == len(set(pairs)) == 512 and {i for _, i in pairs} == set(range(512))
+    steps = [r["step"] for r in seen["metrics"] if r["kind"] == "step"]
+    assert steps == sorted(set(steps)) and steps[-1] == 16
+    return resumed
 
 
 @pytest.mark.timeout(DRAIN_LIMIT_S + 180)
@@ -58,12 +69,23 @@ def test_a_drained_trainer_node_resumes_inside_the_only_epoch(s3: str, tmp_path:
     prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data, 64, False)
     seen = run_scenario(DRAIN_SCENARIO, [str(tmp_path), data, f"{s3}/drain"], DRAIN_LIMIT_S)
     assert seen["drain_accepted"] and seen["drained_at_step"] >= 5
-    assert seen["final"]["epoch"] == 1 and seen["final"]["step"] == 16
-    resumed_at, pairs = once_per_epoch(seen["trained"])
-    assert 0 < resumed_at < 16  # inside the only epoch, not at its start
-    assert len(pairs) == len(set(pairs)) == 512 and {i for _, i in pairs} == set(range(512))
-    steps = [r["step"] for r in seen["metrics"] if r["kind"] == "step"]
-    assert steps == sorted(set(steps)) and steps[-1] == 16
+    assert_one_epoch_trained_once(seen, restarts=1)
+
+
+@pytest.mark.timeout(DRAIN_LIMIT_S + 180)
+def test_three_losses_without_notice_that_each_made_progress_use_no_failure_budget(
+    s3: str, tmp_path: Path
+) -> None:
+    """A launcher cluster's spot losses: the trainer node killed without notice at steps 4, 8
+    and 12 of the only epoch, with `ray.max_failures=2` and a checkpoint every 2 steps. Each
+    loss made progress since the last start, so none counts, and the run finishes."""
+    data = f"{s3}/losses/data"
+    prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data, 64, False)
+    args = [str(tmp_path), data, f"{s3}/losses", "losses"]
+    seen = run_scenario(DRAIN_SCENARIO, args, DRAIN_LIMIT_S)
+    assert len(seen["lost_at_steps"]) == 3, seen["lost_at_steps"]
+    resumed = assert_one_epoch_trained_once(seen, restarts=3)
+    assert resumed == sorted(resumed) and resumed[0] >= 2, resumed  # each from a newer checkpoint
 
 
 @pytest.mark.usefixtures("ray_session")
@@ -120,3 +142,22 @@ def test_a_run_outlives_an_object_store_outage_mid_epoch(
     assert steps == list(range(2, 17, 2))  # each step once, in order
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
     assert os.path.isdir(record)
+
+
+SWEEP_SCENARIO = Path(__file__).with_name("sweep_loss_scenario.py")
+
+
+@pytest.mark.timeout(DRAIN_LIMIT_S + 180)
+def test_a_sweep_that_loses_a_trials_node_completes(s3: str, tmp_path: Path) -> None:
+    """The first of two trials loses its trainer node without notice in its second epoch: it
+    resumes from its checkpoint (each epoch reported once) and ends; the sweep completes."""
+    data = f"{s3}/sweep-loss/data"
+    prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data, 64, False)
+    seen = run_scenario(SWEEP_SCENARIO, [str(tmp_path), data, f"{s3}/sweep-loss"], DRAIN_LIMIT_S)
+    assert seen["lost_at_step"] > 8  # inside the first trial's second epoch
+    assert seen["best_yaml"] and seen["best_yaml"].endswith("best.yaml")
+    assert len(seen["trial_epochs"]) == 2, seen["trial_epochs"]
+    assert all(epochs == [1, 2] for epochs in seen["trial_epochs"].values()), seen
+    assert seen["attempts"] == 3  # two trials, and the first one's restart
+    table = seen["results_csv"].splitlines()
+    assert len(table) == 3 and "Error" not in seen["results_csv"], seen["results_csv"]
