@@ -7,13 +7,13 @@ PY := $(VENV)/bin/python
 setup:
 	bash scripts/setup.sh
 
-test: setup  ## unit + Ray integration tests (default suite: about 10 min on 2 cores)
+test: setup  ## unit + Ray integration tests (default suite: about 15 min on 2 cores)
 	$(PY) -m pytest -q
 
-test-cluster: setup  ## only the ray job submit test: head + 3 loopback nodes on a loopback S3 (~4 min)
+test-cluster: setup  ## ray job submit to a head + 3 loopback nodes; Ray's own autoscaler under a run (~11 min)
 	$(PY) -m pytest -q -m cluster
 
-test-drills: setup  ## spot drills: a drained trainer node, an object-store outage mid-run (~3 min)
+test-drills: setup  ## spot drills: a drained node, three lost nodes, a sweep losing a node, an S3 outage (~9 min)
 	$(PY) -m pytest -q -m drills
 
 test-slow: setup  ## the CPU learning recipe on CIFAR-10 from ../shared/data/cifar10 (~3 min)
