@@ -417,6 +417,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cfg.optim.bf16,
                 out_device=device,
                 patches=cfg.patches,
+                patches_per_forward=cfg.eval.patches_per_forward,
             )
         report(
             Stage(f"embed {split}", clock.seconds, len(split_images) * t, "patches"), f" (T={t})"

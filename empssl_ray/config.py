@@ -119,6 +119,9 @@ class EvalConfig:
     num_patches: int = 128
     # images per embedding batch
     batch_size: int = 256
+    # most patches in one encoder forward (evaluation and the kNN monitor): bounds memory
+    # whatever batch_size x num_patches is; the features do not depend on it. 0 = all at once
+    patches_per_forward: int = 4096
     # neighbours in the weighted kNN
     knn_k: int = 20
     # temperature of the kNN's exp(similarity / T) weights

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from empssl_ray.method import patches as A
+from empssl_ray.method.crops import crop_side
 
 
 def _images(b: int = 8, c: int = 3, side: int = 32, seed: int = 0) -> torch.Tensor:
@@ -76,8 +77,8 @@ def test_grayscale_rate_end_to_end() -> None:
 
 
 def test_crop_covers_a_quarter_of_the_area() -> None:
-    assert A.crop_side(32, 32, 0.25) == 16 and A.crop_side(64, 64, 0.25) == 32
-    assert A.crop_side(28, 28, 0.25) == 14
+    assert crop_side(32, 32, 0.25) == 16 and crop_side(64, 64, 0.25) == 32
+    assert crop_side(28, 28, 0.25) == 14
     # With every other op off, a 16x16 crop at the origin rendered at size 16 (no resize) is
     # exactly the image's top-left 16x16 corner, a quarter of its area.
     x = _images(3)

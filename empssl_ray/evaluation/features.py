@@ -15,7 +15,8 @@ from torch import nn
 from empssl_ray.config import PatchConfig
 from empssl_ray.devices import to_device
 from empssl_ray.method.colour import gray
-from empssl_ray.method.patches import cut_patches, to_model_input
+from empssl_ray.method.patch_plan import plan_patches, render_rows, row_runs
+from empssl_ray.method.patches import to_model_input
 
 
 @torch.no_grad()
@@ -28,8 +29,13 @@ def embed_images(
     channels_last: bool = False,
     patches: PatchConfig | None = None,
     bf16: bool = False,
+    patches_per_forward: int = 0,
 ) -> torch.Tensor:
     """Bag-of-features: the mean pre-feature h over `num_patches` training-style patches.
+
+    Every patch's random parameters are drawn first, then patches are rendered and encoded at
+    most `patches_per_forward` at a time and summed per image: peak memory follows that chunk,
+    not B x T, and the features are the all-at-once path's (up to float summation order).
 
     Args:
         model: an `EMPSSLModel` (anything with `.encode`), in eval mode.
@@ -42,16 +48,35 @@ def embed_images(
             evaluation cuts patches as training did; None = PatchConfig's defaults. Its
             num_patches and size are not used (T and S are the arguments).
         bf16: run the model (only the model) under bf16 autocast on images' device.
+        patches_per_forward: most patches per encoder forward; 0 = all B x T at once.
 
     Returns:
         (B, prefeature_dim) float32 embeddings.
     """
-    # Patches are cut in float32 whatever the caller's autocast (multi_patch turns it off):
-    # the same patches as training's, not bf16-blurred ones.
-    cut = cut_patches(images, patches or PatchConfig(), patch_size, generator, num_patches)
-    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-        h = model.encode(to_model_input(cut, channels_last))  # type: ignore[operator]
-    return h.float().view(images.shape[0], num_patches, -1).mean(dim=1)
+    cfg = patches or PatchConfig()
+    aspect = (cfg.aspect_ratio[0], cfg.aspect_ratio[1])
+    plan = plan_patches(
+        images.shape,
+        num_patches,
+        patch_size,
+        generator,
+        cfg.crop_scale,
+        cfg.interpolation,
+        aspect,
+        images.device,
+    )
+    most = patches_per_forward if patches_per_forward > 0 else plan.rows
+    sums: torch.Tensor | None = None
+    for start, stop in row_runs(images.shape[0], num_patches, most):
+        # Patches are cut in float32 whatever the caller's autocast: training's patches.
+        cut = render_rows(images, plan, start, stop)
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            h = model.encode(to_model_input(cut, channels_last)).float()  # type: ignore[operator]
+        if sums is None:
+            sums = h.new_zeros(images.shape[0], h.shape[1])
+        sums.index_add_(0, plan.image_of(start, stop), h)
+    assert sums is not None, "no images to embed"
+    return sums / num_patches
 
 
 def match_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
@@ -86,6 +111,7 @@ def embed_dataset(
     bf16: bool = False,
     out_device: torch.device | str = "cpu",
     patches: PatchConfig | None = None,
+    patches_per_forward: int = 0,
 ) -> torch.Tensor:
     """`embed_images` over uint8 images (N, C, H, W) in batches -> (N, D) float32 on out_device.
 
@@ -107,7 +133,15 @@ def embed_dataset(
     ):
         batch = to_device(torch.as_tensor(images[sl]), device)
         emb = embed_images(
-            model, batch, num_patches, patch_size, generator, channels_last, patches, bf16=autocast
+            model,
+            batch,
+            num_patches,
+            patch_size,
+            generator,
+            channels_last,
+            patches,
+            autocast,
+            patches_per_forward,
         )
         out.append(emb.to(out_device))
     return torch.cat(out)

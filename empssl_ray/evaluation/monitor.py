@@ -64,6 +64,7 @@ class KnnMonitor:
                 device,
                 self.seed,
                 patches=self.patches,
+                patches_per_forward=self.cfg.patches_per_forward,
             )
             for x, _ in (self.train, self.test)
         ]

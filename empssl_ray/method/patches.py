@@ -32,9 +32,6 @@ from empssl_ray.method.colour import (
 from empssl_ray.method.crops import (
     crop_and_flip,
     crop_rows,
-    crop_side,
-    resample_boxes,
-    sample_boxes,
 )
 
 P_FLIP, P_JITTER, P_GRAY, P_BLUR, P_SOLARIZE = 0.5, 0.8, 0.2, 0.1, 0.1
@@ -115,23 +112,14 @@ def multi_patch(
         raise ValueError(
             f"multi_patch expects uint8 (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
         )
-    b, c, h, w = images.shape
-    # Always float32: under a caller's bf16 autocast the blur's convolution would run in bf16
-    # and move pixels by up to 2 grey levels.
-    with torch.autocast(images.device.type, enabled=False):
-        if tuple(aspect_ratio) == (1.0, 1.0):
-            crop = crop_side(h, w, crop_scale)
-            params = sample_patch_params(b, num_patches, h, w, crop, generator, images.device)
-            x = render_patches(images, params, crop, size, interpolation, sync_free)
-        else:
-            ratio = (float(aspect_ratio[0]), float(aspect_ratio[1]))
-            boxes = sample_boxes(b * num_patches, h, w, crop_scale, ratio, generator, images.device)
-            crops = resample_boxes(images, boxes, num_patches, size, interpolation)
-            # The boxes are the crops: the rest runs on them as whole S x S "images".
-            params = sample_patch_params(
-                b * num_patches, 1, size, size, size, generator, images.device
-            )
-            x = render_patches(crops, params, size, size, interpolation, sync_free)
+    from empssl_ray.method.patch_plan import plan_patches, render_rows  # it builds on this module
+
+    b, c = images.shape[:2]
+    ratio = (aspect_ratio[0], aspect_ratio[1])
+    plan = plan_patches(
+        images.shape, num_patches, size, generator, crop_scale, interpolation, ratio, images.device
+    )
+    x = render_rows(images, plan, 0, plan.rows, sync_free)
     return x.view(b, num_patches, c, size, size)
 
 

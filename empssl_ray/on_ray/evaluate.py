@@ -75,6 +75,7 @@ class Embedder:
             self.patch_size,
             self.generator,
             patches=self.patches,
+            patches_per_forward=self.cfg.patches_per_forward,
         )
         post(self.board, {"kind": "rows", "name": self.stage, "rows": len(images)})
         # float16 halves the shards; the probe and kNN compute in float32.
