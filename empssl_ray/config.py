@@ -61,6 +61,10 @@ class PatchConfig:
     # [min, max] width/height ratio of the crops, drawn log-uniformly per patch as torchvision's
     # RandomResizedCrop does; [1, 1] = square crops (paper's CIFAR), [0.75, 1.333] its ImageNet
     aspect_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    # most patches per training forward: off (all n x B of a worker's step at once, batch norm
+    # over all of them as in the reference), a count, or auto (from the device's free memory and
+    # the model); a step with more patches runs the gradient cache (method/chunked_step.py)
+    chunk: str = "off"
 
 
 @dataclass

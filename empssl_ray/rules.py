@@ -40,6 +40,11 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
     "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "patches.chunk": (
+        lambda v: str(v).strip().lower() in ("off", "auto", "none") or str(v).strip().isdigit(),
+        "off, auto, or the most patches per forward (e.g. 512)",
+    ),
+    "eval.patches_per_forward": (lambda v: v >= 0, ">= 0 (0: all of a batch at once)"),
     "eval.num_patches": (lambda v: v >= 1, ">= 1"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),
     "eval.knn_k": (lambda v: v >= 1, ">= 1"),

@@ -21,6 +21,7 @@ from torch import nn
 
 from empssl_ray.config import PretrainConfig
 from empssl_ray.errors import UserError
+from empssl_ray.method.chunked_step import chunked_loss_backward, resolve_chunk
 from empssl_ray.method.loss import EMPSSLLoss, Gather
 from empssl_ray.method.models import EMPSSLModel, build_model
 from empssl_ray.method.optim import build_optimizer
@@ -106,6 +107,10 @@ class Trainer:
         self.sync_free_patches = self.device.type != "cpu"
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(patch_seed(cfg.run.seed, rank, 0))
+        # Most patches per forward (0: one pass) and the line that says what was chosen.
+        self.chunk, self.chunk_note = resolve_chunk(
+            cfg.patches.chunk, self.model, in_channels, self.patch_size, self.device
+        )
 
     def patches_from_images(self, images: torch.Tensor) -> torch.Tensor:
         """Cuts training patches on this device: (B, C, H, W) uint8 -> (B, n, C, S, S) uint8."""
@@ -128,11 +133,14 @@ class Trainer:
         b, n = patches.shape[:2]
         # View-major order so the embeddings reshape to the loss's (n, B, d) without a copy.
         x = to_model_input(patches.transpose(0, 1), self.cfg.model.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            z = self.net(x).z
-        loss, parts = self.loss_fn(z.float().view(n, b, -1))
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if 0 < self.chunk < b * n:
+            parts = chunked_loss_backward(self.net, x, n, self.loss_fn, self.chunk, self.autocast)
+        else:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                z = self.net(x).z
+            loss, parts = self.loss_fn(z.float().view(n, b, -1))
+            loss.backward()
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -334,6 +342,9 @@ def fit(
         for hook in hooks:
             hook.on_batch(trainer, batch)
 
+    if trainer.chunk_note and trainer.epoch < epochs:  # what the planner chose, before training
+        for hook in hooks:
+            hook.on_note(trainer.chunk_note)
     while trainer.epoch < epochs:
         for hook in hooks:
             hook.on_epoch_start(trainer)
