@@ -100,6 +100,9 @@ class LossConfig:
 class OptimConfig:
     # passes over the training images
     epochs: int = 1
+    # epochs the cosine schedule spans; 0 = optim.epochs. Larger reads a run part-way through a
+    # longer schedule, as the paper's multi-epoch table does (epochs 1 and 10 of 30)
+    schedule_epochs: int = 0
     # images per step across all workers (each image brings num_patches patches)
     batch_size: int = 100
     # peak learning rate, annealed by cosine to 0 over all steps
@@ -308,8 +311,9 @@ class ReproduceConfig:
     # CPU-sized: each row shrunk to the smoke model, 512 / 256 images, 1 epoch, a tenth of its
     # patches (at least 2), on CPU workers: checks the whole path, reproduces no figure
     quick: bool = False
-    # dataset name -> Parquet folder or URI made by jobs/prepare.py (read as data=parquet);
-    # e.g. {cifar10: s3://bucket/cifar10}. Rows of other datasets use their preset's data
+    # row (or dataset name, for every row of that dataset) -> Parquet folder or URI made by
+    # jobs/prepare.py (read as data=parquet); e.g. {imagenet100-10ep-200p: s3://b/in100-448,
+    # cifar10: s3://b/cifar10}. Rows without an entry use their preset's data
     data_roots: dict[str, str] = field(default_factory=dict)
     # sweep name; rerunning the same name resumes it
     name: str = "paper"

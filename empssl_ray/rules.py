@@ -40,6 +40,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
     "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "optim.schedule_epochs": (lambda v: v >= 0, ">= 0 (0: optim.epochs)"),
     "patches.chunk": (
         lambda v: str(v).strip().lower() in ("off", "auto", "none") or str(v).strip().isdigit(),
         "off, auto, or the most patches per forward (e.g. 512)",
@@ -89,6 +90,11 @@ CROSS_RULES: list[tuple[str, Callable[[PretrainConfig], bool], str]] = [
         "optim.batch_size",
         lambda c: c.optim.batch_size >= c.ray.num_workers,
         ">= ray.num_workers (every worker needs images)",
+    ),
+    (
+        "optim.schedule_epochs",
+        lambda c: c.optim.schedule_epochs == 0 or c.optim.schedule_epochs >= c.optim.epochs,
+        ">= optim.epochs, or 0 (the schedule spans the run)",
     ),
     (
         "ray.aug_max_actors",

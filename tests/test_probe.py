@@ -14,10 +14,18 @@ from empssl_ray.evaluation.probe import evaluate_features, linear_probe
 def reference_probe(train_x, train_y, test_x, test_y, epochs, lr, batch, weight_decay, seed):
     """The reference's loop: SGD (momentum 0.9) on raw features, shuffled batches with the last
     partial one dropped, cosine over epochs stepped once per epoch; last epoch's accuracy."""
+    return reference_curve(train_x, train_y, test_x, test_y, epochs, lr, batch, weight_decay, seed)[
+        -1
+    ]
+
+
+def reference_curve(train_x, train_y, test_x, test_y, epochs, lr, batch, weight_decay, seed):
+    """`reference_probe`'s test accuracy after every epoch (its code prints best and last)."""
     torch.manual_seed(seed)
     clf = nn.Linear(train_x.shape[1], int(train_y.max()) + 1)
     opt = torch.optim.SGD(clf.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    curve: list[float] = []
     for _ in range(epochs):
         perm = torch.randperm(len(train_x))
         for k in range(len(train_x) // batch):
@@ -27,8 +35,9 @@ def reference_probe(train_x, train_y, test_x, test_y, epochs, lr, batch, weight_
             loss.backward()
             opt.step()
         sched.step()
-    with torch.no_grad():
-        return (clf(test_x).argmax(1) == test_y).float().mean().item()
+        with torch.no_grad():
+            curve.append((clf(test_x).argmax(1) == test_y).float().mean().item())
+    return curve
 
 
 def overlapping_features(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,3 +95,12 @@ def test_probe_batch_larger_than_the_data_is_a_clear_error() -> None:
     (xtr, ytr), (xte, yte) = overlapping_features(50, 0), overlapping_features(20, 1)
     with pytest.raises(ValueError, match="probe_batch_size"):
         linear_probe(xtr, ytr, xte, yte, epochs=1, batch_size=100)
+
+
+def test_probe_reports_its_best_epoch_beside_the_last() -> None:
+    (xtr, ytr), (xte, yte) = overlapping_features(350, 0), overlapping_features(200, 1)
+    curve = reference_curve(xtr, ytr, xte, yte, 12, 0.03, 100, 5e-5, 7)
+    ours = linear_probe(xtr, ytr, xte, yte, epochs=12, lr=0.03, batch_size=100, seed=7)
+    assert ours["probe_acc"] == pytest.approx(curve[-1], abs=1e-6)
+    assert ours["probe_best_acc"] == pytest.approx(max(curve), abs=1e-6)
+    assert curve[ours["probe_best_epoch"] - 1] == max(curve)

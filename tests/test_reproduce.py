@@ -15,9 +15,9 @@ ROWS = ["cifar10-1ep-20p", "cifar100-1ep-20p"]
 
 def test_every_row_of_the_papers_table_has_a_preset_and_its_figure() -> None:
     rows = paper_rows()
-    assert len(rows) == 12 and set(ROWS) <= set(rows)
-    assert paper_figure("cifar10-1ep-20p") == 80.6
-    assert all(50 < paper_figure(row) < 100 for row in rows)
+    assert len(rows) == 16 and set(ROWS) <= set(rows)
+    assert paper_figure("cifar10-1ep-20p") == 84.2  # the 1-epoch table: its own schedule
+    assert all(30 < paper_figure(row) < 100 for row in rows)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,9 @@ def test_quick_run_writes_the_table_with_one_row_per_chosen_row(quick_run) -> No
     _, out = quick_run
     table = pd.read_csv(os.path.join(out["sweep_dir"], "paper_table.csv"))
     assert list(table["row"]) == ROWS and table["error"].isna().all()
-    assert list(table["paper_probe_%"]) == [80.6, paper_figure("cifar100-1ep-20p")]
+    assert list(table["paper_probe_%"]) == [84.2, paper_figure("cifar100-1ep-20p")]
+    assert list(table["read_at"]) == ["epoch 1 of 1", "epoch 1 of 1"]  # the figures' schedules
+    assert (table["probe_best_%"] >= table["probe_%"]).all()
     assert table["probe_%"].between(0, 100).all() and table["knn_%"].between(0, 100).all()
     assert (table["diff_points"] == (table["probe_%"] - table["paper_probe_%"]).round(2)).all()
     assert (table["wall_min"] > 0).all() and (table["gpu_hours"] == 0).all()  # CPU workers

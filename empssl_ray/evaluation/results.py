@@ -8,7 +8,8 @@ from typing import Any
 from empssl_ray.data import storage
 from empssl_ray.runs.metrics import format_table
 
-EVAL_COLUMNS = ["probe_acc", "knn_acc", "num_train", "num_test", "eval_patches"]
+# probe_acc is the probe's last epoch (what figures compare); its best epoch peeks at the test set
+EVAL_COLUMNS = ["probe_acc", "probe_best_acc", "knn_acc", "num_train", "num_test", "eval_patches"]
 
 
 def write_eval(location: str, checkpoint: str, results: dict[str, Any]) -> None:

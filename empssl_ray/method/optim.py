@@ -114,3 +114,8 @@ def build_optimizer(
         opt, lambda s: cosine_lr(s, total_steps, cfg.warmup_steps)
     )
     return opt, sched
+
+
+def schedule_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
+    """Steps the cosine spans: `schedule_epochs` (else `epochs`) epochs of `steps_per_epoch`."""
+    return (cfg.schedule_epochs or cfg.epochs) * steps_per_epoch

@@ -37,6 +37,7 @@ from empssl_ray.errors import StorageError, UserError, find_user_error, user_err
 from empssl_ray.evaluation.monitor import KnnMonitor
 from empssl_ray.faults import Faults
 from empssl_ray.method.gather import gather_batch
+from empssl_ray.method.optim import schedule_steps
 from empssl_ray.method.training import Trainer, fit
 from empssl_ray.on_ray.placement import on_head
 from empssl_ray.on_ray.progress import post
@@ -112,7 +113,7 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
         cfg,
         job.info.channels,
         job.info.image_size,
-        per_epoch * cfg.optim.epochs,
+        schedule_steps(cfg.optim, per_epoch),
         device,
         gather=gather_batch if world > 1 else None,
         wrap=ray.train.torch.prepare_model if world > 1 else None,
