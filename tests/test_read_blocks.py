@@ -91,3 +91,20 @@ def test_the_position_completes_epochs_and_forgets_their_bits() -> None:
     again = StreamPosition.from_state(position.state())
     assert again.complete_through == 1
     assert again.trained_in(1).tolist() == [False, False, True, False]  # type: ignore[union-attr]
+
+
+def test_a_shuffled_block_of_a_row_group_format_draws_from_several_groups() -> None:
+    """Parquet as prepare writes it (1,000-row groups, read whole): a training block of 1,024
+    rows takes quarter-block slices from random places, not one group's neighbours."""
+    from types import SimpleNamespace
+
+    from empssl_ray.data.read_plan import split_slices
+
+    groups = SimpleNamespace(chunks=[Chunk(f"g{i}", 0, 1000) for i in range(20)], slice_rows=0)
+    pieces = split_slices(groups, 1024)  # type: ignore[arg-type]
+    plan = epoch_plan(pieces, 1024, seed=1, epoch=0)
+    per_block = [len({i for i, *_ in block}) for block, _ in plan]
+    assert sum(per_block) / len(per_block) >= 3.5 and min(per_block) >= 2, per_block
+    assert sorted(rows_of(plan)) == list(range(20_000))  # still every row once
+    alone = epoch_plan(split_slices(groups, 1024, groups=1), 1024, seed=1, epoch=0)  # type: ignore[arg-type]
+    assert max(len({i for i, *_ in block}) for block, _ in alone) <= 2  # what it was

@@ -17,6 +17,11 @@ import numpy as np
 from empssl_ray.data.datasets import Chunk, ImageDataset
 
 Piece = tuple[int, int, int, int]  # (chunk index, start, stop, first row's position in the split)
+# Slices a block draws from at least. A block of rows of one Parquet row group (as prepare
+# writes them: 1,000 rows) would give every batch of an epoch the same 1,000 neighbours; four
+# quarter-block slices from four random places mix them, for four partial reads of each row
+# group an epoch (bench/mixing.py measures what that costs).
+GROUPS_PER_BLOCK = 4
 
 
 def slices_of(chunks: Sequence[Chunk], slice_rows: int) -> list[Piece]:
@@ -30,9 +35,15 @@ def slices_of(chunks: Sequence[Chunk], slice_rows: int) -> list[Piece]:
     return pieces
 
 
-def split_slices(dataset: ImageDataset, block_rows: int) -> list[Piece]:
-    """A split's slices: its format's cheap read size (a whole chunk when 0), at most a block."""
-    return slices_of(dataset.chunks, min(dataset.slice_rows or block_rows, block_rows))
+def split_slices(
+    dataset: ImageDataset, block_rows: int, groups: int = GROUPS_PER_BLOCK
+) -> list[Piece]:
+    """A split's slices: its format's cheap read size (a whole chunk when 0), at most a
+    `groups`-th of a block, so that a shuffled block holds rows of `groups` places of the split
+    at least (Parquet: row groups), not of one."""
+    return slices_of(
+        dataset.chunks, min(dataset.slice_rows or block_rows, max(1, block_rows // groups))
+    )
 
 
 def pack(pieces: Sequence[Piece], block_rows: int) -> list[list[Piece]]:
