@@ -52,8 +52,9 @@ from empssl_ray.data.datasets import open_dataset
 from empssl_ray.devices import to_device
 from empssl_ray.evaluation.features import embed_dataset
 from empssl_ray.evaluation.probe import evaluate_features
+from empssl_ray.method.loop import LoopHooks, fit
 from empssl_ray.method.optim import schedule_steps
-from empssl_ray.method.training import LoopHooks, Trainer, fit
+from empssl_ray.method.training import Trainer
 from empssl_ray.presets import TINY, preset_values
 
 REPO = Path(__file__).resolve().parents[1]

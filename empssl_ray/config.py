@@ -212,6 +212,9 @@ class RunConfig:
     # seconds an object-store outage (refused connections, timeouts, 5xx, throttling) is waited
     # out, with backoff, before the worker fails and the run restarts from its checkpoint
     storage_retry_s: float = 300.0
+    # one warning line when the effective rank of a fixed batch's embeddings (each epoch's
+    # collapse diagnostic, method/diagnostics.py) falls below this; 0 = never
+    collapse_rank: float = 2.0
     # run the bag-of-features evaluation after pretraining
     evaluate: bool = True
     # also evaluate a random-init encoder on the same protocol

@@ -45,6 +45,8 @@ def metrics_text(m: dict[str, Any]) -> str:
         f"{_num(m.get('patches_per_s'), ',.0f')} patches/s",
         f"data wait {_num(100 * m.get('data_wait_frac', math.nan), '.0f')}%",
     ]
+    if "effective_rank" in m:  # collapse diagnostics (epoch reports)
+        parts.append(f"rank {_num(m['effective_rank'], '.1f')}")
     if "knn_acc" in m:
         parts.append(f"kNN {_num(100 * m['knn_acc'], '.1f')}%")
     return " | ".join(parts)

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from empssl_ray.data.storage import is_uri
-from empssl_ray.method.training import LoopHooks, Trainer
+from empssl_ray.method.loop import LoopHooks
+from empssl_ray.method.training import Trainer
 
 ENV_PREFIX = "EMPSSL_FAULT_"
 

@@ -82,6 +82,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "run.checkpoint_every_minutes": (lambda v: v >= 0, ">= 0 (0: no time-based checkpoints)"),
     "run.checkpoints_to_keep": (lambda v: v >= 1, ">= 1 (a restart needs one)"),
     "run.storage_retry_s": (lambda v: v >= 0, ">= 0 (0: no retries)"),
+    "run.collapse_rank": (lambda v: v >= 0, ">= 0 (0: no collapse warning)"),
 }
 
 # Rules across fields: (field reported, test on the whole config, what the field must be).

@@ -8,7 +8,8 @@ from torch import nn
 
 from empssl_ray.config import ConfigError, ModelConfig, PretrainConfig
 from empssl_ray.method.chunked_step import parse_chunk, plan_chunk
-from empssl_ray.method.training import LoopHooks, Trainer, fit
+from empssl_ray.method.loop import LoopHooks, fit
+from empssl_ray.method.training import Trainer
 
 
 def tiny_config(chunk: str) -> PretrainConfig:

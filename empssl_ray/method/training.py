@@ -3,8 +3,7 @@ user run.
 
 `Trainer` owns model, loss, optimiser and schedule and takes one step (`train_step`) or one
 epoch (`run_epoch`) of batches from any iterator (Ray Data's stream, or in-memory images),
-measuring the time spent waiting on data around it. `fit` is the loop over epochs: the NaN stop,
-the online monitor, and `LoopHooks` where a caller reports, checkpoints or injects faults.
+measuring the time spent waiting on data around it. `method.loop.fit` is the loop over epochs.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +21,7 @@ from torch import nn
 from empssl_ray.config import PretrainConfig
 from empssl_ray.errors import UserError
 from empssl_ray.method.chunked_step import chunked_loss_backward, resolve_chunk
+from empssl_ray.method.diagnostics import collapse_metrics
 from empssl_ray.method.loss import EMPSSLLoss, Gather
 from empssl_ray.method.models import EMPSSLModel, build_model
 from empssl_ray.method.optim import build_optimizer
@@ -107,10 +107,18 @@ class Trainer:
         self.sync_free_patches = self.device.type != "cpu"
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(patch_seed(cfg.run.seed, rank, 0))
+        self.fixed_patches: torch.Tensor | None = None  # diagnostics' batch (`diagnose`)
         # Most patches per forward (0: one pass) and the line that says what was chosen.
         self.chunk, self.chunk_note = resolve_chunk(
             cfg.patches.chunk, self.model, in_channels, self.patch_size, self.device
         )
+
+    def diagnose(self) -> dict[str, float]:
+        """Collapse diagnostics on the first patches this trainer trained on (a fixed batch)."""
+        if self.fixed_patches is None:
+            return {}
+        x = to_model_input(self.fixed_patches.to(self.device), self.cfg.model.channels_last)
+        return collapse_metrics(self.model, x)
 
     def patches_from_images(self, images: torch.Tensor) -> torch.Tensor:
         """Cuts training patches on this device: (B, C, H, W) uint8 -> (B, n, C, S, S) uint8."""
@@ -131,6 +139,9 @@ class Trainer:
         self.net.train()
         patches = patches.to(self.device, non_blocking=True)
         b, n = patches.shape[:2]
+        if self.fixed_patches is None:
+            # kept on the device: a copy to the host would wait for it
+            self.fixed_patches = patches[:64, :4].reshape(-1, *patches.shape[2:]).clone()
         # View-major order so the embeddings reshape to the loss's (n, B, d) without a copy.
         x = to_model_input(patches.transpose(0, 1), self.cfg.model.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
@@ -281,96 +292,3 @@ class Trainer:
             self.generator.set_state(saved.cpu())
             return
         self.generator.manual_seed(patch_seed(self.cfg.run.seed, self.rank, self.step))
-
-
-class LoopHooks:
-    """What `fit` calls as it trains; each method does nothing here, so a subclass overrides only
-    what it needs. The Ray worker reports and checkpoints (`on_ray.train.RayHooks`), the fault
-    drills poison and kill (`faults.Faults`), the GPU script times and draws bars."""
-
-    def on_epoch_start(self, trainer: Trainer) -> None:
-        """Before the epoch `trainer.epoch` (0-based) takes its first batch."""
-
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        """Every `log_every` steps: the step's loss parts, lr, patches/s and data wait."""
-
-    def on_batch(self, trainer: Trainer, batch: Mapping[str, torch.Tensor]) -> None:
-        """After every step (and its `on_step`), with the batch it trained on."""
-
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        """After an epoch: its means, counters, patch-forwards and the monitor's kNN."""
-
-    def on_note(self, text: str) -> None:
-        """A line the user should read (training ended early, and why)."""
-
-
-def fit(
-    trainer: Trainer,
-    epoch_batches: Callable[[int], Iterable[Mapping[str, torch.Tensor]]],
-    epochs: int,
-    hooks: Sequence[LoopHooks] = (),
-    log_every: int = 10,
-    monitor: Callable[[nn.Module, torch.device], float] | None = None,
-) -> dict[str, Any] | None:
-    """Trains from `trainer.epoch` (0, or where a loaded state left off) to `epochs`.
-
-    Args:
-        trainer: the model, loss, optimiser and counters; resume by loading its state first.
-        epoch_batches: epoch index -> that epoch's batches of {"patches" (B, n, C, S, S)} or
-            {"image" (B, C, H, W)} uint8 tensors.
-        epochs: epochs in the whole run (the schedule's length was set by the trainer).
-        hooks: called in order at each event (see `LoopHooks`).
-        log_every: steps between `on_step` calls; 0 = none.
-        monitor: model, device -> an accuracy in [0, 1] at each epoch's end (`knn_acc`).
-
-    Returns:
-        The last epoch's metrics, or None when there was no epoch left to train.
-
-    Raises:
-        NonFiniteLossError: the loss became NaN/inf (no hook sees that epoch's end).
-        EmptyEpochError: the first epoch of this call got no batch.
-    """
-    cfg, last = trainer.cfg, None
-    step_hook = None
-    if log_every > 0:
-
-        def step_hook(metrics: dict[str, Any]) -> None:
-            for hook in hooks:
-                hook.on_step(trainer, metrics)
-
-    def batch_hook(batch: Mapping[str, torch.Tensor]) -> None:
-        for hook in hooks:
-            hook.on_batch(trainer, batch)
-
-    if trainer.chunk_note and trainer.epoch < epochs:  # what the planner chose, before training
-        for hook in hooks:
-            hook.on_note(trainer.chunk_note)
-    while trainer.epoch < epochs:
-        for hook in hooks:
-            hook.on_epoch_start(trainer)
-        try:
-            metrics: dict[str, Any] = trainer.run_epoch(
-                epoch_batches(trainer.epoch), step_hook, max(1, log_every), batch_hook
-            )
-        except EmptyEpochError:
-            if last is None:
-                raise
-            # Images dropped by data.on_bad_image=skip come off the stream's end: every rank
-            # (equal shares) runs out at the same step.
-            for hook in hooks:
-                hook.on_note(
-                    f"the data ran out after epoch {trainer.epoch} (images skipped as "
-                    "unreadable): training ends there"
-                )
-            break
-        metrics.update(epoch=trainer.epoch, step=trainer.step, kind="epoch")
-        # Compute spent so far, for compute-aware comparisons: one patch-forward is one patch
-        # through the model (and back) on any worker.
-        metrics["patch_forwards"] = trainer.step * cfg.optim.batch_size * cfg.patches.num_patches
-        if monitor is not None:
-            metrics["knn_acc"] = monitor(trainer.model, trainer.device)
-            metrics["knn_acc_per_mpatch"] = metrics["knn_acc"] / (metrics["patch_forwards"] / 1e6)
-        for hook in hooks:
-            hook.on_epoch_end(trainer, metrics)
-        last = metrics
-    return last

@@ -23,7 +23,8 @@ from ray.train import Checkpoint
 
 from empssl_ray.config import PretrainConfig
 from empssl_ray.data.read_plan import StreamPosition
-from empssl_ray.method.training import LoopHooks, Trainer
+from empssl_ray.method.loop import LoopHooks
+from empssl_ray.method.training import Trainer
 from empssl_ray.on_ray.progress import post
 from empssl_ray.runs.checkpoints import prune_checkpoints, save_checkpoint
 from empssl_ray.runs.metrics import MetricsLogger

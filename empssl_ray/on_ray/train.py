@@ -1,6 +1,6 @@
 """Ray Train adapter: EMP-SSL pretraining as a TorchTrainer run (Train V2 APIs).
 
-The loop is the core's (`method.training.fit`); this file wires it to Ray: DDP through
+The loop is the core's (`method.loop.fit`); this file wires it to Ray: DDP through
 `prepare_model`, the TCR gather, the patch stream's shard, reports and checkpoints
 (`on_ray.reporting.RayHooks`), and restarts. Whoever restarts the workers (`pretrain` after a
 failure, or Ray Train itself after a node is drained), they start from the run's newest complete
@@ -37,8 +37,9 @@ from empssl_ray.errors import StorageError, UserError, find_user_error, user_err
 from empssl_ray.evaluation.monitor import KnnMonitor
 from empssl_ray.faults import Faults
 from empssl_ray.method.gather import gather_batch
+from empssl_ray.method.loop import fit
 from empssl_ray.method.optim import schedule_steps
-from empssl_ray.method.training import Trainer, fit
+from empssl_ray.method.training import Trainer
 from empssl_ray.on_ray.placement import on_head
 from empssl_ray.on_ray.progress import post
 from empssl_ray.on_ray.read import iterate_epochs

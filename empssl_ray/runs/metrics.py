@@ -16,7 +16,17 @@ from empssl_ray.data.storage import LocalMirror
 
 METRICS_FILE = "metrics.jsonl"
 PUSH_EVERY_S = 30.0  # step records reach object storage at least this often, not only per epoch
-CURVES = ("loss", "tcr", "invariance", "knn_acc", "lr", "patches_per_s", "data_wait_frac")
+CURVES = (
+    "loss",
+    "tcr",
+    "invariance",
+    "knn_acc",
+    "effective_rank",
+    "embedding_std",
+    "lr",
+    "patches_per_s",
+    "data_wait_frac",
+)
 
 
 class MetricsLogger:
