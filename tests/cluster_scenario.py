@@ -281,6 +281,7 @@ def main(work: Path, data: str, store: str) -> dict:
             "sweep.name=cluster-sweep",
             f"sweep.storage_path={store}/sweeps",
             "sweep.num_samples=1",
+            "sweep.max_concurrent_trials=2",  # the cluster's nodes hold both at once
             *s3_data,
             *placement,
             "ray.patches_on_trainer=false",

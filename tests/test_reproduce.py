@@ -35,7 +35,7 @@ def quick_run(ray_session, tmp_path_factory):
         quick=True,
         storage_path=str(tmp / "sweeps"),
         data_roots={"cifar10": data, "cifar100": data},
-        max_concurrent_trials=2,
+        max_concurrent_trials=1,  # 2 CPUs: see experiment/tune-demo.yaml
     )
     cfg = ReproduceJobConfig(reproduce=settings)
     return cfg, main(cfg)
