@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,23 @@ def drain(node_id: str, seconds: float) -> bool:
         int(time.time() * 1000 + seconds * 1000),
     )
     return bool(accepted)
+
+
+def start_in_thread(main: Callable[[Any], Any], cfg: Any) -> tuple[threading.Thread, dict]:
+    """Runs `main(cfg)` in a daemon thread; its return value lands in the dict as "out", or its
+    error as "error". Nodes are added and removed from the main thread, where Ray's node
+    processes can install their signal handlers."""
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["out"] = main(cfg)
+        except BaseException as error:  # reported by the caller, with the scenario's output
+            result["error"] = repr(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
 
 
 def wait_for_step(record: Path, step: int) -> None:
@@ -130,18 +148,7 @@ def main(work: Path, data: str, store: str, mode: str = "drain") -> dict:
             ],
         )
 
-        # The run trains in a thread; nodes are added and removed from this (main) thread,
-        # where Ray's node processes can install their signal handlers.
-        result: dict = {}
-
-        def train() -> None:
-            try:
-                result["summary"] = pretrain_main(cfg)
-            except BaseException as error:  # reported below, with the scenario's output
-                result["error"] = repr(error)
-
-        thread = threading.Thread(target=train, daemon=True)
-        thread.start()
+        thread, result = start_in_thread(pretrain_main, cfg)
         if mode == "drain":
             first = drain_and_replace(cluster, first, record, seen)
         else:
@@ -153,9 +160,9 @@ def main(work: Path, data: str, store: str, mode: str = "drain") -> dict:
                 first = cluster.add_node(num_cpus=1, resources={"trainer": 1})
                 log(f"trainer node {n + 2} joined")
         thread.join(timeout=300)
-        if "summary" not in result:
+        if "out" not in result:
             raise RuntimeError(f"the run did not finish: {result.get('error', 'still running')}")
-        summary = result["summary"]
+        summary = result["out"]
         log(f"the run finished at step {summary['final'].get('step')}")
         seen["final"] = summary["final"]
         seen["metrics"] = read_metrics(f"{store}/runs/{mode}")

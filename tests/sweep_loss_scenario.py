@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ def main(work: Path, data: str, store: str) -> dict:
     from empssl_ray.launch import compose
     from empssl_ray.runs.metrics import read_metrics
     from jobs.tune import main as tune_main
-    from tests.drain_scenario import newest_step, wait_for_step
+    from tests.drain_scenario import newest_step, start_in_thread, wait_for_step
 
     record = work / "trained"
     os.environ.update(EMPSSL_FAULT_RECORD_TRAINED=str(record), EMPSSL_FAULT_DIR=str(work))
@@ -66,16 +65,7 @@ def main(work: Path, data: str, store: str) -> dict:
                 "++ray.trainer_resources={trainer: 1}",
             ],
         )
-        result: dict = {}
-
-        def sweep() -> None:
-            try:
-                result["out"] = tune_main(cfg)
-            except BaseException as error:  # reported below, with the scenario's output
-                result["error"] = repr(error)
-
-        thread = threading.Thread(target=sweep, daemon=True)
-        thread.start()
+        thread, result = start_in_thread(tune_main, cfg)
         wait_for_step(record, LOSE_AT_STEP)
         seen["lost_at_step"] = newest_step(record)
         cluster.remove_node(node, allow_graceful=False)  # no notice, no drain
