@@ -9,6 +9,7 @@ import torch
 
 from empssl_ray.data.read_plan import StreamPosition
 from empssl_ray.runs.checkpoints import (
+    POSITION_FILE,
     PROGRESS_FILE,
     ResumePoint,
     prune_checkpoints,
@@ -61,6 +62,24 @@ def test_the_stream_position_travels_with_its_checkpoint(tmp_path: Path) -> None
     again = StreamPosition.from_state(saved)
     assert again.trained_in(0).nonzero()[0].tolist() == [1, 4, 9]  # type: ignore[union-attr]
     assert resume_point(str(tmp_path / "none")).position() is None
+
+
+def test_a_checkpoint_whose_position_did_not_arrive_whole_is_passed_over(tmp_path: Path) -> None:
+    """Ray uploads a checkpoint's files one by one: weights and progress without the stream's
+    position (a node lost mid-upload) would resume those weights from the epoch's start."""
+    position = StreamPosition(rows=10)
+    position.add(np.array([0, 0]), np.array([2, 3]))
+    folders = []
+    for k in (1, 2):
+        folders.append(tmp_path / f"checkpoint_2026-11-30_00-00-0{k}")
+        folders[-1].mkdir()
+        save_checkpoint({"epoch": 0, "step": 2 * k}, str(folders[-1]), position.state())
+    assert resume_point(str(tmp_path)).step == 4
+    blob = (folders[1] / POSITION_FILE).read_bytes()
+    (folders[1] / POSITION_FILE).write_bytes(blob[:-10])  # cut off
+    assert resume_point(str(tmp_path)) == ResumePoint(str(folders[0] / "checkpoint.pt"), 0, 2)
+    (folders[1] / POSITION_FILE).unlink()  # never arrived
+    assert resume_point(str(tmp_path)) == ResumePoint(str(folders[0] / "checkpoint.pt"), 0, 2)
 
 
 def test_pruning_keeps_the_newest_complete_checkpoints_of_every_fit(tmp_path: Path) -> None:

@@ -85,9 +85,10 @@ def save_checkpoint(
     one cut off by a failure)."""
     path = storage.join(folder, CHECKPOINT_FILE)
     torch.save(state, path)
-    if position is not None:
-        torch.save(position, storage.join(folder, POSITION_FILE))
     progress = {"epoch": state["epoch"], "step": state["step"], "bytes": os.path.getsize(path)}
+    if position is not None:  # its size too: a checkpoint without its position is not complete
+        torch.save(position, storage.join(folder, POSITION_FILE))
+        progress["position_bytes"] = os.path.getsize(storage.join(folder, POSITION_FILE))
     storage.write_text(storage.join(folder, PROGRESS_FILE), json.dumps(progress))
 
 
@@ -127,7 +128,9 @@ def newest_complete(files: list[str]) -> ResumePoint:
         folder = posixpath.dirname(location)
         try:
             progress = json.loads(storage.read_text(storage.join(folder, PROGRESS_FILE)))
-            complete = storage.file_size(location) == progress["bytes"]
+            complete = storage.file_size(location) == progress["bytes"] and _position_complete(
+                folder, progress
+            )
         except StorageUnavailableError:  # the store is away: not a reason to pass one over
             raise
         except FileNotFoundError:  # no progress file (or no checkpoint file): read the weights
@@ -143,6 +146,18 @@ def newest_complete(files: list[str]) -> ResumePoint:
         if complete:
             return ResumePoint(location, int(progress["epoch"]), int(progress.get("step", 0)))
     return ResumePoint(None)
+
+
+def _position_complete(folder: str, progress: dict[str, Any]) -> bool:
+    """Whether the stream's position saved beside a checkpoint arrived whole. Ray uploads a
+    checkpoint's files one by one: a node lost mid-upload can leave the weights without their
+    position, and resuming those weights from the epoch's start would train rows twice."""
+    if "position_bytes" not in progress:  # saved without a position (older runs)
+        return True
+    try:
+        return storage.file_size(storage.join(folder, POSITION_FILE)) == progress["position_bytes"]
+    except FileNotFoundError:
+        return False
 
 
 def prune_checkpoints(run_dir: str, keep: int) -> list[str]:
