@@ -134,6 +134,8 @@ def newest_complete(files: list[str]) -> ResumePoint:
         except StorageUnavailableError:  # the store is away: not a reason to pass one over
             raise
         except FileNotFoundError:  # no progress file (or no checkpoint file): read the weights
+            if storage.exists(storage.join(folder, POSITION_FILE)):
+                continue  # written with progress files: its progress has not arrived yet
             try:
                 state = load_checkpoint(location)
             except StorageUnavailableError:
