@@ -11,6 +11,29 @@ from typing import Any
 from empssl_ray.config import ConfigError, PretrainConfig
 from empssl_ray.presets import PRESET_DIR
 
+CHUNK_FORMS = "off, auto, or the most patches per forward (e.g. 512)"
+
+
+def parse_chunk(value: str | int) -> int | str:
+    """`patches.chunk` as 0 (one pass), a patch count, or "auto"; one line when it is neither."""
+    text = str(value).strip().lower()
+    if text in ("off", "0", "none"):
+        return 0
+    if text == "auto":
+        return "auto"
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"patches.chunk={value!r}: use {CHUNK_FORMS}")
+
+
+def _parses(parse: Callable[[Any], Any], value: Any) -> bool:
+    try:
+        parse(value)
+    except ConfigError:
+        return False
+    return True
+
+
 # One rule per field, on its value alone: what it must be, else Ray, PyTorch or the method rejects
 # it later, deep inside a worker, after minutes of start-up. The config checks (`validate`) and a
 # sweep's search space (`on_ray.tune.validate_space`) both read this table.
@@ -41,10 +64,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
     "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "optim.schedule_epochs": (lambda v: v >= 0, ">= 0 (0: optim.epochs)"),
-    "patches.chunk": (
-        lambda v: str(v).strip().lower() in ("off", "auto", "none") or str(v).strip().isdigit(),
-        "off, auto, or the most patches per forward (e.g. 512)",
-    ),
+    "patches.chunk": (lambda v: _parses(parse_chunk, v), CHUNK_FORMS),
     "eval.patches_per_forward": (lambda v: v >= 0, ">= 0 (0: all of a batch at once)"),
     "eval.num_patches": (lambda v: v >= 1, ">= 1"),
     "eval.batch_size": (lambda v: v >= 1, ">= 1"),

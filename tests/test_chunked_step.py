@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from empssl_ray.config import ConfigError, ModelConfig, PretrainConfig
-from empssl_ray.method.chunked_step import parse_chunk, plan_chunk
+from empssl_ray.method.chunked_step import plan_chunk
 from empssl_ray.method.loop import LoopHooks, fit
 from empssl_ray.method.training import Trainer
+from empssl_ray.rules import parse_chunk
 
 
 def tiny_config(chunk: str) -> PretrainConfig:

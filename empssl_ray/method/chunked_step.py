@@ -25,24 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from empssl_ray.config import ConfigError
+from empssl_ray.rules import parse_chunk
 
 LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 MEMORY_SHARE = 0.5  # of the free memory the planner lets one chunk's activations use
-
-
-def parse_chunk(value: str | int) -> int | str:
-    """`patches.chunk` as 0 (one pass), a patch count, or "auto"; one line when it is neither."""
-    text = str(value).strip().lower()
-    if text in ("off", "0", "none"):
-        return 0
-    if text == "auto":
-        return "auto"
-    if text.isdigit():
-        return int(text)
-    raise ConfigError(
-        f"patches.chunk={value!r}: use off, auto, or the most patches per forward (e.g. 512)"
-    )
 
 
 def resolve_chunk(

@@ -117,7 +117,7 @@ class Trainer:
         """Collapse diagnostics on the first patches this trainer trained on (a fixed batch)."""
         if self.fixed_patches is None:
             return {}
-        x = to_model_input(self.fixed_patches.to(self.device), self.cfg.model.channels_last)
+        x = to_model_input(self.fixed_patches, self.cfg.model.channels_last)  # on the device
         return collapse_metrics(self.model, x)
 
     def patches_from_images(self, images: torch.Tensor) -> torch.Tensor:
