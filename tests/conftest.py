@@ -207,4 +207,7 @@ def run_scenario(script: Path, args: list[str], limit_s: int) -> dict:
         pytest.fail(f"{script.name} took over {limit_s} s:\n{ours}\n{out[-4000:]}")
     lines = [x for x in out.splitlines() if x.startswith("SCENARIO ")]
     assert proc.returncode == 0 and lines, out[-6000:]
-    return json.loads(lines[-1][len("SCENARIO ") :])
+    seen = json.loads(lines[-1][len("SCENARIO ") :])
+    # The run's own lines (restarts, resumes) and the scenario's, for a failing assertion.
+    seen["log"] = [x for x in out.splitlines() if x.startswith(("[", "empssl"))][-60:]
+    return seen

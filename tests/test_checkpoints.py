@@ -11,6 +11,7 @@ from empssl_ray.data.read_plan import StreamPosition
 from empssl_ray.runs.checkpoints import (
     POSITION_FILE,
     PROGRESS_FILE,
+    CheckpointVanishedError,
     ResumePoint,
     prune_checkpoints,
     resume_point,
@@ -108,3 +109,33 @@ def test_an_outage_is_no_reason_to_start_afresh(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setattr(storage, "read_text", away)
     with pytest.raises(storage.StorageUnavailableError):
         resume_point(str(tmp_path))  # not ResumePoint(None): that would retrain from step 0
+
+
+def test_a_position_deleted_after_its_checkpoint_was_chosen_is_no_fresh_start(
+    tmp_path: Path,
+) -> None:
+    """Chosen, then pruned before its position was read (by a worker that outlived its node):
+    reading no position would stream the epoch from its start under weights of a later step."""
+    import pytest
+
+    folder = tmp_path / "checkpoint_2026-11-30_00-00-01"
+    folder.mkdir()
+    save_checkpoint({"epoch": 0, "step": 3}, str(folder), StreamPosition(rows=10).state())
+    chosen = resume_point(str(tmp_path))
+    (folder / POSITION_FILE).unlink()
+    with pytest.raises(CheckpointVanishedError):
+        chosen.position()
+
+
+def test_weights_and_a_position_of_different_steps_are_refused() -> None:
+    import pytest
+
+    from empssl_ray.on_ray.train import check_position
+
+    class At:
+        step = 8
+
+    check_position({"step": 8}, At())  # type: ignore[arg-type]
+    check_position({}, At())  # type: ignore[arg-type]  # saved before positions had steps
+    with pytest.raises(RuntimeError, match="position is of step 6, the weights of step 8"):
+        check_position({"step": 6}, At())  # type: ignore[arg-type]

@@ -93,6 +93,19 @@ def test_the_position_completes_epochs_and_forgets_their_bits() -> None:
     assert again.trained_in(1).tolist() == [False, False, True, False]  # type: ignore[union-attr]
 
 
+def test_the_position_counts_rows_that_come_to_training_twice() -> None:
+    import numpy as np
+
+    from empssl_ray.data.read_plan import StreamPosition
+
+    position = StreamPosition(rows=4)
+    position.add(np.array([0, 0, 0, 0, 1]), np.array([0, 1, 2, 3, 2]))  # epoch 0 complete
+    assert position.repeated(np.array([1, 1]), np.array([0, 1])) == 0
+    assert position.repeated(np.array([1, 1, 1]), np.array([0, 0, 2])) == 2  # 0 twice, 2 again
+    assert position.repeated(np.array([0]), np.array([3])) == 1  # of an epoch already done
+    assert position.repeated(np.zeros(0, int), np.zeros(0, int)) == 0
+
+
 def test_a_shuffled_block_of_a_row_group_format_draws_from_several_groups() -> None:
     """Parquet as prepare writes it (1,000-row groups, read whole): a training block of 1,024
     rows takes quarter-block slices from random places, not one group's neighbours."""

@@ -51,13 +51,24 @@ def once_per_epoch(attempts: dict[str, list[str]]) -> tuple[list[int], list[tupl
     return resumed, [tuple(p) for p in np.concatenate(kept)[:, 1:].tolist()]
 
 
+def attempt_spans(attempts: dict[str, list[str]]) -> dict[str, tuple[int, int, int]]:
+    """Each attempt's first and last step and how many rows it trained (failure messages)."""
+    spans = {}
+    for name, lines in attempts.items():
+        steps = [int(line.split()[0]) for line in lines]
+        spans[name] = (min(steps, default=0), max(steps, default=0), len(steps))
+    return spans
+
+
 def assert_one_epoch_trained_once(seen: dict, restarts: int) -> list[int]:
     """The 16-step, 512-image epoch finished with every image once and every step logged
     once, across `restarts` restarts each resuming inside the epoch; returns their steps."""
     assert seen["final"]["epoch"] == 1 and seen["final"]["step"] == 16
     resumed, pairs = once_per_epoch(seen["trained"])
-    assert len(resumed) == restarts and all(0 < step < 16 for step in resumed), resumed
-    assert len(pairs) == len(set(pairs)) == 512 and {i for _, i in pairs} == set(range(512))
+    attempts = attempt_spans(seen["trained"])
+    assert len(resumed) == restarts and all(0 < step < 16 for step in resumed), (resumed, attempts)
+    assert len(pairs) == len(set(pairs)) == 512, (len(set(pairs)), attempts, seen["log"])
+    assert {i for _, i in pairs} == set(range(512)), (attempts, seen["log"])
     steps = [r["step"] for r in seen["metrics"] if r["kind"] == "step"]
     assert steps == sorted(set(steps)) and steps[-1] == 16
     return resumed

@@ -136,6 +136,16 @@ class StreamPosition:
             del self.trained[self.complete_through]
             self.complete_through += 1
 
+    def repeated(self, epochs: np.ndarray, ids: np.ndarray) -> int:
+        """How many of rows `ids` of `epochs` are marked trained already, or come twice."""
+        pairs = np.stack([epochs, ids], axis=1) if len(ids) else np.zeros((0, 2), int)
+        twice = len(pairs) - len(np.unique(pairs, axis=0))
+        for epoch in np.unique(epochs):
+            trained = self.trained_in(int(epoch))
+            if trained is not None:
+                twice += int(trained[ids[epochs == epoch]].sum())
+        return twice
+
     def trained_in(self, epoch: int) -> np.ndarray | None:
         """(rows,) bool of the rows of `epoch` trained, or None when none are (nor were)."""
         if epoch < self.complete_through:

@@ -163,11 +163,17 @@ class RayHooks(LoopHooks):
         with tempfile.TemporaryDirectory() as tmp:
             saved = None
             if self.lead:
-                for epochs, ids in gathered:
-                    self.position.add(np.asarray(epochs), np.asarray(ids))
+                epochs, ids = (np.concatenate([np.asarray(g[k]) for g in gathered]) for k in (0, 1))
+                if self.position.repeated(epochs, ids):  # never saved: a restart, one line
+                    raise RuntimeError(
+                        f"{self.position.repeated(epochs, ids)} rows came to training twice "
+                        f"in one epoch by step {trainer.step}: restarting from the newest "
+                        "checkpoint"
+                    )
+                self.position.add(epochs, ids)
                 state = trainer.state_dict()
                 state["counts"] = {k: metrics[k] for k in COUNTS if k in metrics}
-                save_checkpoint(state, tmp, self.position.state())
+                save_checkpoint(state, tmp, {**self.position.state(), "step": trainer.step})
                 saved = Checkpoint.from_directory(tmp)
                 if metrics.get("kind") == "epoch":
                     if self.logger:

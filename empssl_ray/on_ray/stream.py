@@ -30,10 +30,19 @@ BATCHES_PER_BLOCK = 16  # augmentation batches per block: work for every actor, 
 
 @ray.remote(num_cpus=0)
 class RowCounter:
-    """Counts rows by key across tasks (bad images skipped, images augmented)."""
+    """The run's tally on the head node: rows counted by key across tasks (bad images skipped,
+    images augmented), and where the current worker-group start resumes (`set_start`)."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self.resume: Any = None
+
+    def set_start(self, resume: Any) -> None:
+        """The resume decision of a worker-group start, made once by the stream's builder."""
+        self.resume = resume
+
+    def start(self) -> Any:
+        return self.resume
 
     def add(self, key: str, n: int) -> None:
         self.counts[key] = self.counts.get(key, 0) + n

@@ -45,7 +45,14 @@ from empssl_ray.on_ray.progress import post
 from empssl_ray.on_ray.read import iterate_epochs
 from empssl_ray.on_ray.reporting import RayHooks
 from empssl_ray.on_ray.stream import RowCounter, patch_stream
-from empssl_ray.runs.checkpoints import ResumePoint, load_checkpoint, resume_point, run_dir_of
+from empssl_ray.runs.checkpoints import (
+    CheckpointNotFoundError,
+    CheckpointVanishedError,
+    ResumePoint,
+    load_checkpoint,
+    resume_point,
+    run_dir_of,
+)
 
 RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's checkpoint record
 
@@ -71,10 +78,24 @@ class WorkerJob:
     faults: Faults | None = None  # drills (`empssl_ray.faults`), or None
 
 
-def stream_position(resume: ResumePoint, rows: int) -> StreamPosition:
-    """The rows trained before `resume` (a checkpoint without a saved position: whole epochs)."""
-    saved = resume.position()
-    return StreamPosition.from_state(saved) if saved else StreamPosition(rows, resume.epoch)
+def saved_position(resume: ResumePoint, rows: int) -> dict[str, Any]:
+    """The state of the rows trained before `resume` (`StreamPosition.state()` and the step it
+    was saved at; a checkpoint saved without a position: whole epochs)."""
+    return resume.position() or StreamPosition(rows, resume.epoch).state()
+
+
+def check_position(saved: dict, trainer: Trainer) -> None:
+    """Refuses weights and a stream position saved at different steps: training on would train
+    some rows twice and others never.
+
+    Raises:
+        RuntimeError: they differ (a failure: the run restarts from its newest checkpoint).
+    """
+    if saved.get("step", trainer.step) != trainer.step:  # a position saved with its step
+        raise RuntimeError(
+            f"the stream's position is of step {saved['step']}, the weights of step "
+            f"{trainer.step}: not resuming from a mixed checkpoint"
+        )
 
 
 def training_stream(job: WorkerJob) -> ray.data.Dataset:
@@ -83,7 +104,12 @@ def training_stream(job: WorkerJob) -> ray.data.Dataset:
     start, and each restart after a node is drained), in its controller."""
     cfg = job.cfg
     storage.set_retry_window(cfg.run.storage_retry_s)
-    position = stream_position(resume_point(job.run_dir), len(job.splits.train))
+    resume = resume_point(job.run_dir)
+    saved = saved_position(resume, len(job.splits.train))
+    position = StreamPosition.from_state(saved)
+    # Decided once, here: the workers load this very checkpoint and position, whatever is
+    # written or pruned meanwhile (a lost node's worker can outlive its node for a moment).
+    ray.get(job.counter.set_start.remote((resume, saved)))
     ray.data.DataContext.get_current().enable_progress_bars = False  # the workers' bars: none
     ds, _, _ = patch_stream(
         job.splits.train,
@@ -120,15 +146,20 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
         wrap=ray.train.torch.prepare_model if world > 1 else None,
         rank=rank,
     )  # patches differ across ranks, also after a resume
-    # The newest complete checkpoint, chosen as `training_stream` chose it: the weights and the
-    # stream start at the same row. (ray.train.get_checkpoint() names the newest reported one
-    # of this fit only, and knows nothing of a checkpoint whose upload was cut off.)
-    resume = resume_point(job.run_dir)
+    # The checkpoint `training_stream` chose for this start: the weights and the stream start at
+    # the same row. (ray.train.get_checkpoint() names the newest reported one of this fit
+    # only, and knows nothing of a checkpoint whose upload was cut off.)
+    resume, saved = ray.get(job.counter.start.remote())
+    position = StreamPosition.from_state(saved)
     counts: dict[str, int] = {}
     if resume.location is not None:
-        state = load_checkpoint(resume.location)
+        try:
+            state = load_checkpoint(resume.location)
+        except CheckpointNotFoundError:  # deleted since it was chosen: a failure, restarted
+            raise CheckpointVanishedError(f"{resume.location} was deleted while read") from None
         trainer.load_state_dict(state)
         counts = state.get("counts", {})
+    check_position(saved, trainer)
     lead = rank == 0
     start = {"epochs": cfg.optim.epochs, "steps_per_epoch": per_epoch, "start_epoch": trainer.epoch}
     post(job.board if lead else None, {"kind": "start", **start, "start_step": trainer.step})
@@ -159,7 +190,6 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
         ),
         cfg.ray.prefetch_batches,
     )
-    position = stream_position(resume, len(job.splits.train))
     reporter = RayHooks(
         cfg, job.run_dir, per_epoch, rank, world, position, counts, job.counter, job.board
     )

@@ -16,7 +16,7 @@ import json
 import os
 import pickle
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -99,16 +99,28 @@ class ResumePoint:
     location: str | None  # the checkpoint file; None = a fresh start
     epoch: int = 0  # epochs the checkpoint completed
     step: int = 0  # optimiser steps it took
+    # Saved with the stream's position (every checkpoint a run writes; not part of equality).
+    has_position: bool = field(default=False, compare=False)
 
     def position(self) -> dict[str, Any] | None:
-        """The stream's position saved with the checkpoint (None: fresh, or an older one)."""
+        """The stream's position saved with the checkpoint (None: fresh, or an older one).
+
+        Raises:
+            CheckpointVanishedError: the checkpoint was deleted since it was found.
+        """
         if self.location is None:
             return None
         try:
             blob = storage.read_bytes(storage.join(posixpath.dirname(self.location), POSITION_FILE))
         except FileNotFoundError:
+            if self.has_position:  # not "from the epoch's start": that would train rows twice
+                raise CheckpointVanishedError(f"{self.location} was deleted while read") from None
             return None
         return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+
+
+class CheckpointVanishedError(RuntimeError):
+    """A checkpoint chosen for a restart was deleted before it was read (a failure, retried)."""
 
 
 def resume_point(run_dir: str) -> ResumePoint:
@@ -146,7 +158,12 @@ def newest_complete(files: list[str]) -> ResumePoint:
         except (OSError, ValueError, KeyError):  # the progress file itself was cut off
             continue
         if complete:
-            return ResumePoint(location, int(progress["epoch"]), int(progress.get("step", 0)))
+            return ResumePoint(
+                location,
+                int(progress["epoch"]),
+                int(progress.get("step", 0)),
+                has_position="position_bytes" in progress,
+            )
     return ResumePoint(None)
 
 
