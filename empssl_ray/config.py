@@ -143,6 +143,13 @@ class EvalConfig:
     probe_batch_size: int = 100
     # standardise features with the training set's mean/std before the probe (reference: no)
     probe_standardize: bool = False
+    # the semi-supervised protocol: the probe also trained on these fractions of the training
+    # labels (class-balanced subsets drawn with run.seed, the same rows for every encoder),
+    # reported as probe_<percent>pct_acc beside the full-label probe; [] = none
+    label_fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    # a 2-D picture of the test embeddings coloured by class, embeddings-<encoder>.png beside
+    # curves.png: auto (UMAP where umap-learn is installed, else PCA) | umap | pca | none
+    embedding_map: str = "auto"
     # online kNN: labelled training images used as the memory bank
     monitor_train: int = 1000
     # online kNN: test images scored each epoch (0 disables the monitor)
@@ -353,3 +360,14 @@ class PrepareJobConfig:
     # folder or URI (s3://bucket/name) the Parquet dataset goes to
     out: str | None = None
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
+
+
+@dataclass
+class ExportJobConfig:
+    # a run's checkpoint.pt, or the checkpoint_<time> folder holding it (local or URI); required
+    checkpoint: str | None = None
+    # output folder (local or URI); None = <checkpoint folder>/export
+    out: str | None = None
+    # torchvision: resnet18 state_dict + head (width 64 only); onnx or torchscript: the whole
+    # encoder, float images in [0, 1] of the training patch size -> features h (any width)
+    format: str = "torchvision"

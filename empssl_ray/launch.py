@@ -15,6 +15,7 @@ from typing import Any
 
 from empssl_ray.config import (
     EvaluateConfig,
+    ExportJobConfig,
     PrepareJobConfig,
     PretrainConfig,
     ReproduceJobConfig,
@@ -30,6 +31,7 @@ SCHEMAS: dict[str, type] = {
     "tune": TuneJobConfig,
     "prepare": PrepareJobConfig,
     "reproduce": ReproduceJobConfig,
+    "export": ExportJobConfig,
 }
 
 

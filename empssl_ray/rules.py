@@ -4,11 +4,13 @@ inside a Ray worker after minutes of start-up: values Ray, PyTorch or the method
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from typing import Any
 
 from empssl_ray.config import ConfigError, PretrainConfig
+from empssl_ray.evaluation.embedding_map import MAP_METHODS
 from empssl_ray.presets import PRESET_DIR
 
 CHUNK_FORMS = "off, auto, or the most patches per forward (e.g. 512)"
@@ -73,6 +75,8 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.probe_epochs": (lambda v: v >= 1, ">= 1"),
     "eval.probe_lr": (lambda v: v > 0, "> 0"),
     "eval.probe_batch_size": (lambda v: v >= 1, ">= 1"),
+    "eval.label_fractions": (lambda v: all(0 < x < 1 for x in v), "fractions in (0, 1)"),
+    "eval.embedding_map": (lambda v: v in MAP_METHODS, " | ".join(MAP_METHODS)),
     "eval.monitor_test": (lambda v: v >= 0, ">= 0 (0 turns the monitor off)"),
     "eval.monitor_train": (lambda v: v >= 0, ">= 0"),
     "eval.monitor_patches": (lambda v: v >= 1, ">= 1"),
@@ -116,6 +120,11 @@ CROSS_RULES: list[tuple[str, Callable[[PretrainConfig], bool], str]] = [
         "optim.schedule_epochs",
         lambda c: c.optim.schedule_epochs == 0 or c.optim.schedule_epochs >= c.optim.epochs,
         ">= optim.epochs, or 0 (the schedule spans the run)",
+    ),
+    (
+        "eval.embedding_map",
+        lambda c: c.eval.embedding_map != "umap" or importlib.util.find_spec("umap") is not None,
+        "auto, pca or none: umap-learn is not installed (pip install 'empssl-ray[umap]')",
     ),
     (
         "ray.aug_max_actors",

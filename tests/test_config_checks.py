@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
         ("optim.epochs=0", "optim.epochs"),
         ("optim.batch_size=1", "optim.batch_size"),
         ("eval.knn_k=0", "eval.knn_k"),
+        ("eval.label_fractions=[0.1,1.0]", "eval.label_fractions"),
         ("data.on_bad_image=ignore", "data.on_bad_image"),
         ("run.name=a/b", "run.name"),
         ("++ray.aug_resources={augment: 0}", "ray.aug_resources"),

@@ -4,11 +4,12 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
-from empssl_ray.config import ModelConfig, PretrainConfig
+from empssl_ray.config import ConfigError, ExportJobConfig, ModelConfig, PretrainConfig
 from empssl_ray.method.models import EMPSSLModel, build_model
 from jobs.export import main
 
@@ -27,9 +28,8 @@ def _checkpoint(tmp_path: Path, backbone: str, width: int = 64) -> tuple[Path, E
                 m.bias.uniform_(-0.1, 0.1)
     path = tmp_path / "checkpoint_0001" / "checkpoint.pt"
     path.parent.mkdir()
-    torch.save(
-        {"model": model.state_dict(), "config": asdict(PretrainConfig(model=cfg)), "epoch": 1}, path
-    )
+    state = {"model": model.state_dict(), "config": asdict(PretrainConfig(model=cfg)), "epoch": 1}
+    torch.save({**state, "in_channels": 3, "patch_size": 32}, path)
     return path, model.eval()
 
 
@@ -38,7 +38,7 @@ def test_exported_weights_in_torchvision_give_our_features(
     tmp_path: Path, backbone: str, side: int
 ) -> None:
     path, ours = _checkpoint(tmp_path, backbone)
-    paths = main([str(path), "--out", str(tmp_path / "out")])
+    paths = main(ExportJobConfig(checkpoint=str(path), out=str(tmp_path / "out")))
     notes = json.loads(Path(paths["export.json"]).read_text())
     net = torchvision.models.resnet18()
     net.fc = torch.nn.Identity()
@@ -65,4 +65,29 @@ def test_exported_weights_in_torchvision_give_our_features(
 def test_backbones_that_are_not_resnet18_are_refused(tmp_path: Path) -> None:
     path, _ = _checkpoint(tmp_path, "resnet-narrow", width=8)
     with pytest.raises(ValueError, match="not torchvision's"):
-        main([str(path.parent)])
+        main(ExportJobConfig(checkpoint=str(path.parent)))
+    with pytest.raises(ConfigError, match="format=keras is not one of"):
+        main(ExportJobConfig(checkpoint=str(path.parent), format="keras"))
+    with pytest.raises(ConfigError, match="checkpoint= is required"):
+        main(ExportJobConfig())
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_encoder_gives_our_features_in_its_runtime(tmp_path: Path, fmt: str) -> None:
+    """Any width (not only torchvision's): images in [0, 1] in, the features h out, for a
+    batch size other than the one it was exported with."""
+    path, ours = _checkpoint(tmp_path, "resnet-narrow", width=8)
+    paths = main(ExportJobConfig(checkpoint=str(path.parent), out=str(tmp_path / fmt), format=fmt))
+    notes = json.loads(Path(paths["export.json"]).read_text())
+    assert notes["input"].startswith("images (N, 3, 32, 32) float32 in [0, 1]")
+    images = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = ours.encode(images * 2 - 1).numpy()
+    if fmt == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(paths["encoder.onnx"], providers=["CPUExecutionProvider"])
+        got = session.run(["features"], {"images": images.numpy()})[0]
+    else:
+        got = torch.jit.load(paths["encoder.pt"])(images).detach().numpy()
+    assert got.shape == (5, 32) and notes["output"].startswith("features h (N, 32)")
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from empssl_ray.config import EvalConfig
-from empssl_ray.evaluation.probe import evaluate_features, linear_probe
+from empssl_ray.evaluation.probe import evaluate_features, label_subset, linear_probe
 
 
 def reference_probe(train_x, train_y, test_x, test_y, epochs, lr, batch, weight_decay, seed):
@@ -91,6 +91,33 @@ def test_evaluate_features_reports_probe_and_knn() -> None:
     assert (metrics["num_train"], metrics["num_test"]) == (250, 100)
 
 
+def test_label_subsets_are_class_balanced_and_the_same_for_every_encoder() -> None:
+    """1% and 10% of a split whose classes differ in size: each class gives its own fraction,
+    drawn from the labels and the seed only (the features of any encoder play no part)."""
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate((1000, 500, 2000, 40))])
+    labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))]
+    for fraction, per_class in ((0.01, [10, 5, 20, 1]), (0.1, [100, 50, 200, 4])):
+        rows = label_subset(labels, fraction, seed=3)
+        assert torch.bincount(labels[rows]).tolist() == per_class
+        assert len(set(rows.tolist())) == len(rows)
+        assert torch.equal(rows, label_subset(labels, fraction, seed=3))  # a rerun: the same
+    assert not torch.equal(label_subset(labels, 0.1, seed=3), label_subset(labels, 0.1, seed=4))
+
+
+def test_label_fraction_probes_are_reported_beside_the_full_one() -> None:
+    (xtr, ytr), (xte, yte) = overlapping_features(1000, 0), overlapping_features(200, 1)
+    cfg = EvalConfig(probe_epochs=5, label_fractions=[0.01, 0.1])
+    metrics = evaluate_features(xtr, ytr, xte, yte, cfg)
+    # 10 labelled images (1%) train a probe too (its batch: all of them)
+    assert {"probe_1pct_acc", "probe_10pct_acc", "probe_acc"} <= set(metrics)
+    rows = label_subset(ytr, 0.1, seed=0)
+    alone = linear_probe(xtr[rows], ytr[rows], xte, yte, epochs=5, seed=0)
+    assert metrics["probe_10pct_acc"] == alone["probe_acc"]
+    assert "probe_1pct_acc" not in evaluate_features(
+        xtr, ytr, xte, yte, EvalConfig(probe_epochs=1, label_fractions=[])
+    )
+
+
 def test_probe_batch_larger_than_the_data_is_a_clear_error() -> None:
     (xtr, ytr), (xte, yte) = overlapping_features(50, 0), overlapping_features(20, 1)
     with pytest.raises(ValueError, match="probe_batch_size"):
@@ -104,3 +131,21 @@ def test_probe_reports_its_best_epoch_beside_the_last() -> None:
     assert ours["probe_acc"] == pytest.approx(curve[-1], abs=1e-6)
     assert ours["probe_best_acc"] == pytest.approx(max(curve), abs=1e-6)
     assert curve[ours["probe_best_epoch"] - 1] == max(curve)
+
+
+def test_embeddings_are_read_in_the_split_order_whatever_the_shard_order(tmp_path) -> None:
+    """Ray writes shards in any order: read by row id, the label subsets are the same rows
+    for every encoder."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from empssl_ray.evaluation.shards import read_embeddings
+
+    for name, ids in (("a.parquet", [4, 5, 0]), ("b.parquet", [3, 1, 2])):
+        emb = np.array(ids, dtype=np.float16)[:, None].repeat(2, 1)
+        table = {"embedding": list(emb), "label": np.array(ids) % 2, "id": np.array(ids)}
+        pq.write_table(pa.table(table), tmp_path / name)
+    features, labels = read_embeddings(str(tmp_path))
+    assert features[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert labels.tolist() == [0, 1, 0, 1, 0, 1]

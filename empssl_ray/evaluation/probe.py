@@ -157,6 +157,31 @@ def linear_probe(
     }
 
 
+def label_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """A class-balanced subset of a training split: each class's `fraction` (at least one
+    image), drawn with `seed` only, so every encoder's probe sees the same rows.
+
+    Args:
+        labels: (N,) int labels in the split's order.
+
+    Returns:
+        (n,) sorted row indices.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    labels = labels.cpu()
+    picked = []
+    for c in labels.unique(sorted=True).tolist():
+        rows = (labels == c).nonzero().squeeze(1)
+        take = max(1, round(fraction * len(rows)))
+        picked.append(rows[torch.randperm(len(rows), generator=generator)[:take]])
+    return torch.cat(picked).sort().values
+
+
+def fraction_key(fraction: float) -> str:
+    """The metric a label fraction's probe reports under: 0.01 -> probe_1pct_acc."""
+    return f"probe_{fraction * 100:g}pct_acc"
+
+
 def evaluate_features(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
@@ -185,6 +210,22 @@ def evaluate_features(
         seed,
         progress="linear probe" if progress else None,
     )
+    for fraction in cfg.label_fractions:
+        rows = label_subset(train_y, fraction, seed).to(train_x.device)
+        subset = linear_probe(
+            train_x[rows],
+            train_y[rows],
+            test_x,
+            test_y,
+            cfg.probe_epochs,
+            cfg.probe_lr,
+            min(cfg.probe_batch_size, len(rows)),  # 1% of a small split: fewer than a batch
+            cfg.probe_weight_decay,
+            cfg.probe_standardize,
+            seed,
+            progress=f"linear probe, {fraction:.0%} of labels" if progress else None,
+        )
+        metrics[fraction_key(fraction)] = subset["probe_acc"]
     metrics["knn_acc"] = knn_accuracy(
         train_x, train_y, test_x, test_y, cfg.knn_k, cfg.knn_temperature
     )

@@ -8,6 +8,7 @@ Parquet shards; the linear probe and kNN run in one task on a worker that reads 
 from __future__ import annotations
 
 import os
+import posixpath
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,7 @@ class Embedder:
         return {
             "embedding": emb.cpu().numpy().astype(np.float16),
             "label": np.asarray(batch["label"]),
+            "id": np.asarray(batch["id"]),  # the split's order, whatever order shards come in
         }
 
 
@@ -145,6 +147,7 @@ def evaluate_encoder(
     seed: int = 0,
     board: Any = None,
     label: str = "encoder",
+    picture: str | None = None,
 ) -> dict[str, float]:
     """Bag-of-features of train and test on the workers into `features` (a folder or URI),
     then the linear probe (last epoch) and kNN in one task on a worker: the driver holds none
@@ -153,6 +156,7 @@ def evaluate_encoder(
     Args:
         board: a `on_ray.progress.ProgressBoard` for the driver's bars, or None.
         label: the encoder's name on the console, e.g. "pretrained".
+        picture: where the test embeddings' 2-D picture goes (a PNG path or URI), or None.
     """
     # Tasks, not the driver, run the embedding and the probe. "DEFAULT": out of a Tune trial's
     # placement group (jobs/reproduce.py), whose bundles only hold the trial function's share.
@@ -178,7 +182,7 @@ def evaluate_encoder(
         scheduling_strategy="DEFAULT",
     )
     post(board, {"kind": "note", "text": f"linear probe and kNN ({label}) ..."})
-    metrics = ray.get(fit.remote(features, cfg, seed))
+    metrics = ray.get(fit.remote(features, cfg, seed, picture, label))
     metrics["eval_patches"] = cfg.num_patches
     return metrics
 
@@ -223,8 +227,18 @@ def evaluate_checkpoint(
         "eval_data": data.name,
     }
     for name, encoder in encoders.items():
-        folder = storage.join(features, name.replace(" ", "-"))
+        slug = name.replace(" ", "-")
+        # Beside curves.png: `features` is <run dir>/features.
+        picture = storage.join(posixpath.dirname(features.rstrip("/")), f"embeddings-{slug}.png")
         results[name] = evaluate_encoder(
-            encoder, splits, cfg.eval, cfg.ray, folder, cfg.run.seed, board, name
+            encoder,
+            splits,
+            cfg.eval,
+            cfg.ray,
+            storage.join(features, slug),
+            cfg.run.seed,
+            board,
+            name,
+            picture,
         )
     return results
