@@ -9,8 +9,7 @@ directly.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 from empssl_ray.errors import UserError
 
@@ -103,6 +102,9 @@ class OptimConfig:
     # epochs the cosine schedule spans; 0 = optim.epochs. Larger reads a run part-way through a
     # longer schedule, as the paper's multi-epoch table does (epochs 1 and 10 of 30)
     schedule_epochs: int = 0
+    # steps the run trains instead of whole epochs (its last epoch cut short; the schedule
+    # spans them); 0 = optim.epochs. A sweep with sweep.budget sets it per trial
+    max_steps: int = 0
     # images per step across all workers (each image brings num_patches patches)
     batch_size: int = 100
     # peak learning rate, annealed by cosine to 0 over all steps
@@ -234,6 +236,19 @@ class RunConfig:
 
 
 @dataclass
+class TrackingConfig:
+    # where runs and sweeps are tracked: none | mlflow | wandb (each an optional extra)
+    backend: str = "none"
+    # MLflow's tracking URI (http://host:5000, databricks, ...); None = MLFLOW_TRACKING_URI or
+    # MLflow's default. W&B reads WANDB_BASE_URL / WANDB_MODE (offline) from the environment
+    uri: str | None = None
+    # MLflow experiment / W&B project; None = "empssl-ray" (a sweep: the sweep's name)
+    experiment: str | None = None
+    # W&B's local folder for run files; None = its default (./wandb)
+    wandb_dir: str | None = None
+
+
+@dataclass
 class PretrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     patches: PatchConfig = field(default_factory=PatchConfig)
@@ -243,131 +258,4 @@ class PretrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
-
-@dataclass
-class EvaluateConfig(PretrainConfig):
-    """A pretrain config (so the same experiment presets apply) plus what to evaluate."""
-
-    # checkpoint dir to evaluate; None = run.name's latest
-    checkpoint: str | None = None
-    # evaluate a random-init encoder instead (the baseline)
-    random_init: bool = False
-    # metrics JSON path or URI; None = <run dir>/eval.json
-    output: str | None = None
-    # transfer: registry name of a dataset to evaluate on instead of `data` (channels and image
-    # size may differ from the pretraining data's); data's limits apply to it too
-    eval_data: str | None = None
-    # its directory or URI; None = the dataset's default place
-    eval_data_root: str | None = None
-
-
-@dataclass
-class SearchParam:
-    # choice | grid | uniform | loguniform
-    kind: str = "choice"
-    # choice/grid: the candidates
-    values: list[Any] | None = None
-    # uniform/loguniform: lower bound
-    low: float | None = None
-    # uniform/loguniform: upper bound
-    high: float | None = None
-
-
-@dataclass
-class SweepConfig:
-    # sweep name; rerunning the same name resumes it
-    name: str = "sweep"
-    # where sweeps live (local dir or URI)
-    storage_path: str = "sweeps"
-    # Search space: dotted config keys -> distributions. Tunable keys: patches.num_patches,
-    # loss.invariance_weight, loss.tcr_weight, loss.eps, optim.lr, optim.batch_size
-    space: dict[str, SearchParam] = field(default_factory=dict)
-    # samples drawn (with grid keys: repeats of the whole grid)
-    num_samples: int = 4
-    # trials running at once
-    max_concurrent_trials: int = 2
-    # asha (early-stops weak trials at each epoch) | fifo
-    scheduler: str = "asha"
-    # knn_acc | knn_acc_per_mpatch (accuracy per million patch-forwards)
-    objective: str = "knn_acc"
-    # ASHA: epochs every trial gets before it can be stopped
-    grace_period: int = 1
-    # ASHA: keep the best 1/reduction_factor at each rung
-    reduction_factor: int = 2
-    # CPUs the trial's driver function holds; it runs on the head node, out of reach of spot
-    # losses, and only coordinates (its trainers ask their own). 0 fits heads without CPUs
-    trial_cpus: float = 0.0
-    # restarts of a trial whose run failed (a node lost): each resumes from the trial's newest
-    # checkpoint (its run dir)
-    trial_max_failures: int = 3
-    # seeds the search
-    seed: int = 0
-
-
-@dataclass
-class TuneJobConfig(PretrainConfig):
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-
-    def pretrain_config(self) -> PretrainConfig:
-        """The base run every trial starts from (the sweep section left out)."""
-        return PretrainConfig(**{f.name: getattr(self, f.name) for f in fields(PretrainConfig)})
-
-
-@dataclass
-class ReproduceConfig:
-    # rows of the paper's table: experiment=paper/<row> names, e.g. [cifar10-1ep-20p]; [] = all
-    rows: list[str] = field(default_factory=list)
-    # CPU-sized: each row shrunk to the smoke model, 512 / 256 images, 1 epoch, a tenth of its
-    # patches (at least 2), on CPU workers: checks the whole path, reproduces no figure
-    quick: bool = False
-    # row (or dataset name, for every row of that dataset) -> Parquet folder or URI made by
-    # jobs/prepare.py (read as data=parquet); e.g. {imagenet100-10ep-200p: s3://b/in100-448,
-    # cifar10: s3://b/cifar10}. Rows without an entry use their preset's data
-    data_roots: dict[str, str] = field(default_factory=dict)
-    # sweep name; rerunning the same name resumes it
-    name: str = "paper"
-    # where it lives: a local dir or a URI (s3://...)
-    storage_path: str = "sweeps"
-    # rows trained at once
-    max_concurrent_trials: int = 4
-    # CPUs each row's driver function holds, on the head node (its trainers ask their own)
-    trial_cpus: float = 0.0
-    # restarts of a row whose run failed (a node lost), each from the row's newest checkpoint
-    trial_max_failures: int = 3
-
-
-@dataclass
-class ReproduceJobConfig:
-    reproduce: ReproduceConfig = field(default_factory=ReproduceConfig)
-    # Ray cluster address; None = the job's cluster or a local Ray
-    address: str | None = None
-    # Ray's own logs on the console, as run.verbose does for the other jobs
-    verbose: bool = False
-
-
-@dataclass
-class PrepareConfig:
-    # images per part-NNNNN.parquet file
-    rows_per_file: int = 10_000
-    # progress bar per split
-    progress: bool = True
-
-
-@dataclass
-class PrepareJobConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    # folder or URI (s3://bucket/name) the Parquet dataset goes to
-    out: str | None = None
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-
-
-@dataclass
-class ExportJobConfig:
-    # a run's checkpoint.pt, or the checkpoint_<time> folder holding it (local or URI); required
-    checkpoint: str | None = None
-    # output folder (local or URI); None = <checkpoint folder>/export
-    out: str | None = None
-    # torchvision: resnet18 state_dict + head (width 64 only); onnx or torchscript: the whole
-    # encoder, float images in [0, 1] of the training patch size -> features h (any width)
-    format: str = "torchvision"
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)

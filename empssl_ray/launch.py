@@ -13,15 +13,15 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from empssl_ray.config import (
+from empssl_ray.config import PretrainConfig
+from empssl_ray.errors import user_error_line
+from empssl_ray.job_config import (
     EvaluateConfig,
     ExportJobConfig,
     PrepareJobConfig,
-    PretrainConfig,
     ReproduceJobConfig,
     TuneJobConfig,
 )
-from empssl_ray.errors import user_error_line
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 # Each job's primary config (empssl_ray/conf/<name>.yaml) and the dataclass it composes into.

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from empssl_ray.config import ConfigError, PretrainConfig
-from empssl_ray.evaluation.embedding_map import MAP_METHODS
+from empssl_ray.evaluation.embedding_map import MAP_METHODS, umap_installed
 from empssl_ray.presets import PRESET_DIR
 
 CHUNK_FORMS = "off, auto, or the most patches per forward (e.g. 512)"
@@ -66,6 +66,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
     "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "optim.schedule_epochs": (lambda v: v >= 0, ">= 0 (0: optim.epochs)"),
+    "optim.max_steps": (lambda v: v >= 0, ">= 0 (0: optim.epochs whole epochs)"),
     "patches.chunk": (lambda v: _parses(parse_chunk, v), CHUNK_FORMS),
     "eval.patches_per_forward": (lambda v: v >= 0, ">= 0 (0: all of a batch at once)"),
     "eval.num_patches": (lambda v: v >= 1, ">= 1"),
@@ -106,6 +107,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "run.checkpoint_every_minutes": (lambda v: v >= 0, ">= 0 (0: no time-based checkpoints)"),
     "run.checkpoints_to_keep": (lambda v: v >= 1, ">= 1 (a restart needs one)"),
     "run.storage_retry_s": (lambda v: v >= 0, ">= 0 (0: no retries)"),
+    "tracking.backend": (lambda v: v in ("none", "mlflow", "wandb"), "none | mlflow | wandb"),
     "run.collapse_rank": (lambda v: v >= 0, ">= 0 (0: no collapse warning)"),
 }
 
@@ -123,8 +125,15 @@ CROSS_RULES: list[tuple[str, Callable[[PretrainConfig], bool], str]] = [
     ),
     (
         "eval.embedding_map",
-        lambda c: c.eval.embedding_map != "umap" or importlib.util.find_spec("umap") is not None,
+        lambda c: c.eval.embedding_map != "umap" or umap_installed(),
         "auto, pca or none: umap-learn is not installed (pip install 'empssl-ray[umap]')",
+    ),
+    (
+        "tracking.backend",
+        lambda c: (
+            c.tracking.backend == "none" or importlib.util.find_spec(c.tracking.backend) is not None
+        ),
+        "none, or installed: pip install 'empssl-ray[mlflow]' (or [wandb])",
     ),
     (
         "ray.aug_max_actors",

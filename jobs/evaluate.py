@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from empssl_ray.config import DataConfig, EvaluateConfig
+from empssl_ray.config import DataConfig
 from empssl_ray.data import storage
 from empssl_ray.evaluation.results import write_eval
+from empssl_ray.job_config import EvaluateConfig
 from empssl_ray.launch import start
 from empssl_ray.on_ray.evaluate import evaluate_checkpoint
 from empssl_ray.on_ray.progress import driver_console

@@ -19,9 +19,10 @@ export.json says C, S and the feature size.
 
 from __future__ import annotations
 
-from empssl_ray.config import ConfigError, ExportJobConfig
+from empssl_ray.config import ConfigError
 from empssl_ray.data import storage
 from empssl_ray.evaluation.export import write_export
+from empssl_ray.job_config import ExportJobConfig
 from empssl_ray.launch import start
 from empssl_ray.runs.checkpoints import checkpoint_file
 

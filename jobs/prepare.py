@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from empssl_ray.config import ConfigError, PrepareJobConfig
+from empssl_ray.config import ConfigError
 from empssl_ray.data.prepare import prepare
+from empssl_ray.job_config import PrepareJobConfig
 from empssl_ray.launch import start
 
 

@@ -23,9 +23,10 @@ from empssl_ray.launch import start
 from empssl_ray.on_ray.evaluate import evaluate_checkpoint
 from empssl_ray.on_ray.progress import driver_console
 from empssl_ray.on_ray.session import init_ray, preflight
+from empssl_ray.on_ray.tracking import track_outcome
 from empssl_ray.on_ray.train import pretrain
 from empssl_ray.rules import check_split_sizes
-from empssl_ray.runs.checkpoints import latest_checkpoint, run_dir_of
+from empssl_ray.runs.checkpoints import latest_checkpoint, resume_point, run_dir_of
 
 
 def main(cfg: PretrainConfig) -> dict[str, Any]:
@@ -60,6 +61,10 @@ def main(cfg: PretrainConfig) -> dict[str, Any]:
             )
     if "eval" in summary:
         write_eval(storage.join(run_dir, "eval.json"), checkpoint, summary["eval"])
+    if cfg.tracking.backend != "none":
+        final_step = int(summary["final"].get("step", 0))
+        newest = resume_point(run_dir).location
+        track_outcome(cfg, run_dir, newest, final_step, summary.get("eval"))
     storage.write_text(
         storage.join(run_dir, "summary.json"),
         json.dumps({**summary, "config": asdict(cfg)}, indent=2, default=str),

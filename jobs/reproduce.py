@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from empssl_ray.config import ReproduceJobConfig
+from empssl_ray.job_config import ReproduceJobConfig
 from empssl_ray.launch import start
 from empssl_ray.on_ray.reproduce import (
     build_reproducer,

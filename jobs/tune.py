@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from empssl_ray.config import TuneJobConfig
 from empssl_ray.data import storage
+from empssl_ray.job_config import TuneJobConfig
 from empssl_ray.launch import start
 from empssl_ray.on_ray.session import init_ray, preflight
 from empssl_ray.on_ray.tune import apply_overrides, build_tuner, trial_table
@@ -29,7 +29,7 @@ def main(cfg: TuneJobConfig) -> dict[str, Any]:
     print(f"empssl-ray: sweep {cfg.sweep.name} -> {sweep_dir}", flush=True)
     results = tuner.fit()
     objective = cfg.sweep.objective
-    rows = trial_table(results, objective)
+    rows = trial_table(results, objective, cfg.sweep.budget)
     write_results_csv(rows, storage.join(sweep_dir, "results.csv"))
     plot_sweep(rows, objective, storage.join(sweep_dir, "sweep.png"))
     outputs: dict[str, Any] = {"sweep_dir": sweep_dir, "rows": rows}
@@ -40,7 +40,8 @@ def main(cfg: TuneJobConfig) -> dict[str, Any]:
         path = storage.join(sweep_dir, "best.yaml")
         write_best_yaml(best_cfg, cfg.sweep.name, objective, best.metrics[objective], path)
         outputs["best_yaml"] = path
-    keys = list(cfg.sweep.space) + [objective, "epochs", "patch_forwards"]
+    spent = ["patch_forwards", "budget_spent"] if cfg.sweep.budget > 0 else ["patch_forwards"]
+    keys = [*cfg.sweep.space, objective, "epochs", *spent]
     print(format_table({r["trial"]: r for r in rows}, keys))
     print(f"results: {sweep_dir}/results.csv, best config: {outputs.get('best_yaml')}")
     return outputs

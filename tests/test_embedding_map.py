@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def test_auto_is_pca_without_umap_and_umap_asked_without_it_is_a_config_error(
     monkeypatch,
 ) -> None:
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    assert embedding_map.map_method("auto") == "pca"
+    empty = importlib.machinery.ModuleSpec("umap", None, is_package=True)  # a leftover folder
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: empty)
     assert embedding_map.map_method("auto") == "pca"
     assert embedding_map.map_method("none") == "none"
     with pytest.raises(ConfigError, match="umap-learn"):

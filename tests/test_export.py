@@ -9,7 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from empssl_ray.config import ConfigError, ExportJobConfig, ModelConfig, PretrainConfig
+from empssl_ray.config import ConfigError, ModelConfig, PretrainConfig
+from empssl_ray.job_config import ExportJobConfig
 from empssl_ray.method.models import EMPSSLModel, build_model
 from jobs.export import main
 

@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from empssl_ray.config import OptimConfig
-from empssl_ray.method.optim import LARS, build_optimizer, cosine_lr, param_groups
+from empssl_ray.method.optim import (
+    LARS,
+    build_optimizer,
+    cosine_lr,
+    param_groups,
+    run_epochs,
+    run_steps,
+    schedule_steps,
+)
 
 
 def test_lars_scales_weight_step_by_trust_ratio_and_skips_bias() -> None:
@@ -55,3 +63,13 @@ def test_cosine_schedule_per_step() -> None:
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.3 * 0.5 * (1 + math.cos(math.pi * s / 4)) for s in range(4)])
+
+
+def test_a_run_of_max_steps_cuts_its_last_epoch_and_its_schedule_ends_there() -> None:
+    """A sweep's equal budget: 20 steps of 8-step epochs is 3 epochs, the third cut at step 20,
+    and the cosine spans the 20 steps (schedule_epochs, when set, still wins)."""
+    assert (run_steps(OptimConfig(epochs=2), 8), run_epochs(OptimConfig(epochs=2), 8)) == (16, 2)
+    cut = OptimConfig(epochs=2, max_steps=20)
+    assert (run_steps(cut, 8), run_epochs(cut, 8), schedule_steps(cut, 8)) == (20, 3, 20)
+    assert schedule_steps(OptimConfig(epochs=2, max_steps=20, schedule_epochs=30), 8) == 240
+    assert cosine_lr(20, schedule_steps(cut, 8)) == 0.0  # the last step's lr reaches zero

@@ -20,6 +20,7 @@ from empssl_ray.data import storage
 from empssl_ray.data.datasets import open_dataset
 from empssl_ray.faults import Faults
 from empssl_ray.launch import compose
+from empssl_ray.on_ray.tracking import RUN_DIR_TAG
 from empssl_ray.runs.metrics import read_metrics
 from tests.conftest import SHARED_CIFAR, ray_state, s3_keys, write_image_parquet
 
@@ -33,8 +34,9 @@ def epoch_records(run_dir: str) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(ray_session, s3, tmp_path_factory):
-    """The smoke preset with its data and every output on the loopback S3 endpoint."""
+def smoke_run(ray_session, s3, mlflow_server, tmp_path_factory):
+    """The smoke preset with its data and every output on the loopback S3 endpoint, tracked in
+    the loopback MLflow server."""
     from empssl_ray.config import DataConfig
     from empssl_ray.data.prepare import prepare
     from jobs.pretrain import main
@@ -56,6 +58,9 @@ def smoke_run(ray_session, s3, tmp_path_factory):
             f"run.storage_path={s3}/pipeline/runs",
             "run.progress=false",
             "run.checkpoint_every_steps=3",
+            "tracking.backend=mlflow",
+            f"tracking.uri={mlflow_server}",
+            "tracking.experiment=pipeline",
         ],
     )
     # Rank 0 dies abruptly at step 10, in the middle of epoch 2 (8 steps per epoch), after the
@@ -117,6 +122,28 @@ def test_a_restart_inside_an_epoch_trains_every_image_once_and_logs_every_step_o
     folders = {k.split("/")[3] for k in s3_keys(run_dir) if k.endswith("/checkpoint.pt")}
     assert len(folders) == 2, folders
     assert summary["final"]["augmented_images"] >= 2 * 512
+
+
+def test_the_killed_and_resumed_run_is_one_tracked_run_with_every_step_once(
+    smoke_run, mlflow_server
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _, summary, run_dir, _ = smoke_run
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("pipeline")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1  # the restart at step 10 continued it
+    run_id = runs[0].info.run_id
+    assert runs[0].data.params["optim.epochs"] == "2" and runs[0].data.tags[RUN_DIR_TAG] == run_dir
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == 16, steps  # each step once
+    assert [m.step for m in client.get_metric_history(run_id, "epoch/loss")] == [8, 16]
+    evaluated = summary["eval"]["pretrained"]["probe_acc"]
+    assert runs[0].data.metrics["eval/pretrained/probe_acc"] == pytest.approx(evaluated)
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"eval.json", "curves.png", "embeddings-pretrained.png", "encoder.pt"} <= artifacts
 
 
 def test_run_writes_everything_to_the_bucket_and_nothing_local(smoke_run) -> None:

@@ -8,8 +8,9 @@ import io
 import pandas as pd
 import pytest
 
-from empssl_ray.config import ConfigError, SearchParam
+from empssl_ray.config import ConfigError
 from empssl_ray.data import storage
+from empssl_ray.job_config import SearchParam
 from empssl_ray.launch import compose
 from empssl_ray.on_ray.tune import validate_space
 from tests.conftest import s3_keys
@@ -33,11 +34,18 @@ def test_bad_search_spaces_fail_before_any_trial(space, message) -> None:
 
 
 @pytest.fixture(scope="module")
-def sweep(ray_session, s3):
-    """The tune-demo sweep with the sweep and every trial on the loopback S3 endpoint."""
+def sweep(ray_session, s3, mlflow_server):
+    """The tune-demo sweep with the sweep and every trial on the loopback S3 endpoint, tracked
+    in the loopback MLflow server."""
     from jobs.tune import main
 
-    overrides = ["experiment=tune-demo", f"sweep.storage_path={s3}/sweeps", "run.progress=false"]
+    overrides = [
+        "experiment=tune-demo",
+        f"sweep.storage_path={s3}/sweeps",
+        "run.progress=false",
+        "tracking.backend=mlflow",
+        f"tracking.uri={mlflow_server}",
+    ]
     cfg = compose("tune", overrides)
     console = io.StringIO()  # what the driver prints: TrialConsole's lines, the final table
     with contextlib.redirect_stdout(console):
@@ -50,8 +58,10 @@ def test_sweep_console_is_a_line_per_trial_epoch(sweep) -> None:
     lines = out["console"].splitlines()
     reports = [line for line in lines if line.startswith("trial ") and " | " in line]
     assert len({line.split()[1] for line in reports}) == 4, out["console"]
-    assert all(f"/{cfg.optim.epochs} | knn_acc_per_mpatch " in line for line in reports)
+    assert all(" | knn_acc " in line and "% of budget | loss " in line for line in reports)
     assert "Trial status" not in out["console"] and "Current time" not in out["console"]
+    for banner in ("Configuration for experiment", "View detailed results", "TensorBoard"):
+        assert banner not in out["console"], banner
 
 
 def test_sweep_tables_every_trial_and_asha_keeps_one_to_the_end(sweep) -> None:
@@ -59,22 +69,59 @@ def test_sweep_tables_every_trial_and_asha_keeps_one_to_the_end(sweep) -> None:
     assert out["sweep_dir"].startswith("s3://")
     table = pd.read_csv(io.StringIO(storage.read_text(f"{out['sweep_dir']}/results.csv")))
     assert len(table) == 4 and table["error"].isna().all()
+    assert table["trial"].str.len().max() <= 12  # Tune's short ids, not its folder names
     # Sorted by the objective, best first; compute recorded per trial.
-    objective = table["knn_acc_per_mpatch"]
+    objective = table["knn_acc"]
     assert list(objective) == sorted(objective, reverse=True)
-    assert (table["patch_forwards"] > 0).all()
     # Which trials ASHA stops depends on the draws and on the order they reach its rung (the
-    # first to arrive always goes on), so only what holds for any outcome is asserted: each
-    # trial ran from the grace period up to the last epoch, one ran them all, and compute
-    # follows the epochs run (the same steps per epoch for every trial).
-    epochs = table["epochs"]
-    assert epochs.between(cfg.sweep.grace_period, cfg.optim.epochs).all()
-    assert (epochs == cfg.optim.epochs).any()
-    per_epoch_and_patch = table["patch_forwards"] / (epochs * table["patches.num_patches"])
-    assert per_epoch_and_patch.nunique() == 1
+    # first to arrive always goes on), so only what holds for any outcome is asserted: every
+    # trial spent at least the grace fraction, and those that ran on spent the same budget,
+    # 2 patches as 8, within one batch's worth.
+    budget = cfg.sweep.budget * 1e6
+    assert (table["budget_spent"] >= cfg.sweep.grace_fraction - 1e-9).all()
+    finished = table[table["budget_spent"] > 0.99]
+    assert len(finished) >= 1
+    one_batch = cfg.optim.batch_size * finished["patches.num_patches"]
+    assert ((finished["patch_forwards"] - budget).abs() <= one_batch).all()
     assert len(storage.read_bytes(f"{out['sweep_dir']}/sweep.png")) > 0
     keys = s3_keys(out["sweep_dir"])
     assert sum(k.endswith("/metrics.jsonl") for k in keys) == 4  # every trial's run on S3
+
+
+def test_trials_of_an_equal_budget_end_their_schedules_at_their_own_last_step(sweep) -> None:
+    from empssl_ray.on_ray.tune import budget_steps
+    from empssl_ray.runs.checkpoints import latest_checkpoint, load_checkpoint
+
+    cfg, out, _ = sweep
+    table = pd.read_csv(io.StringIO(storage.read_text(f"{out['sweep_dir']}/results.csv")))
+    patches = set()
+    for row in table[table["budget_spent"] > 0.99].itertuples():
+        state = load_checkpoint(latest_checkpoint(f"{out['sweep_dir']}/trials/trial-{row.trial}"))
+        steps = budget_steps(
+            cfg.sweep.budget, cfg.optim.batch_size, state["config"]["patches"]["num_patches"]
+        )
+        assert state["step"] == steps  # 16 steps at 8 patches, 64 at 2
+        assert max(state["scheduler"]["_last_lr"]) == 0.0  # the cosine reached 0 there
+        patches.add(state["config"]["patches"]["num_patches"])
+    assert patches  # (which patch counts ran to the end depends on ASHA's draws)
+
+
+def test_each_trial_is_a_tracked_run_of_the_sweeps_experiment(sweep, mlflow_server) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _, out, _ = sweep
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("tune-demo")  # the sweep's name
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], "attributes.run_name LIKE 'trial-%'")
+    assert len(runs) == 4
+    table = pd.read_csv(io.StringIO(storage.read_text(f"{out['sweep_dir']}/results.csv")))
+    assert sorted(r.data.params["patches.num_patches"] for r in runs) == sorted(
+        str(n) for n in table["patches.num_patches"]
+    )
+    for run in runs:  # every epoch the trial ran, once
+        epochs = [m.step for m in client.get_metric_history(run.info.run_id, "epoch/knn_acc")]
+        assert epochs == sorted(set(epochs)) and len(epochs) >= 1
 
 
 def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:

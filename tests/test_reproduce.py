@@ -22,8 +22,9 @@ def test_every_row_of_the_papers_table_has_a_preset_and_its_figure() -> None:
 
 @pytest.fixture(scope="module")
 def quick_run(ray_session, tmp_path_factory):
-    from empssl_ray.config import DataConfig, ReproduceConfig, ReproduceJobConfig
+    from empssl_ray.config import DataConfig
     from empssl_ray.data.prepare import prepare
+    from empssl_ray.job_config import ReproduceConfig, ReproduceJobConfig
     from jobs.reproduce import main
 
     tmp = tmp_path_factory.mktemp("reproduce")

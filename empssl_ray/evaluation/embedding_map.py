@@ -18,13 +18,20 @@ MAP_METHODS = ("auto", "umap", "pca", "none")
 MAX_POINTS = 2000  # a readable scatter, and UMAP's cost stays in seconds
 
 
+def umap_installed() -> bool:
+    """Whether umap-learn can be imported (an empty `umap` folder, left by an uninstall, is a
+    namespace package without an origin: not it)."""
+    spec = importlib.util.find_spec("umap")
+    return spec is not None and spec.origin is not None
+
+
 def map_method(asked: str) -> str:
     """The projection `eval.embedding_map=asked` gets: auto is UMAP where installed, else PCA.
 
     Raises:
         ConfigError: umap asked for and not installed.
     """
-    installed = importlib.util.find_spec("umap") is not None
+    installed = umap_installed()
     if asked == "umap" and not installed:
         from empssl_ray.config import ConfigError
 

@@ -107,7 +107,6 @@ def fit(
                 hook.on_note(warning)
         if monitor is not None:
             metrics["knn_acc"] = monitor(trainer.model, trainer.device)
-            metrics["knn_acc_per_mpatch"] = metrics["knn_acc"] / (metrics["patch_forwards"] / 1e6)
         for hook in hooks:
             hook.on_epoch_end(trainer, metrics)
         last = metrics

@@ -116,6 +116,20 @@ def build_optimizer(
     return opt, sched
 
 
+def run_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
+    """Steps the run trains: `max_steps` when set (a sweep's equal budget), else `epochs`
+    epochs of `steps_per_epoch`."""
+    return cfg.max_steps or cfg.epochs * steps_per_epoch
+
+
+def run_epochs(cfg: OptimConfig, steps_per_epoch: int) -> int:
+    """Epochs the run begins: `run_steps` in epochs, the last one possibly cut short."""
+    return -(-run_steps(cfg, steps_per_epoch) // steps_per_epoch)
+
+
 def schedule_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
-    """Steps the cosine spans: `schedule_epochs` (else `epochs`) epochs of `steps_per_epoch`."""
-    return (cfg.schedule_epochs or cfg.epochs) * steps_per_epoch
+    """Steps the cosine spans: `schedule_epochs` epochs of `steps_per_epoch` when set, else the
+    run's own steps (`run_steps`)."""
+    if cfg.schedule_epochs:
+        return cfg.schedule_epochs * steps_per_epoch
+    return run_steps(cfg, steps_per_epoch)

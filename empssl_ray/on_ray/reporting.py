@@ -26,6 +26,7 @@ from empssl_ray.data.read_plan import StreamPosition
 from empssl_ray.method.loop import LoopHooks
 from empssl_ray.method.training import Trainer
 from empssl_ray.on_ray.progress import post
+from empssl_ray.on_ray.tracking import Tracker, numeric
 from empssl_ray.runs.checkpoints import prune_checkpoints, save_checkpoint
 from empssl_ray.runs.metrics import MetricsLogger
 
@@ -69,6 +70,7 @@ class RayHooks(LoopHooks):
         counts: images augmented and skipped before this start (from that checkpoint).
         counter: the run's `RowCounter` actor (this start's counts), or None.
         board: the driver's console, or None.
+        tracker: rank 0's tracked run (MLflow, W&B), or None.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class RayHooks(LoopHooks):
         counts: dict[str, int],
         counter: Any = None,
         board: Any = None,
+        tracker: Tracker | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.per_epoch = cfg, run_dir, steps_per_epoch
         self.rank, self.world, self.lead = rank, world, rank == 0
@@ -91,6 +94,10 @@ class RayHooks(LoopHooks):
         self.trained: list[tuple[np.ndarray, np.ndarray]] = []  # (epochs, ids) since a checkpoint
         self.last_checkpoint = time.monotonic()
         self.preemption: Any = None  # the drain notice a checkpoint was written for
+        self.tracker = tracker
+        # Metrics of the steps since the last checkpoint: tracked once that checkpoint is saved
+        # (a restart trains those steps again, and they would be tracked twice).
+        self.untracked: list[tuple[int, dict[str, float]]] = []
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         if self.lead and self.logger is None:  # the history up to the step resumed from
@@ -100,6 +107,8 @@ class RayHooks(LoopHooks):
         if self.logger:
             self.logger.log("step", metrics)
         post(self.board, console_event("step", metrics))
+        if self.tracker:
+            self.untracked.append((trainer.step, numeric(metrics)))
         ray.train.report({**metrics, "kind": "step"})
 
     def on_batch(self, trainer: Trainer, batch: Mapping[str, torch.Tensor]) -> None:
@@ -173,6 +182,10 @@ class RayHooks(LoopHooks):
                 self.position.add(epochs, ids)
                 state = trainer.state_dict()
                 state["counts"] = {k: metrics[k] for k in COUNTS if k in metrics}
+                if self.tracker:
+                    state["tracking_run_id"] = self.tracker.run_id
+                    if metrics.get("kind") == "epoch":
+                        self.untracked.append((trainer.step, numeric(metrics, "epoch/")))
                 save_checkpoint(state, tmp, {**self.position.state(), "step": trainer.step})
                 saved = Checkpoint.from_directory(tmp)
                 if metrics.get("kind") == "epoch":
@@ -181,6 +194,9 @@ class RayHooks(LoopHooks):
                         self.logger.flush()  # CSV, PNG and TensorBoard on storage every epoch
                     post(self.board, console_event("epoch", metrics))
             ray.train.report(metrics, checkpoint=saved)
+        if self.tracker:  # the steps up to this checkpoint are for good now
+            self.tracker.log(self.untracked)
+            self.untracked = []
         if self.lead:  # across every fit and restart of the run, not only this one's
             prune_checkpoints(self.run_dir, self.cfg.run.checkpoints_to_keep)
         self.last_checkpoint = time.monotonic()
@@ -188,3 +204,5 @@ class RayHooks(LoopHooks):
     def close(self) -> None:
         if self.logger:
             self.logger.close()
+        if self.tracker:
+            self.tracker.close()

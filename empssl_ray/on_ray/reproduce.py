@@ -15,9 +15,10 @@ from typing import Any
 
 from ray import tune
 
-from empssl_ray.config import ConfigError, DataConfig, PretrainConfig, ReproduceConfig
+from empssl_ray.config import ConfigError, DataConfig, PretrainConfig
 from empssl_ray.data import storage
 from empssl_ray.data.datasets import open_splits
+from empssl_ray.job_config import ReproduceConfig
 from empssl_ray.launch import compose
 from empssl_ray.on_ray.placement import trial_on_head
 from empssl_ray.paper import FIGURES

@@ -38,13 +38,14 @@ from empssl_ray.evaluation.monitor import KnnMonitor
 from empssl_ray.faults import Faults
 from empssl_ray.method.gather import gather_batch
 from empssl_ray.method.loop import fit
-from empssl_ray.method.optim import schedule_steps
+from empssl_ray.method.optim import run_epochs, run_steps, schedule_steps
 from empssl_ray.method.training import Trainer
 from empssl_ray.on_ray.placement import on_head
 from empssl_ray.on_ray.progress import post
 from empssl_ray.on_ray.read import iterate_epochs
 from empssl_ray.on_ray.reporting import RayHooks
 from empssl_ray.on_ray.stream import RowCounter, patch_stream
+from empssl_ray.on_ray.tracking import Tracker
 from empssl_ray.runs.checkpoints import (
     CheckpointNotFoundError,
     CheckpointVanishedError,
@@ -104,6 +105,7 @@ def training_stream(job: WorkerJob) -> ray.data.Dataset:
     start, and each restart after a node is drained), in its controller."""
     cfg = job.cfg
     storage.set_retry_window(cfg.run.storage_retry_s)
+    epochs = run_epochs(cfg.optim, job.steps_per_epoch)
     resume = resume_point(job.run_dir)
     saved = saved_position(resume, len(job.splits.train))
     position = StreamPosition.from_state(saved)
@@ -120,7 +122,7 @@ def training_stream(job: WorkerJob) -> ray.data.Dataset:
         job.counter,
         carry=("id", "epoch"),  # which rows each step trained: the checkpoints' position
         # A finished run streams nothing (its one planned epoch is never iterated).
-        epochs=range(min(position.complete_through, cfg.optim.epochs - 1), cfg.optim.epochs),
+        epochs=range(min(position.complete_through, epochs - 1), epochs),
         position=position,
     )
     return ds
@@ -152,6 +154,7 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
     resume, saved = ray.get(job.counter.start.remote())
     position = StreamPosition.from_state(saved)
     counts: dict[str, int] = {}
+    state: dict[str, Any] = {}
     if resume.location is not None:
         try:
             state = load_checkpoint(resume.location)
@@ -161,9 +164,10 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
         counts = state.get("counts", {})
     check_position(saved, trainer)
     lead = rank == 0
-    start = {"epochs": cfg.optim.epochs, "steps_per_epoch": per_epoch, "start_epoch": trainer.epoch}
+    epochs, total = run_epochs(cfg.optim, per_epoch), run_steps(cfg.optim, per_epoch)
+    start = {"epochs": epochs, "steps_per_epoch": per_epoch, "start_epoch": trainer.epoch}
     post(job.board if lead else None, {"kind": "start", **start, "start_step": trainer.step})
-    if trainer.epoch >= cfg.optim.epochs:  # a finished run, rerun: nothing to train
+    if trainer.epoch >= epochs:  # a finished run, rerun: nothing to train
         return
     monitor = None
     if lead and cfg.eval.monitor_test > 0:
@@ -186,20 +190,24 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
                 device="cpu",
                 pin_memory=cfg.ray.use_gpu,
             ),
-            wanted=cfg.optim.epochs * per_epoch - trainer.step,
+            wanted=total - trainer.step,
         ),
         cfg.ray.prefetch_batches,
     )
+    tracker = None
+    if lead and cfg.tracking.backend != "none":  # the same tracked run across restarts
+        tracker = Tracker(cfg, job.run_dir, state.get("tracking_run_id"))
     reporter = RayHooks(
-        cfg, job.run_dir, per_epoch, rank, world, position, counts, job.counter, job.board
+        cfg, job.run_dir, per_epoch, rank, world, position, counts, job.counter, job.board, tracker
     )
     hooks = [h for h in (job.faults, reporter) if h is not None]
     try:
         fit(
             trainer,
-            # An epoch resumed inside has only its remaining steps to go.
-            lambda epoch: stream.take((epoch + 1) * per_epoch - trainer.step),
-            cfg.optim.epochs,
+            # An epoch resumed inside has only its remaining steps to go; the last epoch of a
+            # run of `optim.max_steps` stops at the run's last step.
+            lambda epoch: stream.take(min((epoch + 1) * per_epoch, total) - trainer.step),
+            epochs,
             hooks,
             cfg.run.log_every_steps,
             monitor,

@@ -1,22 +1,27 @@
 """Ray Tune adapter: parallel sweeps over patch counts, loss weights, eps, lr and batch size.
 
 Each trial is a real TorchTrainer run, started from a Tune function (Train V2's interop:
-`Tuner(trainer)` is gone) whose metrics reach Tune through `TuneReportCallback`. ASHA stops weak
-trials at epoch boundaries on the online kNN accuracy, or on accuracy per patch-forward.
+`Tuner(trainer)` is gone) whose metrics reach Tune through `TuneReportCallback`. With
+`sweep.budget` every trial spends the same patch-forwards (its steps follow from its batch size
+and patch count, its schedule ends at its own last step), so trials compare at equal compute;
+ASHA stops weak trials at epoch boundaries on the online kNN accuracy, its rungs fractions of
+the budget (else epochs).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import posixpath
 import sys
 from typing import Any
 
 from ray import tune
 
-from empssl_ray.config import ConfigError, PretrainConfig, SearchParam, TuneJobConfig
+from empssl_ray.config import ConfigError, PretrainConfig
 from empssl_ray.data import storage
+from empssl_ray.job_config import SearchParam, TuneJobConfig
 from empssl_ray.on_ray.placement import trial_on_head
 from empssl_ray.rules import field_problem
 from empssl_ray.runs.metrics import format_table
@@ -29,7 +34,13 @@ TUNABLE = (
     "optim.lr",
     "optim.batch_size",
 )
-OBJECTIVES = ("knn_acc", "knn_acc_per_mpatch")
+OBJECTIVES = ("knn_acc",)
+
+
+def budget_steps(budget: float, batch_size: int, num_patches: int) -> int:
+    """A trial's steps for a budget of `budget` million patch-forwards: every trial spends the
+    budget within half a step's patch-forwards."""
+    return max(1, round(budget * 1e6 / (batch_size * num_patches)))
 
 
 def validate_space(space: dict[str, SearchParam]) -> None:
@@ -95,13 +106,16 @@ def apply_overrides(base: PretrainConfig, params: dict[str, Any]) -> PretrainCon
     return cfg
 
 
-def run_trial(config: dict[str, Any], base: PretrainConfig, trials_dir: str) -> None:
+def run_trial(
+    config: dict[str, Any], base: PretrainConfig, trials_dir: str, budget: float = 0.0
+) -> None:
     """Tune function: one TorchTrainer run with this trial's parameters; metrics go to Tune.
 
     Args:
         config: the trial's {"params": {dotted key: value}}.
         base: the sweep's run, every trial's starting point.
         trials_dir: where the trials' runs go.
+        budget: million patch-forwards each trial spends (`sweep.budget`); 0 = optim.epochs.
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -113,6 +127,8 @@ def run_trial(config: dict[str, Any], base: PretrainConfig, trials_dir: str) -> 
     cfg.run.evaluate = False
     cfg.run.log_every_steps = 0  # Tune sees epoch reports only: every one carries the objective
     cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_minutes = 0, 0.0  # nor checkpoints
+    if budget > 0:
+        cfg.optim.max_steps = budget_steps(budget, cfg.optim.batch_size, cfg.patches.num_patches)
     pretrain(cfg, callbacks=[TuneReportCallback()])
 
 
@@ -126,25 +142,43 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
         raise ConfigError(f"sweep.objective {sweep.objective!r}; choose one of {OBJECTIVES}")
     if sweep.scheduler not in ("asha", "fifo"):
         raise ConfigError(f"sweep.scheduler {sweep.scheduler!r}; choose asha or fifo")
+    if sweep.budget < 0 or not 0 < sweep.grace_fraction <= 1:
+        raise ConfigError(
+            f"sweep.budget={sweep.budget} / sweep.grace_fraction={sweep.grace_fraction}: the "
+            "budget is >= 0 million patch-forwards (0: optim.epochs), the fraction in (0, 1]"
+        )
     if cfg.eval.monitor_test <= 0:
         raise ConfigError("sweeps rank trials by the online kNN: set eval.monitor_test > 0")
     root = storage.resolve(sweep.storage_path)
     sweep_dir = storage.join(root, sweep.name)
+    # Tune's newer console prints its configuration box and "View detailed results" lines even
+    # at verbose=0; the older one prints nothing there. The console is TrialConsole's.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    base = cfg.pretrain_config()
+    # One tracked run per trial (with its parameters), the sweep's trials in one experiment.
+    base.tracking.experiment = base.tracking.experiment or sweep.name
     # The typed base config travels as it is (in the object store), not through Tune's dicts.
     trainable = tune.with_resources(
         tune.with_parameters(
-            run_trial, base=cfg.pretrain_config(), trials_dir=storage.join(sweep_dir, "trials")
+            run_trial,
+            base=base,
+            trials_dir=storage.join(sweep_dir, "trials"),
+            budget=sweep.budget,
         ),
         trial_on_head(sweep.trial_cpus),
     )
     if tune.Tuner.can_restore(sweep_dir):
         # Finished trials keep their results; unfinished and errored ones run again.
         return tune.Tuner.restore(sweep_dir, trainable, resume_errored=True), sweep_dir
+    # ASHA's clock: patch-forwards spent, rungs at fractions of the budget (else epochs).
+    budgeted = sweep.budget > 0
     scheduler = (
         ASHAScheduler(
-            time_attr="epoch",
-            max_t=cfg.optim.epochs,
-            grace_period=sweep.grace_period,
+            time_attr="patch_forwards" if budgeted else "epoch",
+            max_t=round(sweep.budget * 1e6) if budgeted else cfg.optim.epochs,
+            grace_period=max(1, round(sweep.grace_fraction * sweep.budget * 1e6))
+            if budgeted
+            else sweep.grace_period,
             reduction_factor=sweep.reduction_factor,
         )
         if sweep.scheduler == "asha"
@@ -165,7 +199,9 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
             name=sweep.name,
             storage_path=root,
             verbose=0,
-            callbacks=[TrialConsole(list(sweep.space), sweep.objective, cfg.optim.epochs)],
+            callbacks=[
+                TrialConsole(list(sweep.space), sweep.objective, cfg.optim.epochs, sweep.budget)
+            ],
             # A trial whose run fails (its trainers' node lost) runs again: `pretrain` resumes
             # it from the trial's newest checkpoint.
             failure_config=tune.FailureConfig(max_failures=sweep.trial_max_failures),
@@ -174,22 +210,27 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
     return tuner, sweep_dir
 
 
-def trial_table(results: tune.ResultGrid, objective: str) -> list[dict[str, Any]]:
-    """One row per trial: parameters, objective, epochs run, compute used; best first."""
+def trial_table(
+    results: tune.ResultGrid, objective: str, budget: float = 0.0
+) -> list[dict[str, Any]]:
+    """One row per trial: its short id, parameters, objective, epochs run, compute spent (and
+    the fraction of the budget, with one); best first."""
     rows = []
     for r in (results[i] for i in range(len(results))):
         m = r.metrics or {}
+        spent = m.get("patch_forwards", 0)
         rows.append(
             {
+                "trial": m.get("trial_id") or (posixpath.basename(r.path) if r.path else ""),
                 **{k: v for k, v in (r.config or {})["params"].items()},
                 objective: m.get(objective, math.nan),
                 "knn_acc": m.get("knn_acc", math.nan),
                 "epochs": m.get("epoch", 0),
-                "patch_forwards": m.get("patch_forwards", 0),
+                "patch_forwards": spent,
+                **({"budget_spent": spent / (budget * 1e6)} if budget > 0 else {}),
                 "time_s": m.get("time_total_s", math.nan),
                 "loss": m.get("loss", math.nan),
                 "error": None if r.error is None else type(r.error).__name__,
-                "trial": posixpath.basename(r.path) if r.path else "",
             }
         )
     return sorted(
@@ -202,8 +243,9 @@ class TrialConsole(tune.Callback):
     trials with their latest epoch figures, redrawn at each epoch report on a terminal, or one
     plain line per report in a job log; a line when a trial ends early or fails."""
 
-    def __init__(self, space: list[str], objective: str, epochs: int) -> None:
+    def __init__(self, space: list[str], objective: str, epochs: int, budget: float = 0.0) -> None:
         self.space, self.objective, self.epochs = space, objective, epochs
+        self.budget = budget * 1e6  # patch-forwards per trial; 0: trials count epochs
         self.rows: dict[str, dict[str, Any]] = {}
         self.drawn = 0  # lines of the table now on screen
 
@@ -213,10 +255,16 @@ class TrialConsole(tune.Callback):
         if result.get("kind") != "epoch":
             return
         params = {k: v for k, v in (trial.config or {}).get("params", {}).items()}
+        progress = (
+            f"{result.get('patch_forwards', 0) / self.budget:.0%} of budget"
+            if self.budget
+            else f"{result.get('epoch', 0)}/{self.epochs}"
+        )
         row = {
             **params,
             self.objective: result.get(self.objective, math.nan),
-            "epoch": f"{result.get('epoch', 0)}/{self.epochs}",
+            "epoch": f"{result.get('epoch', 0)}" if self.budget else progress,
+            **({"spent": progress} if self.budget else {}),
             "loss": result.get("loss", math.nan),
         }
         self.rows[trial.trial_id] = row
@@ -228,10 +276,11 @@ class TrialConsole(tune.Callback):
             shown = f"{100 * value:.1f}%" if self.objective.endswith("acc") else f"{value:.4g}"
             self.say(
                 f"trial {trial.trial_id} epoch {row['epoch']} | {self.objective} {shown} "
-                f"| loss {row['loss']:.3f} | {cells}"
+                f"| {progress + ' | ' if self.budget else ''}loss {row['loss']:.3f} | {cells}"
             )
             return
-        table = format_table(self.rows, [*self.space, self.objective, "epoch", "loss"])
+        shown_keys = [*self.space, self.objective, "epoch", *(["spent"] if self.budget else [])]
+        table = format_table(self.rows, [*shown_keys, "loss"])
         if self.drawn:  # move up over the previous table and clear it
             sys.stdout.write(f"\x1b[{self.drawn}F\x1b[J")
         sys.stdout.write(table + "\n")
@@ -239,7 +288,13 @@ class TrialConsole(tune.Callback):
         self.drawn = table.count("\n") + 1
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        epochs = (trial.last_result or {}).get("epoch", 0)
+        last = trial.last_result or {}
+        if self.budget:
+            spent = last.get("patch_forwards", 0) / self.budget
+            if spent < 0.99:  # a trial spends its budget within half a step
+                self.say(f"trial {trial.trial_id} stopped early by the scheduler at {spent:.0%}")
+            return
+        epochs = last.get("epoch", 0)
         if epochs < self.epochs:
             self.say(
                 f"trial {trial.trial_id} stopped early by the scheduler after epoch "

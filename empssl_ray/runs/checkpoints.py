@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
+from empssl_ray.config import PretrainConfig
 from empssl_ray.data import storage
 from empssl_ray.data.storage import StorageUnavailableError
-from empssl_ray.config import PretrainConfig
 from empssl_ray.errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
