@@ -49,6 +49,9 @@ class SweepConfig:
     # Search space: dotted config keys -> distributions. Tunable keys: patches.num_patches,
     # loss.invariance_weight, loss.tcr_weight, loss.eps, optim.lr, optim.batch_size
     space: dict[str, SearchParam] = field(default_factory=dict)
+    # how trials are chosen: random (grid keys enumerated) | optuna (TPE: a model of the
+    # trials seen so far proposes the next; the optuna extra; choice, uniform, loguniform keys)
+    search: str = "random"
     # samples drawn (with grid keys: repeats of the whole grid)
     num_samples: int = 4
     # trials running at once

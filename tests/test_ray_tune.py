@@ -33,6 +33,18 @@ def test_bad_search_spaces_fail_before_any_trial(space, message) -> None:
         validate_space(space)
 
 
+def test_a_model_based_search_refuses_a_grid_and_names_its_choices() -> None:
+    from empssl_ray.job_config import SweepConfig
+    from empssl_ray.on_ray.tune import searcher
+
+    grid = {"patches.num_patches": SearchParam("grid", [2, 8])}
+    with pytest.raises(ConfigError, match="is a grid: use kind: choice"):
+        searcher(SweepConfig(search="optuna", space=grid))
+    with pytest.raises(ConfigError, match="choose random or optuna"):
+        searcher(SweepConfig(search="bayes", space=grid))
+    assert searcher(SweepConfig(search="random", space=grid)) is None
+
+
 @pytest.fixture(scope="module")
 def sweep(ray_session, s3, mlflow_server):
     """The tune-demo sweep with the sweep and every trial on the loopback S3 endpoint, tracked
@@ -166,3 +178,76 @@ def test_rerunning_the_sweep_resumes_without_rerunning_trials(sweep) -> None:
     again = main(compose("tune", overrides))
     assert len(again["rows"]) == 4
     assert metrics_files() == before  # no trial trained again
+
+
+@pytest.mark.timeout(600)
+def test_a_model_based_search_resumes_after_its_driver_is_killed(ray_session, tmp_path) -> None:
+    """Optuna's TPE proposes 3 trials at equal budget, a trial at a time; the sweep's driver (a
+    `jobs/tune.py` process joined to the session's Ray) is killed while the third trains.
+    Rerunning it resumes the sweep and its searcher: the two finished trials are not run again,
+    and the sweep ends with 3 trials."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import ray
+
+    from jobs.tune import main
+
+    overrides = [
+        "experiment=tune-demo",
+        f"sweep.storage_path={tmp_path}",
+        "sweep.name=tpe",
+        "sweep.search=optuna",
+        "sweep.space={patches.num_patches: {kind: choice, values: [2, 8]}}",
+        "sweep.num_samples=3",
+        "sweep.scheduler=fifo",
+        "sweep.budget=0.002048",  # 16 steps at 2 patches (2 epochs), 4 at 8
+        "run.progress=false",
+    ]
+    address = ray.get_runtime_context().gcs_address
+    repo = Path(__file__).resolve().parents[1]
+    driver = subprocess.Popen(
+        [sys.executable, str(repo / "jobs" / "tune.py"), *overrides, f"ray.address={address}"],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    done: set[str] = set()
+    try:
+        assert driver.stdout is not None
+        deadline = time.time() + 420
+        for line in driver.stdout:
+            seen.append(line)
+            if line.startswith("trial ") and "100% of budget" in line:
+                done.add(line.split()[1])
+            if len(done) == 2 or time.time() > deadline:
+                break
+        assert len(done) == 2, "".join(seen[-30:])
+        time.sleep(8)  # the third trial starting (a TorchTrainer takes longer to start)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-sweep
+        driver.wait(timeout=60)
+
+    trials = tmp_path / "tpe" / "trials"
+
+    def metrics_files() -> dict[str, int]:
+        return {
+            d.name: (d / "metrics.jsonl").stat().st_mtime_ns
+            for d in trials.iterdir()
+            if (d / "metrics.jsonl").exists()
+        }
+
+    before = metrics_files()
+    out = main(compose("tune", overrides))
+    assert len(out["rows"]) == 3 and all(r["error"] is None for r in out["rows"])
+    after = metrics_files()
+    for trial in done:
+        assert after[f"trial-{trial}"] == before[f"trial-{trial}"], trial  # not trained again
+    assert {r["patches.num_patches"] for r in out["rows"]} <= {2, 8}

@@ -21,7 +21,7 @@ from ray import tune
 
 from empssl_ray.config import ConfigError, PretrainConfig
 from empssl_ray.data import storage
-from empssl_ray.job_config import SearchParam, TuneJobConfig
+from empssl_ray.job_config import SearchParam, SweepConfig, TuneJobConfig
 from empssl_ray.on_ray.placement import trial_on_head
 from empssl_ray.rules import field_problem
 from empssl_ray.runs.metrics import format_table
@@ -132,6 +132,29 @@ def run_trial(
     pretrain(cfg, callbacks=[TuneReportCallback()])
 
 
+def searcher(sweep: SweepConfig) -> Any:
+    """Tune's search algorithm for `sweep.search`: None (Tune's random and grid generator) or
+    Optuna's TPE, seeded; the sweep's state (and the searcher's) resumes with the sweep."""
+    if sweep.search == "random":
+        return None
+    if sweep.search != "optuna":
+        raise ConfigError(f"sweep.search {sweep.search!r}; choose random or optuna")
+    grids = [key for key, p in sweep.space.items() if p.kind == "grid"]
+    if grids:
+        raise ConfigError(
+            f"sweep.search=optuna samples; sweep.space.{grids[0]} is a grid: use kind: choice"
+        )
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            "sweep.search=optuna needs optuna: pip install 'empssl-ray[optuna]'"
+        ) from None
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.seed))
+
+
 def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
     """A new Tuner, or the restored one when this sweep name already has state (driver died)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -142,6 +165,7 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
         raise ConfigError(f"sweep.objective {sweep.objective!r}; choose one of {OBJECTIVES}")
     if sweep.scheduler not in ("asha", "fifo"):
         raise ConfigError(f"sweep.scheduler {sweep.scheduler!r}; choose asha or fifo")
+    search_alg = searcher(sweep)
     if sweep.budget < 0 or not 0 < sweep.grace_fraction <= 1:
         raise ConfigError(
             f"sweep.budget={sweep.budget} / sweep.grace_fraction={sweep.grace_fraction}: the "
@@ -191,6 +215,7 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
             metric=sweep.objective,
             mode="max",
             scheduler=scheduler,
+            search_alg=search_alg,
             num_samples=sweep.num_samples,
             max_concurrent_trials=sweep.max_concurrent_trials,
         ),
