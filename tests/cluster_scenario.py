@@ -281,6 +281,7 @@ def main(work: Path, data: str, store: str) -> dict:
             "sweep.name=cluster-sweep",
             f"sweep.storage_path={store}/sweeps",
             "sweep.num_samples=1",
+            "sweep.budget=0",  # optim.epochs (2) per trial, not the preset's equal budget
             "sweep.max_concurrent_trials=2",  # the cluster's nodes hold both at once
             *s3_data,
             *placement,

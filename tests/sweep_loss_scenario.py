@@ -58,6 +58,7 @@ def main(work: Path, data: str, store: str) -> dict:
                 f"sweep.storage_path={store}/sweeps",
                 "sweep.name=lossy",
                 "sweep.scheduler=fifo",
+                "sweep.budget=0",  # optim.epochs (2) per trial, not the preset's equal budget
                 "sweep.num_samples=1",  # the grid's two patch counts: two trials
                 "sweep.max_concurrent_trials=1",
                 "sweep.trial_max_failures=2",
