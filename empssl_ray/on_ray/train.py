@@ -111,7 +111,9 @@ def training_stream(job: WorkerJob) -> ray.data.Dataset:
     position = StreamPosition.from_state(saved)
     # Decided once, here: the workers load this very checkpoint and position, whatever is
     # written or pruned meanwhile (a lost node's worker can outlive its node for a moment).
-    ray.get(job.counter.set_start.remote((resume, saved)))
+    # Plain values only: the tally actor imports nothing more to hold them.
+    chosen = (resume.location, resume.epoch, resume.step, resume.has_position)
+    ray.get(job.counter.set_start.remote((chosen, saved)))
     ray.data.DataContext.get_current().enable_progress_bars = False  # the workers' bars: none
     ds, _, _ = patch_stream(
         job.splits.train,
@@ -151,7 +153,8 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
     # The checkpoint `training_stream` chose for this start: the weights and the stream start at
     # the same row. (ray.train.get_checkpoint() names the newest reported one of this fit
     # only, and knows nothing of a checkpoint whose upload was cut off.)
-    resume, saved = ray.get(job.counter.start.remote())
+    chosen, saved = ray.get(job.counter.start.remote())
+    resume = ResumePoint(*chosen)
     position = StreamPosition.from_state(saved)
     counts: dict[str, int] = {}
     state: dict[str, Any] = {}
