@@ -10,8 +10,9 @@ import pytest
 
 from tests.conftest import run_scenario
 
-pytestmark = pytest.mark.cluster
 LIMIT_S = 900
+# The scenario's own limit governs (its first test waits for the whole scenario).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(LIMIT_S + 180)]
 SCENARIO = Path(__file__).with_name("autoscaler_scenario.py")
 # An actor waits for its node to be launched and to start (a few seconds on a cloud, tens of
 # seconds for a fake node on 2 busy cores), never for a node no type can give.
