@@ -197,33 +197,28 @@ def evaluate_features(
     Args:
         train_x: (N, D) float16 or float32; train_y: (N,); test_x: (M, D); test_y: (M,).
     """
-    metrics = linear_probe(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        cfg.probe_epochs,
-        cfg.probe_lr,
-        cfg.probe_batch_size,
-        cfg.probe_weight_decay,
-        cfg.probe_standardize,
-        seed,
-        progress="linear probe" if progress else None,
-    )
-    for fraction in cfg.label_fractions:
-        rows = label_subset(train_y, fraction, seed).to(train_x.device)
-        subset = linear_probe(
+
+    def probe(rows: torch.Tensor | slice, batch_size: int, name: str) -> dict[str, float]:
+        return linear_probe(
             train_x[rows],
             train_y[rows],
             test_x,
             test_y,
             cfg.probe_epochs,
             cfg.probe_lr,
-            min(cfg.probe_batch_size, len(rows)),  # 1% of a small split: fewer than a batch
+            batch_size,
             cfg.probe_weight_decay,
             cfg.probe_standardize,
             seed,
-            progress=f"linear probe, {fraction:.0%} of labels" if progress else None,
+            progress=name if progress else None,
+        )
+
+    metrics = probe(slice(None), cfg.probe_batch_size, "linear probe")
+    for fraction in cfg.label_fractions:
+        rows = label_subset(train_y, fraction, seed).to(train_x.device)
+        # 1% of a small split can be fewer images than a batch: one batch of all of them.
+        subset = probe(
+            rows, min(cfg.probe_batch_size, len(rows)), f"linear probe, {fraction:.0%} of labels"
         )
         metrics[fraction_key(fraction)] = subset["probe_acc"]
     metrics["knn_acc"] = knn_accuracy(

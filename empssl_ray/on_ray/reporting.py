@@ -173,9 +173,10 @@ class RayHooks(LoopHooks):
             saved = None
             if self.lead:
                 epochs, ids = (np.concatenate([np.asarray(g[k]) for g in gathered]) for k in (0, 1))
-                if self.position.repeated(epochs, ids):  # never saved: a restart, one line
+                twice = self.position.repeated(epochs, ids)
+                if twice:  # never saved: a restart, one line
                     raise RuntimeError(
-                        f"{self.position.repeated(epochs, ids)} rows came to training twice "
+                        f"{twice} rows came to training twice "
                         f"in one epoch by step {trainer.step}: restarting from the newest "
                         "checkpoint"
                     )

@@ -139,22 +139,23 @@ class Tracker:
 
     def log_files(self, files: dict[str, bytes]) -> None:
         """Artifacts: file name -> its bytes (read from any storage by the caller)."""
+        if not files:
+            return
         with tempfile.TemporaryDirectory() as tmp:
+            paths = []
             for name, blob in files.items():
-                path = os.path.join(tmp, name)
-                with open(path, "wb") as f:
+                paths.append(os.path.join(tmp, name))
+                with open(paths[-1], "wb") as f:
                     f.write(blob)
-                if self.backend == "mlflow":
+            if self.backend == "mlflow":
+                for path in paths:
                     self.mlflow.log_artifact(path)
-        if self.backend == "wandb" and files:
+                return
             import wandb
 
             artifact = wandb.Artifact(f"outputs-{self.run_id}", type="run-outputs")
-            with tempfile.TemporaryDirectory() as tmp:
-                for name, blob in files.items():
-                    with open(os.path.join(tmp, name), "wb") as f:
-                        f.write(blob)
-                    artifact.add_file(os.path.join(tmp, name), policy="mutable")  # copied
+            for path in paths:
+                artifact.add_file(path, policy="mutable")  # copied: the folder goes
             self.run.log_artifact(artifact)
 
     def close(self) -> None:
