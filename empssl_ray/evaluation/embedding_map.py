@@ -10,9 +10,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only where a picture is drawn: rules.py (read by every read task)
+    import torch  # imports this module for its method names
 
 MAP_METHODS = ("auto", "umap", "pca", "none")
 MAX_POINTS = 2000  # a readable scatter, and UMAP's cost stays in seconds
@@ -44,6 +47,8 @@ def map_method(asked: str) -> str:
 
 def project_2d(features: torch.Tensor, method: str, seed: int = 0) -> np.ndarray:
     """Features (N, D) of any float dtype -> (N, 2) coordinates by `method` (umap or pca)."""
+    import torch
+
     x = features.float()
     if method == "umap":
         import umap
@@ -57,6 +62,8 @@ def project_2d(features: torch.Tensor, method: str, seed: int = 0) -> np.ndarray
 
 def sample_rows(labels: torch.Tensor, limit: int, seed: int) -> torch.Tensor:
     """At most `limit` row indices, drawn with `seed` (every row when there are fewer)."""
+    import torch
+
     if len(labels) <= limit:
         return torch.arange(len(labels))
     generator = torch.Generator().manual_seed(seed)
