@@ -105,6 +105,9 @@ class OptimConfig:
     # steps the run trains instead of whole epochs (its last epoch cut short; the schedule
     # spans them); 0 = optim.epochs. A sweep with sweep.budget sets it per trial
     max_steps: int = 0
+    # seconds of training instead (with max_steps 0): max_steps follows from a step time
+    # measured on this run's model and batch before it starts (method/step_budget.py); 0 = off
+    budget_s: float = 0.0
     # images per step across all workers (each image brings num_patches patches)
     batch_size: int = 100
     # peak learning rate, annealed by cosine to 0 over all steps

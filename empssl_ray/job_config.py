@@ -47,7 +47,8 @@ class SweepConfig:
     # where sweeps live (local dir or URI)
     storage_path: str = "sweeps"
     # Search space: dotted config keys -> distributions. Tunable keys: patches.num_patches,
-    # loss.invariance_weight, loss.tcr_weight, loss.eps, optim.lr, optim.batch_size
+    # patches.size, loss.invariance_weight, loss.tcr_weight, loss.eps, optim.lr,
+    # optim.batch_size, model.width
     space: dict[str, SearchParam] = field(default_factory=dict)
     # how trials are chosen: random (grid keys enumerated) | optuna (TPE: a model of the
     # trials seen so far proposes the next; the optuna extra; choice, uniform, loguniform keys)
@@ -65,6 +66,10 @@ class SweepConfig:
     # follow from its batch size and patch count (equal compute for every trial), its schedule
     # ends at its own last step, and ASHA's rungs are fractions of it; 0 = optim.epochs each
     budget: float = 0.0
+    # or each trial's budget in seconds of training: its steps follow from its own step time,
+    # measured before it starts (trials of different widths or patch sizes cost what they
+    # cost); 0 = none. One of budget and budget_s
+    budget_s: float = 0.0
     # with a budget: the fraction of it every trial spends before ASHA may stop it
     grace_fraction: float = 0.25
     # ASHA without a budget: epochs every trial gets before it can be stopped
@@ -77,6 +82,8 @@ class SweepConfig:
     # restarts of a trial whose run failed (a node lost): each resumes from the trial's newest
     # checkpoint (its run dir)
     trial_max_failures: int = 3
+    # sweep.search=optuna: trials drawn at random before TPE's model of them proposes the rest
+    random_trials: int = 10
     # seeds the search
     seed: int = 0
 

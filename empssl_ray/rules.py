@@ -67,6 +67,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.warmup_steps": (lambda v: v >= 0, ">= 0"),
     "optim.schedule_epochs": (lambda v: v >= 0, ">= 0 (0: optim.epochs)"),
     "optim.max_steps": (lambda v: v >= 0, ">= 0 (0: optim.epochs whole epochs)"),
+    "optim.budget_s": (lambda v: v >= 0, ">= 0 seconds (0: no time budget)"),
     "patches.chunk": (lambda v: _parses(parse_chunk, v), CHUNK_FORMS),
     "eval.patches_per_forward": (lambda v: v >= 0, ">= 0 (0: all of a batch at once)"),
     "eval.num_patches": (lambda v: v >= 1, ">= 1"),
@@ -134,6 +135,11 @@ CROSS_RULES: list[tuple[str, Callable[[PretrainConfig], bool], str]] = [
             c.tracking.backend == "none" or importlib.util.find_spec(c.tracking.backend) is not None
         ),
         "none, or installed: pip install 'empssl-ray[mlflow]' (or [wandb])",
+    ),
+    (
+        "optim.budget_s",
+        lambda c: c.optim.budget_s == 0 or c.optim.max_steps == 0,
+        "0 when optim.max_steps is set (one length: steps or seconds)",
     ),
     (
         "ray.aug_max_actors",

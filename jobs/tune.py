@@ -15,7 +15,13 @@ from empssl_ray.data import storage
 from empssl_ray.job_config import TuneJobConfig
 from empssl_ray.launch import start
 from empssl_ray.on_ray.session import init_ray, preflight
-from empssl_ray.on_ray.tune import apply_overrides, build_tuner, trial_table
+from empssl_ray.on_ray.tune import (
+    apply_overrides,
+    budget_steps,
+    budgeted_sweep,
+    build_tuner,
+    trial_table,
+)
 from empssl_ray.runs.metrics import format_table
 from empssl_ray.runs.sweep_report import plot_sweep, write_best_yaml, write_results_csv
 
@@ -29,18 +35,25 @@ def main(cfg: TuneJobConfig) -> dict[str, Any]:
     print(f"empssl-ray: sweep {cfg.sweep.name} -> {sweep_dir}", flush=True)
     results = tuner.fit()
     objective = cfg.sweep.objective
-    rows = trial_table(results, objective, cfg.sweep.budget)
+    rows = trial_table(results, objective, budgeted_sweep(cfg.sweep))
     write_results_csv(rows, storage.join(sweep_dir, "results.csv"))
-    plot_sweep(rows, objective, storage.join(sweep_dir, "sweep.png"))
+    plot_sweep(rows, objective, storage.join(sweep_dir, "sweep.png"), list(cfg.sweep.space))
     outputs: dict[str, Any] = {"sweep_dir": sweep_dir, "rows": rows}
     best = results.get_best_result(metric=objective, mode="max", filter_nan_and_inf=True)
     if best.metrics and objective in best.metrics:
         best_cfg = apply_overrides(cfg.pretrain_config(), (best.config or {})["params"])
         best_cfg.run.name = f"{cfg.sweep.name}-best"
+        # The winner's own length: the budget it was found at (steps, or seconds to time).
+        if cfg.sweep.budget > 0:
+            best_cfg.optim.max_steps = budget_steps(
+                cfg.sweep.budget, best_cfg.optim.batch_size, best_cfg.patches.num_patches
+            )
+        best_cfg.optim.budget_s = cfg.sweep.budget_s
         path = storage.join(sweep_dir, "best.yaml")
         write_best_yaml(best_cfg, cfg.sweep.name, objective, best.metrics[objective], path)
         outputs["best_yaml"] = path
-    spent = ["patch_forwards", "budget_spent"] if cfg.sweep.budget > 0 else ["patch_forwards"]
+    spent = ["patch_forwards", "budget_spent"] if budgeted_sweep(cfg.sweep) else ["patch_forwards"]
+    spent += ["time_s"] if cfg.sweep.budget_s > 0 else []
     keys = [*cfg.sweep.space, objective, "epochs", *spent]
     print(format_table({r["trial"]: r for r in rows}, keys))
     print(f"results: {sweep_dir}/results.csv, best config: {outputs.get('best_yaml')}")

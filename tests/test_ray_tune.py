@@ -19,7 +19,7 @@ from tests.conftest import s3_keys
 @pytest.mark.parametrize(
     "space,message",
     [
-        ({"model.width": SearchParam("choice", [8])}, "unknown key"),
+        ({"model.backbone": SearchParam("choice", ["resnet18-cifar"])}, "unknown key"),
         ({"optim.lr": SearchParam("choice", [])}, "non-empty"),
         ({"loss.eps": SearchParam("uniform", low=-0.1, high=0.2)}, "out of range"),
         ({"patches.num_patches": SearchParam("grid", [1, 4])}, "must be >= 2"),

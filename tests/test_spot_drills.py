@@ -4,7 +4,7 @@ API with reason preemption, removed and replaced; the trainer node lost without 
 times in one epoch; a sweep whose trial loses its trainer node (multi-node clusters in
 subprocesses: tests/drain_scenario.py, tests/sweep_loss_scenario.py). Each checks every image
 trained once per epoch and every step logged (or reported) once. `-m drills` (make
-test-drills): 7 min 41 s together on 2 cores in one CI run, after the suite."""
+test-drills): about 13 minutes together on 2 cores, after the suite."""
 
 from __future__ import annotations
 
@@ -101,16 +101,15 @@ def test_three_losses_without_notice_that_each_made_progress_use_no_failure_budg
     assert resumed == sorted(resumed) and resumed[0] >= 2, resumed  # each from a newer checkpoint
 
 
-@pytest.mark.usefixtures("ray_session")
-def test_a_run_outlives_an_object_store_outage_mid_epoch(
-    s3: str, s3_link: Forwarder, tmp_path: Path, fault_env
-) -> None:
-    """The store refuses every connection for 40 s during epoch 2 (after step 10 of 16), then
-    answers again: the run finishes every epoch, each step once in its metrics, whether the
-    outage was waited out or a worker failed on it and the run restarted."""
+def run_through_an_outage(
+    s3: str, link: Forwarder, work: Path, fault_env, name: str, overrides: list[str]
+) -> tuple[dict, float, list[dict]]:
+    """A 2-epoch smoke run on S3 (a checkpoint every 4 steps) whose store refuses every
+    connection for 40 s from step 10 of 16 on: its summary, the outage's length and its
+    metrics records."""
     from jobs.pretrain import main
 
-    data = f"{s3}/outage-run/data"
+    data = f"{s3}/{name}/data"
     prepare(DataConfig(name="fashion-mnist", train_limit=512, test_limit=256), data, 200, False)
     cfg = compose(
         "pretrain",
@@ -118,27 +117,26 @@ def test_a_run_outlives_an_object_store_outage_mid_epoch(
             "experiment=smoke",
             "data=parquet",
             f"data.root={data}",
-            f"run.storage_path={s3}/outage-run/runs",
+            f"run.storage_path={s3}/{name}/runs",
             "run.progress=false",
             "run.evaluate=false",
             "run.checkpoint_every_steps=4",
-            "run.storage_retry_s=60",
-            "ray.max_failures=3",
             "ray.aug_max_actors=1",
+            *overrides,
         ],
     )
-    record = tmp_path / "trained"
-    fault_env(RECORD_TRAINED=record, DIR=tmp_path)
+    record = work / "trained"
+    fault_env(RECORD_TRAINED=record, DIR=work)
     outage: dict[str, float] = {}
 
     def cut_mid_epoch_two() -> None:
         deadline = time.monotonic() + 600
         while trained_steps(record) < 10 and time.monotonic() < deadline:
             time.sleep(0.2)
-        s3_link.close()
+        link.close()
         outage["start"] = time.monotonic()
         time.sleep(40)
-        s3_link.open()
+        link.open()
         outage["end"] = time.monotonic()
 
     cutter = threading.Thread(target=cut_mid_epoch_two, daemon=True)
@@ -147,14 +145,54 @@ def test_a_run_outlives_an_object_store_outage_mid_epoch(
         summary = main(cfg)
     finally:
         cutter.join(timeout=60)
-        s3_link.open()
-    assert outage.get("end", 0) - outage.get("start", 0) >= 39  # the store was really away
+        link.open()
+    assert os.path.isdir(record)
+    away = outage.get("end", 0) - outage.get("start", 0)
+    return summary, away, read_metrics(f"{s3}/{name}/runs/smoke")
+
+
+def assert_two_epochs_each_step_once(summary: dict, records: list[dict]) -> None:
     assert summary["final"]["epoch"] == 2 and summary["final"]["step"] == 16
-    records = read_metrics(f"{s3}/outage-run/runs/smoke")
     steps = [r["step"] for r in records if r["kind"] == "step"]
     assert steps == list(range(2, 17, 2))  # each step once, in order
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
-    assert os.path.isdir(record)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_run_outlives_an_object_store_outage_mid_epoch(
+    s3: str, s3_link: Forwarder, tmp_path: Path, fault_env
+) -> None:
+    """The store is away for 40 s during epoch 2, within run.storage_retry_s: the run finishes
+    every epoch, each step once in its metrics, whether the outage was waited out or a worker
+    failed on it and the run restarted."""
+    overrides = ["run.storage_retry_s=60", "ray.max_failures=3"]
+    summary, away, records = run_through_an_outage(
+        s3, s3_link, tmp_path, fault_env, "outage-run", overrides
+    )
+    assert away >= 39  # the store was really away
+    assert_two_epochs_each_step_once(summary, records)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_past_the_retry_window_an_outage_restarts_the_run_with_a_line(
+    s3: str, s3_link: Forwarder, tmp_path: Path, fault_env, capfd
+) -> None:
+    """The same 40 s outage with run.storage_retry_s=5: workers fail on it, and each failure is
+    a restart from the newest checkpoint in one line (no traceback); the run finishes once the
+    store answers again, each step once."""
+    overrides = ["run.storage_retry_s=5", "ray.max_failures=8"]
+    summary, away, records = run_through_an_outage(
+        s3, s3_link, tmp_path, fault_env, "long-outage-run", overrides
+    )
+    out = capfd.readouterr()
+    console = out.out + out.err
+    assert away >= 39
+    restarts = [line for line in console.splitlines() if "restarting" in line]
+    assert restarts, console[-3000:]
+    assert all(line.startswith("empssl-ray: ") and " failed (" in line for line in restarts)
+    assert "object storage" in " ".join(restarts), restarts
+    assert "Traceback" not in console, console[-3000:]
+    assert_two_epochs_each_step_once(summary, records)
 
 
 SWEEP_SCENARIO = Path(__file__).with_name("sweep_loss_scenario.py")

@@ -43,6 +43,7 @@ def fit(
     hooks: Sequence[LoopHooks] = (),
     log_every: int = 10,
     monitor: Callable[[nn.Module, torch.device], float] | None = None,
+    total_steps: int = 0,
 ) -> dict[str, Any] | None:
     """Trains from `trainer.epoch` (0, or where a loaded state left off) to `epochs`.
 
@@ -54,6 +55,7 @@ def fit(
         hooks: called in order at each event (see `LoopHooks`).
         log_every: steps between `on_step` calls; 0 = none.
         monitor: model, device -> an accuracy in [0, 1] at each epoch's end (`knn_acc`).
+        total_steps: steps of the whole run, for `run_percent` in the epoch metrics; 0 = none.
 
     Returns:
         The last epoch's metrics, or None when there was no epoch left to train.
@@ -100,6 +102,8 @@ def fit(
         # Compute spent so far, for compute-aware comparisons: one patch-forward is one patch
         # through the model (and back) on any worker.
         metrics["patch_forwards"] = trainer.step * cfg.optim.batch_size * cfg.patches.num_patches
+        if total_steps:  # how far along the run is: a sweep's clock for trials of equal budgets
+            metrics["run_percent"] = 100 * trainer.step / total_steps
         metrics.update(trainer.diagnose())
         warning = collapse.check(metrics.get("effective_rank", math.inf), trainer.epoch)
         if warning:  # once per fit, in one line

@@ -10,6 +10,7 @@ import ray
 from empssl_ray.config import PretrainConfig
 from empssl_ray.console import verbose_wanted
 from empssl_ray.on_ray.logs import quiet_ray, silence_driver
+from empssl_ray.pool_cap import actor_ask, cap_pool, pool_capacity
 from empssl_ray.rules import check_capacity, check_locations
 
 # Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint.
@@ -58,3 +59,31 @@ def preflight(
         note = check_capacity(cfg, cpus, can_grow=not _started_here)
         if note is not None:
             print(f"empssl-ray: note: {note}", flush=True)
+        note = cap_pool(cfg.ray, cluster_pool_capacity(cfg))
+        if note is not None:
+            print(f"empssl-ray: {note}", flush=True)
+
+
+def autoscaler_node_types() -> list[tuple[dict[str, float], int]] | None:
+    """The node types the cluster's autoscaler may launch, as (resources, max_count), or None
+    without an autoscaler. (Ray keeps them in the GCS; Ray Data reads them the same way.)"""
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:  # an older or newer Ray without it: no cap from node types
+        return None
+    if config is None or not config.node_group_configs:
+        return None
+    return [(dict(g.resources), g.max_count) for g in config.node_group_configs]
+
+
+def cluster_pool_capacity(cfg: PretrainConfig) -> int | None:
+    """The most augmentation actors this cluster can hold (`pool_cap.pool_capacity`), or None
+    where nodes may still join by hand (a joined cluster without an autoscaler)."""
+    node_types = autoscaler_node_types()
+    if node_types is None and not _started_here:
+        return None
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    r = cfg.ray
+    # The embedded Ray is one node shared with the trainers and the readers.
+    reserved = r.num_workers * r.cpus_per_worker + r.read_cpus if _started_here else 0.0
+    return pool_capacity(actor_ask(r), nodes, node_types, reserved)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -39,6 +40,7 @@ from empssl_ray.faults import Faults
 from empssl_ray.method.gather import gather_batch
 from empssl_ray.method.loop import fit
 from empssl_ray.method.optim import run_epochs, run_steps, schedule_steps
+from empssl_ray.method.step_budget import plan_steps
 from empssl_ray.method.training import Trainer
 from empssl_ray.on_ray.placement import on_head
 from empssl_ray.on_ray.progress import post
@@ -214,6 +216,7 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
             hooks,
             cfg.run.log_every_steps,
             monitor,
+            total,
         )
     finally:
         stream.close()  # the rows past the last full batch are not needed
@@ -308,24 +311,33 @@ def pretrain(
     storage.set_retry_window(cfg.run.storage_retry_s)
     splits = splits or open_splits(cfg.data)  # once per run, whatever the restarts
     run_dir = run_dir_of(cfg)
+    info = splits.train.info
+    cfg, plan = plan_steps(cfg, info.channels, info.image_size, run_dir)  # optim.budget_s
+    if plan is not None:
+        if board is None:
+            print(f"empssl-ray: {plan}", flush=True)
+        post(board, {"kind": "note", "text": plan})
     failures, started_at = 0, resume_point(run_dir).step
     while True:
         try:
             return fit_and_release(build_trainer(cfg, splits, callbacks, board))
-        except ray.train.TrainingFailedError as exc:
+        except (ray.train.TrainingFailedError, StorageUnavailableError) as exc:
             # Ray Data's errors reach here as text only: the line is all there is to keep.
-            line = user_error_line(exc)
+            line = user_error_line(exc) if isinstance(exc, ray.train.TrainingFailedError) else None
             if line is not None:
                 raise find_user_error(exc) or UserError(line) from None
+            # A StorageUnavailableError here is the driver's own: setting up a fit in an outage.
+            who = "the run's storage" if isinstance(exc, StorageUnavailableError) else None
             reason = str(exc).strip().splitlines()[-1][:200]
             try:
                 now = resume_point(run_dir)
             except StorageUnavailableError as outage:  # still down: a failure without progress
                 now, reason = ResumePoint(None, 0, started_at), str(outage)
             progressed, started_at = now.step > started_at, max(now.step, started_at)
+            storage_down = "object storage failed" in str(exc) + reason
             if not progressed:
                 if failures >= cfg.ray.max_failures:
-                    if "object storage failed" in str(exc) or "object storage failed" in reason:
+                    if storage_down:
                         raise StorageError(
                             f"{reason.splitlines()[0]}; gave up after {failures} restarts "
                             "without progress: rerun the same command to resume once the "
@@ -333,6 +345,8 @@ def pretrain(
                         ) from None
                     raise
                 failures += 1
+            # The store still down: give it time before the next try, not a crash loop.
+            pause = min(30.0, 2.0**failures) if storage_down and not progressed else 0.0
             budget = (
                 "it had progressed since the last start: not counted"
                 if progressed
@@ -343,7 +357,10 @@ def pretrain(
                 if now.location is not None
                 else "the newest checkpoint"
             )
-            note = f"a training worker failed ({reason}); restarting from {where} ({budget})"
+            failed = f"{who} failed" if who else "a training worker failed"
+            after = f" in {pause:.0f} s" if pause else ""
+            note = f"{failed} ({reason}); restarting{after} from {where} ({budget})"
             if board is None:
                 print(f"empssl-ray: {note}", flush=True)
             post(board, {"kind": "note", "text": note})
+            time.sleep(pause)

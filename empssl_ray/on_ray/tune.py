@@ -28,11 +28,13 @@ from empssl_ray.runs.metrics import format_table
 
 TUNABLE = (
     "patches.num_patches",
+    "patches.size",
     "loss.invariance_weight",
     "loss.tcr_weight",
     "loss.eps",
     "optim.lr",
     "optim.batch_size",
+    "model.width",
 )
 OBJECTIVES = ("knn_acc",)
 
@@ -107,7 +109,11 @@ def apply_overrides(base: PretrainConfig, params: dict[str, Any]) -> PretrainCon
 
 
 def run_trial(
-    config: dict[str, Any], base: PretrainConfig, trials_dir: str, budget: float = 0.0
+    config: dict[str, Any],
+    base: PretrainConfig,
+    trials_dir: str,
+    budget: float = 0.0,
+    budget_s: float = 0.0,
 ) -> None:
     """Tune function: one TorchTrainer run with this trial's parameters; metrics go to Tune.
 
@@ -115,7 +121,8 @@ def run_trial(
         config: the trial's {"params": {dotted key: value}}.
         base: the sweep's run, every trial's starting point.
         trials_dir: where the trials' runs go.
-        budget: million patch-forwards each trial spends (`sweep.budget`); 0 = optim.epochs.
+        budget: million patch-forwards each trial spends (`sweep.budget`); 0 = none.
+        budget_s: seconds each trial trains (`sweep.budget_s`); 0 = none. Neither: optim.epochs.
     """
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -129,6 +136,7 @@ def run_trial(
     cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_minutes = 0, 0.0  # nor checkpoints
     if budget > 0:
         cfg.optim.max_steps = budget_steps(budget, cfg.optim.batch_size, cfg.patches.num_patches)
+    cfg.optim.budget_s = budget_s  # `pretrain` times this trial's step and sets its steps
     pretrain(cfg, callbacks=[TuneReportCallback()])
 
 
@@ -152,7 +160,8 @@ def searcher(sweep: SweepConfig) -> Any:
         ) from None
     from ray.tune.search.optuna import OptunaSearch
 
-    return OptunaSearch(sampler=optuna.samplers.TPESampler(seed=sweep.seed))
+    sampler = optuna.samplers.TPESampler(seed=sweep.seed, n_startup_trials=sweep.random_trials)
+    return OptunaSearch(sampler=sampler)
 
 
 def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
@@ -166,10 +175,16 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
     if sweep.scheduler not in ("asha", "fifo"):
         raise ConfigError(f"sweep.scheduler {sweep.scheduler!r}; choose asha or fifo")
     search_alg = searcher(sweep)
-    if sweep.budget < 0 or not 0 < sweep.grace_fraction <= 1:
+    if sweep.budget < 0 or sweep.budget_s < 0 or not 0 < sweep.grace_fraction <= 1:
         raise ConfigError(
-            f"sweep.budget={sweep.budget} / sweep.grace_fraction={sweep.grace_fraction}: the "
-            "budget is >= 0 million patch-forwards (0: optim.epochs), the fraction in (0, 1]"
+            f"sweep.budget={sweep.budget} / sweep.budget_s={sweep.budget_s} / "
+            f"sweep.grace_fraction={sweep.grace_fraction}: budgets are >= 0 (million "
+            "patch-forwards, seconds; 0: none), the fraction in (0, 1]"
+        )
+    if sweep.budget and sweep.budget_s:
+        raise ConfigError(
+            f"sweep.budget={sweep.budget} and sweep.budget_s={sweep.budget_s}: give trials "
+            "one budget, patch-forwards or seconds (set the other to 0)"
         )
     if cfg.eval.monitor_test <= 0:
         raise ConfigError("sweeps rank trials by the online kNN: set eval.monitor_test > 0")
@@ -188,19 +203,21 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
             base=base,
             trials_dir=storage.join(sweep_dir, "trials"),
             budget=sweep.budget,
+            budget_s=sweep.budget_s,
         ),
         trial_on_head(sweep.trial_cpus),
     )
     if tune.Tuner.can_restore(sweep_dir):
         # Finished trials keep their results; unfinished and errored ones run again.
         return tune.Tuner.restore(sweep_dir, trainable, resume_errored=True), sweep_dir
-    # ASHA's clock: patch-forwards spent, rungs at fractions of the budget (else epochs).
-    budgeted = sweep.budget > 0
+    # ASHA's clock: the percent of its budget a trial has spent, rungs at fractions of it
+    # (else epochs).
+    budgeted = budgeted_sweep(sweep)
     scheduler = (
         ASHAScheduler(
-            time_attr="patch_forwards" if budgeted else "epoch",
-            max_t=round(sweep.budget * 1e6) if budgeted else cfg.optim.epochs,
-            grace_period=max(1, round(sweep.grace_fraction * sweep.budget * 1e6))
+            time_attr="run_percent" if budgeted else "epoch",
+            max_t=100 if budgeted else cfg.optim.epochs,
+            grace_period=max(1, round(100 * sweep.grace_fraction))
             if budgeted
             else sweep.grace_period,
             reduction_factor=sweep.reduction_factor,
@@ -225,7 +242,7 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
             storage_path=root,
             verbose=0,
             callbacks=[
-                TrialConsole(list(sweep.space), sweep.objective, cfg.optim.epochs, sweep.budget)
+                TrialConsole(list(sweep.space), sweep.objective, cfg.optim.epochs, budgeted)
             ],
             # A trial whose run fails (its trainers' node lost) runs again: `pretrain` resumes
             # it from the trial's newest checkpoint.
@@ -235,8 +252,13 @@ def build_tuner(cfg: TuneJobConfig) -> tuple[tune.Tuner, str]:
     return tuner, sweep_dir
 
 
+def budgeted_sweep(sweep: SweepConfig) -> bool:
+    """Whether the sweep's trials spend an equal budget (patch-forwards or seconds)."""
+    return sweep.budget > 0 or sweep.budget_s > 0
+
+
 def trial_table(
-    results: tune.ResultGrid, objective: str, budget: float = 0.0
+    results: tune.ResultGrid, objective: str, budgeted: bool = False
 ) -> list[dict[str, Any]]:
     """One row per trial: its short id, parameters, objective, epochs run, compute spent (and
     the fraction of the budget, with one); best first."""
@@ -252,7 +274,7 @@ def trial_table(
                 "knn_acc": m.get("knn_acc", math.nan),
                 "epochs": m.get("epoch", 0),
                 "patch_forwards": spent,
-                **({"budget_spent": spent / (budget * 1e6)} if budget > 0 else {}),
+                **({"budget_spent": m.get("run_percent", 0) / 100} if budgeted else {}),
                 "time_s": m.get("time_total_s", math.nan),
                 "loss": m.get("loss", math.nan),
                 "error": None if r.error is None else type(r.error).__name__,
@@ -268,9 +290,9 @@ class TrialConsole(tune.Callback):
     trials with their latest epoch figures, redrawn at each epoch report on a terminal, or one
     plain line per report in a job log; a line when a trial ends early or fails."""
 
-    def __init__(self, space: list[str], objective: str, epochs: int, budget: float = 0.0) -> None:
+    def __init__(self, space: list[str], objective: str, epochs: int, budgeted: bool) -> None:
         self.space, self.objective, self.epochs = space, objective, epochs
-        self.budget = budget * 1e6  # patch-forwards per trial; 0: trials count epochs
+        self.budget = budgeted  # trials spend a budget (else they count epochs)
         self.rows: dict[str, dict[str, Any]] = {}
         self.drawn = 0  # lines of the table now on screen
 
@@ -281,7 +303,7 @@ class TrialConsole(tune.Callback):
             return
         params = {k: v for k, v in (trial.config or {}).get("params", {}).items()}
         progress = (
-            f"{result.get('patch_forwards', 0) / self.budget:.0%} of budget"
+            f"{result.get('run_percent', 0):.0f}% of budget"
             if self.budget
             else f"{result.get('epoch', 0)}/{self.epochs}"
         )
@@ -315,9 +337,9 @@ class TrialConsole(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
         if self.budget:
-            spent = last.get("patch_forwards", 0) / self.budget
-            if spent < 0.99:  # a trial spends its budget within half a step
-                self.say(f"trial {trial.trial_id} stopped early by the scheduler at {spent:.0%}")
+            spent = last.get("run_percent", 0)
+            if spent < 99.9:  # a trial that ran its steps is at 100
+                self.say(f"trial {trial.trial_id} stopped early by the scheduler at {spent:.0f}%")
             return
         epochs = last.get("epoch", 0)
         if epochs < self.epochs:

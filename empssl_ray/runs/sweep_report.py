@@ -54,32 +54,42 @@ def write_best_yaml(best_cfg: Any, sweep: str, objective: str, value: float, loc
     storage.write_text(location, header + body)
 
 
-def plot_sweep(rows: list[dict[str, Any]], objective: str, location: str) -> str:
-    """Two panels: objective vs num_patches, objective vs compute (patch-forwards)."""
+def plot_sweep(
+    rows: list[dict[str, Any]], objective: str, location: str, params: list[str] | None = None
+) -> str:
+    """One panel per searched parameter (objective against its value; log axis for values
+    spanning more than a decade), and one of the objective against patch-forwards spent."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ok = [r for r in rows if isinstance(r.get(objective), float) and math.isfinite(r[objective])]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    patches = [r.get("patches.num_patches") for r in ok]
-    if all(p is not None for p in patches):
-        axes[0].scatter(patches, [r[objective] for r in ok])
-        axes[0].set_xlabel("num_patches")
-    else:
-        axes[0].text(0.5, 0.5, "num_patches not searched", ha="center", transform=axes[0].transAxes)
-    axes[1].scatter(
-        [r["patch_forwards"] for r in ok],
-        [r[objective] for r in ok],
-        c=[r["epochs"] for r in ok],
-        cmap="viridis",
-    )
-    axes[1].set_xlabel("patch-forwards spent")
-    for ax in axes:
+    params = params if params is not None else ["patches.num_patches"]
+    cols = min(4, len(params) + 1)
+    nrows = -(-(len(params) + 1) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 3.2 * nrows), squeeze=False)
+    flat = list(axes.flat)
+    values = [r[objective] for r in ok]
+    epochs = [r.get("epochs", 0) for r in ok]
+    for ax, key in zip(flat, params, strict=False):
+        if not ok or any(not isinstance(r.get(key), (int, float)) for r in ok):
+            ax.text(0.5, 0.5, f"{key} not searched", ha="center", transform=ax.transAxes)
+            continue
+        xs = [float(r[key]) for r in ok]
+        ax.scatter(xs, values, c=epochs, cmap="viridis")
+        if min(xs) > 0 and max(xs) / min(xs) > 10:
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+    spent = flat[len(params)]
+    spent.scatter([r["patch_forwards"] for r in ok], values, c=epochs, cmap="viridis")
+    spent.set_xlabel("patch-forwards spent")
+    for ax in flat[: len(params) + 1]:
         ax.set_ylabel(objective)
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{len(ok)} trials (colour: epochs run before the end or an early stop)")
+    for ax in flat[len(params) + 1 :]:
+        ax.axis("off")
+    fig.suptitle(f"{len(ok)} trials (colour: epochs begun before the end or an early stop)")
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=90)
