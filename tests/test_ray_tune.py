@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 
 import pandas as pd
 import pytest
@@ -138,18 +139,25 @@ def test_each_trial_is_a_tracked_run_of_the_sweeps_experiment(sweep, mlflow_serv
 
 def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:
     from empssl_ray.config import PretrainConfig
+    from empssl_ray.on_ray.tune import budget_steps
     from empssl_ray.runs.metrics import read_metrics
     from jobs.pretrain import main
 
-    _, out, _ = sweep
+    sweep_cfg, out, _ = sweep
     # Hydra reads config folders from local disk: fetch it first, as its header says.
     best = storage.read_text(out["best_yaml"])
     assert "after copying s3://" in best
     (tmp_path / "best.yaml").write_text(best)
+    as_found = compose("best", [], config_dir=str(tmp_path), schema=PretrainConfig)
+    # The winner's length is the budget it won at: its own steps.
+    assert as_found.optim.max_steps == budget_steps(
+        sweep_cfg.sweep.budget, as_found.optim.batch_size, as_found.patches.num_patches
+    )
     cfg = compose(
         "best",
         [
             f"run.storage_path={tmp_path}",
+            "optim.max_steps=0",  # one epoch, to be quick
             "optim.epochs=1",
             "run.evaluate=false",
             "ray.num_workers=0",
@@ -162,6 +170,54 @@ def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:
     assert [
         r["epoch"] for r in read_metrics(str(tmp_path / cfg.run.name)) if r["kind"] == "epoch"
     ] == [1]
+
+
+def test_trials_of_equal_seconds_train_the_steps_their_own_step_time_allows(
+    ray_session, tmp_path
+) -> None:
+    """Two widths, 4 s of training each: the narrow model's step is cheaper, so it trains more
+    steps; each trial's steps are its budget over its measured step time, its schedule ends
+    there, and the table says each spent its whole budget."""
+    from empssl_ray.method.step_budget import PLAN_FILE
+    from empssl_ray.runs.checkpoints import latest_checkpoint, load_checkpoint
+    from jobs.tune import main
+
+    cfg = compose(
+        "tune",
+        [
+            "experiment=smoke",  # tune-demo's trial resources, another space and budget
+            "ray.num_workers=1",
+            "ray.cpus_per_worker=0.5",
+            "ray.patches_on_trainer=true",
+            "ray.max_failures=0",
+            "data.train_limit=4096",  # epochs of 64 steps: a few monitor reports, not dozens
+            f"sweep.storage_path={tmp_path}",
+            "sweep.name=seconds",
+            "sweep.budget_s=4",
+            "sweep.scheduler=fifo",
+            "sweep.num_samples=1",
+            "sweep.max_concurrent_trials=1",
+            "run.progress=false",
+            "+sweep.space={model.width: {kind: grid, values: [4, 16]}}",
+        ],
+    )
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):
+        out = main(cfg)
+    rows = {row["model.width"]: row for row in out["rows"]}
+    assert sorted(rows) == [4, 16] and all(r["error"] is None for r in rows.values())
+    steps = {}
+    for width, row in rows.items():
+        run = tmp_path / "seconds" / "trials" / f"trial-{row['trial']}"
+        plan = json.loads((run / PLAN_FILE).read_text())
+        assert plan["seconds"] == 4 and plan["steps"] == max(1, int(4 / plan["step_s"]))
+        state = load_checkpoint(latest_checkpoint(str(run)))
+        assert state["step"] == plan["steps"]  # it trained its plan
+        assert max(state["scheduler"]["_last_lr"]) == 0.0  # and its cosine ended there
+        assert row["budget_spent"] == pytest.approx(1.0)
+        steps[width] = plan["steps"]
+    assert steps[4] > steps[16], steps  # equal seconds buy the cheaper model more steps
+    assert "time_s" in console.getvalue()  # the final table shows each trial's time
 
 
 def test_rerunning_the_sweep_resumes_without_rerunning_trials(sweep) -> None:
