@@ -43,9 +43,10 @@ def test_cifar10_cpu_recipe_beats_random_init_by_10_points(tmp_path: Path) -> No
 
 # The tuned recipe's linear probe on the full test set as docs/benchmarks.md reports it (one
 # run, seed 1): a rerun must stay within a few points of it.
-TUNED_PROBE_ACC = 0.0
+TUNED_PROBE_ACC = 0.6053
 
 
+@pytest.mark.timeout(1800)  # about 15 minutes, evaluation of all 60,000 images included
 def test_cifar10_cpu_tuned_recipe_holds_its_documented_figure(tmp_path: Path) -> None:
     import time
 
