@@ -84,6 +84,10 @@ def test_a_checkpoint_whose_position_did_not_arrive_whole_is_passed_over(tmp_pat
     (folders[1] / POSITION_FILE).write_bytes(blob)  # arrived, but progress.json has not
     (folders[1] / PROGRESS_FILE).unlink()
     assert resume_point(str(tmp_path)) == ResumePoint(str(folders[0] / "checkpoint.pt"), 0, 2)
+    # Only the weights arrived (the drill of three losses once resumed such weights of step 4
+    # from the epoch's start): they say a position belongs beside them, so they wait too.
+    (folders[1] / POSITION_FILE).unlink()
+    assert resume_point(str(tmp_path)) == ResumePoint(str(folders[0] / "checkpoint.pt"), 0, 2)
 
 
 def test_pruning_keeps_the_newest_complete_checkpoints_of_every_fit(tmp_path: Path) -> None:

@@ -84,7 +84,9 @@ def save_checkpoint(
     size (Ray uploads the files independently: the size tells a complete checkpoint file from
     one cut off by a failure)."""
     path = storage.join(folder, CHECKPOINT_FILE)
-    torch.save(state, path)
+    # The weights say they have a position beside them: arrived without it and without their
+    # progress file (a node lost mid-upload), they are not taken for an older checkpoint.
+    torch.save({**state, "saved_with_position": position is not None}, path)
     progress = {"epoch": state["epoch"], "step": state["step"], "bytes": os.path.getsize(path)}
     if position is not None:  # its size too: a checkpoint without its position is not complete
         torch.save(position, storage.join(folder, POSITION_FILE))
@@ -154,6 +156,9 @@ def newest_complete(files: list[str]) -> ResumePoint:
                 raise
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
                 continue  # cut off
+            if state.get("saved_with_position"):
+                continue  # its position and progress have not arrived: resuming it from the
+                # epoch's start would train rows twice
             return ResumePoint(location, int(state["epoch"]), int(state["step"]))
         except (OSError, ValueError, KeyError):  # the progress file itself was cut off
             continue
