@@ -4,8 +4,10 @@ Ray Data sizes the actor pool from a budget of CPUs, GPUs and memory and does no
 resources such as `augment`: it would count a GPU node's spare CPUs as room for actors that can
 only run on augment nodes, and an actor that can never be placed waits in PENDING_CREATION,
 where it also stops the pool from shrinking. So the pool's upper bound is cut, at the run's
-start, to what the cluster can hold: the autoscaler's node types at their `max_workers` (which
-it reports to Ray), or, on a cluster no node will join, the nodes there are.
+start, to what the cluster can hold: the node types at their `max_workers` where Ray has them on
+record (Ray 2.60's launcher autoscaler leaves that record empty: there, the shipped configs'
+capacity check is the guard, docs/cluster.md), or, on a cluster no node will join, the nodes
+there are.
 """
 
 from __future__ import annotations

@@ -216,15 +216,6 @@ def watch_a_run(work: Path, data: str, store: str, gcs_port: int, dash_port: int
     wait_for(lambda: job_client(address) is not None, 90, "the head's jobs API")
     client = job_client(address)
     ray.init(address=f"127.0.0.1:{gcs_port}", logging_level=logging.ERROR)
-    # The node types the autoscaler reports to Ray, as a job's preflight reads them to cap the
-    # actor pool (on_ray/session.py).
-    from empssl_ray.on_ray.session import autoscaler_node_types
-    from empssl_ray.pool_cap import pool_capacity
-
-    wait_for(lambda: autoscaler_node_types() is not None, 90, "the autoscaler's node types")
-    node_types = autoscaler_node_types() or []
-    ask = {"CPU": 0.5, "augment": 1}  # the run's augmentation actor, below
-    pool_most = pool_capacity(ask, [n["Resources"] for n in ray.nodes() if n["Alive"]], node_types)
     flag = work / "slow-augmentation"
     flag.touch()
     job_id = submit(
@@ -257,7 +248,6 @@ def watch_a_run(work: Path, data: str, store: str, gcs_port: int, dash_port: int
         },
     )
     seen: dict = {"samples": [], "pending_since": {}, "longest_pending_s": 0.0}
-    seen.update(node_types=node_types, pool_capacity=pool_most)
     seen.update(infeasible={}, pending_asks=[], actor_states=[])
     states: dict[str, str] = {}
 

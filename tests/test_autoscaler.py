@@ -73,11 +73,3 @@ def test_idle_augment_nodes_go_during_the_run_and_all_nodes_after_it(scenario: d
     assert min(s["augment_nodes"] for s in after) < max(s["augment_nodes"] for s in before)
     last = samples[-1]
     assert last["augment_nodes"] == last["trainer_nodes"] == 0, last
-
-
-def test_the_pool_cap_is_read_from_the_autoscalers_node_types(scenario: dict) -> None:
-    from tests.autoscaler_scenario import MOST_NODES, SCALED
-
-    # What a job's preflight caps ray.aug_max_actors to: 3 augment nodes of 2 actors at most
-    # (the augment type's max_workers), though none is up when it is read.
-    assert scenario["pool_capacity"] == MOST_NODES["augment"] * SCALED["augment"]
