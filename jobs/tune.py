@@ -17,9 +17,9 @@ from empssl_ray.launch import start
 from empssl_ray.on_ray.session import init_ray, preflight
 from empssl_ray.on_ray.tune import (
     apply_overrides,
-    budget_steps,
     budgeted_sweep,
     build_tuner,
+    set_budget,
     trial_table,
 )
 from empssl_ray.runs.metrics import format_table
@@ -44,11 +44,7 @@ def main(cfg: TuneJobConfig) -> dict[str, Any]:
         best_cfg = apply_overrides(cfg.pretrain_config(), (best.config or {})["params"])
         best_cfg.run.name = f"{cfg.sweep.name}-best"
         # The winner's own length: the budget it was found at (steps, or seconds to time).
-        if cfg.sweep.budget > 0:
-            best_cfg.optim.max_steps = budget_steps(
-                cfg.sweep.budget, best_cfg.optim.batch_size, best_cfg.patches.num_patches
-            )
-        best_cfg.optim.budget_s = cfg.sweep.budget_s
+        set_budget(best_cfg, cfg.sweep.budget, cfg.sweep.budget_s)
         path = storage.join(sweep_dir, "best.yaml")
         write_best_yaml(best_cfg, cfg.sweep.name, objective, best.metrics[objective], path)
         outputs["best_yaml"] = path

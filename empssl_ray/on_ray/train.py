@@ -294,6 +294,13 @@ def fit_and_release(trainer: TorchTrainer) -> ray.train.Result:
             signal.signal(signal.SIGINT, handler)
 
 
+def say(board: Any, text: str) -> None:
+    """A line of the run's own: on the driver's console board, or printed without one."""
+    if board is None:
+        print(f"empssl-ray: {text}", flush=True)
+    post(board, {"kind": "note", "text": text})
+
+
 def pretrain(
     cfg: PretrainConfig,
     callbacks: list | None = None,
@@ -314,9 +321,7 @@ def pretrain(
     info = splits.train.info
     cfg, plan = plan_steps(cfg, info.channels, info.image_size, run_dir)  # optim.budget_s
     if plan is not None:
-        if board is None:
-            print(f"empssl-ray: {plan}", flush=True)
-        post(board, {"kind": "note", "text": plan})
+        say(board, plan)
     failures, started_at = 0, resume_point(run_dir).step
     while True:
         try:
@@ -359,8 +364,5 @@ def pretrain(
             )
             failed = f"{who} failed" if who else "a training worker failed"
             after = f" in {pause:.0f} s" if pause else ""
-            note = f"{failed} ({reason}); restarting{after} from {where} ({budget})"
-            if board is None:
-                print(f"empssl-ray: {note}", flush=True)
-            post(board, {"kind": "note", "text": note})
+            say(board, f"{failed} ({reason}); restarting{after} from {where} ({budget})")
             time.sleep(pause)

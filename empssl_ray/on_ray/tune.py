@@ -45,6 +45,15 @@ def budget_steps(budget: float, batch_size: int, num_patches: int) -> int:
     return max(1, round(budget * 1e6 / (batch_size * num_patches)))
 
 
+def set_budget(cfg: PretrainConfig, budget: float, budget_s: float) -> None:
+    """Gives a trial's config (in place) its share of the sweep's budget: `optim.max_steps` for
+    `budget` million patch-forwards, or `optim.budget_s` for `pretrain` to turn into steps from
+    the trial's own step time; neither (both 0) leaves `optim.epochs`."""
+    if budget > 0:
+        cfg.optim.max_steps = budget_steps(budget, cfg.optim.batch_size, cfg.patches.num_patches)
+    cfg.optim.budget_s = budget_s
+
+
 def validate_space(space: dict[str, SearchParam]) -> None:
     """Rejects a search space that cannot work, before any trial starts (ConfigError, one line)."""
     if not space:
@@ -134,9 +143,7 @@ def run_trial(
     cfg.run.evaluate = False
     cfg.run.log_every_steps = 0  # Tune sees epoch reports only: every one carries the objective
     cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_minutes = 0, 0.0  # nor checkpoints
-    if budget > 0:
-        cfg.optim.max_steps = budget_steps(budget, cfg.optim.batch_size, cfg.patches.num_patches)
-    cfg.optim.budget_s = budget_s  # `pretrain` times this trial's step and sets its steps
+    set_budget(cfg, budget, budget_s)
     pretrain(cfg, callbacks=[TuneReportCallback()])
 
 
