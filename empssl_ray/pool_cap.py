@@ -4,10 +4,9 @@ Ray Data sizes the actor pool from a budget of CPUs, GPUs and memory and does no
 resources such as `augment`: it would count a GPU node's spare CPUs as room for actors that can
 only run on augment nodes, and an actor that can never be placed waits in PENDING_CREATION,
 where it also stops the pool from shrinking. So the pool's upper bound is cut, at the run's
-start, to what the cluster can hold: the node types at their `max_workers` where Ray has them on
-record (Ray 2.60's launcher autoscaler leaves that record empty: there, the shipped configs'
-capacity check is the guard, docs/cluster.md), or, on a cluster no node will join, the nodes
-there are.
+start, to what the cluster can hold: the node types at their `max_workers` (from Ray's record,
+or from the autoscaling config a launcher head runs with), or, on a cluster no node will join,
+the nodes there are.
 """
 
 from __future__ import annotations
@@ -51,6 +50,27 @@ def pool_capacity(
     if node_types is None:
         return alive
     return max(alive, sum(count * actors_on(res, ask) for res, count in node_types))
+
+
+def launcher_node_types(autoscaling: Mapping) -> list[tuple[dict[str, float], int]]:
+    """The node types of a cluster launcher's autoscaling config (`available_node_types`), as
+    (resources, max_count). A type's count is its `max_workers`, at most the cluster's; the head
+    type is one node more (it runs beside its workers).
+
+    Args:
+        autoscaling: the parsed YAML a launcher head runs its autoscaler with.
+    """
+    cluster_max = autoscaling.get("max_workers")
+    head = autoscaling.get("head_node_type")
+    types = []
+    for name, spec in (autoscaling.get("available_node_types") or {}).items():
+        count = spec.get("max_workers", cluster_max or 0)
+        if cluster_max is not None:
+            count = min(count, cluster_max)
+        count += name == head
+        resources = {k: float(v) for k, v in (spec.get("resources") or {}).items()}
+        types.append((resources, int(count)))
+    return types
 
 
 def cap_pool(ray_cfg: RayConfig, capacity: int | None) -> str | None:

@@ -17,9 +17,11 @@ must finish. Prints one JSON line of what it saw; every process it starts is sto
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,7 +42,13 @@ PENDING = ("DEPENDENCIES_UNREADY", "PENDING_CREATION")
 WAIT_AFTER_RUN_S = 180
 # What one fake node of a type may hold on 2 cores; keys absent here keep the shipped value.
 SCALED = {"CPU": 2, "GPU": 1, "trainer": 1, "augment": 2, "memory": 2 * 1024**3}
-MOST_NODES = {"trainer": 1, "augment": 3}
+MOST_NODES = {"trainer": 1, "augment": 2}
+# More actors than the augment nodes hold (2 nodes x 2): the job's preflight must cap the pool
+# from the autoscaling config the head runs with.
+ASKED_ACTORS, HELD_ACTORS = 6, 4
+CAP_LINE = f"ray.aug_max_actors={ASKED_ACTORS} lowered to {HELD_ACTORS}"
+# How Ray's autoscaler names a request it does not place: the request's shapes, each `{..}*n`.
+UNPLACED = re.compile(r"No available node types can fulfill [^{]*((?:\{[^{}]*\}\*\d+(?:, )?)+)")
 T0 = time.time()
 
 
@@ -173,6 +181,7 @@ def main(work: Path, data: str, store: str, shipped: Path) -> dict:
     seen: dict = {"node_types": yaml.safe_load(config.read_text())["available_node_types"]}
     try:
         seen.update(watch_a_run(work, data, store, gcs_port, dash_port))
+        seen["autoscaler_unplaced"] = unplaced_shapes(Path(temp_dir))
     finally:
         import ray
 
@@ -180,6 +189,20 @@ def main(work: Path, data: str, store: str, shipped: Path) -> dict:
         stop_tree(head, temp_dir)
         log("cluster stopped")
     return seen
+
+
+def unplaced_shapes(temp_dir: Path) -> list[dict]:
+    """Every request shape the autoscaler logged as one it could not place (its events and
+    logs under the head's temp dir), once each."""
+    shapes: list[dict] = []
+    for path in temp_dir.glob("session_*/logs/**/*"):
+        if not path.is_file():
+            continue
+        for found in UNPLACED.finditer(path.read_text(errors="replace")):
+            for shape in re.findall(r"\{[^{}]*\}", found.group(1)):
+                if (parsed := ast.literal_eval(shape)) not in shapes:
+                    shapes.append(parsed)
+    return shapes
 
 
 def infeasible_requests(gcs_address: str) -> dict[str, list[dict]]:
@@ -234,7 +257,7 @@ def watch_a_run(work: Path, data: str, store: str, gcs_port: int, dash_port: int
         "++ray.trainer_resources={trainer: 1}",
         "++ray.aug_resources={augment: 1}",
         "ray.aug_min_actors=1",
-        "ray.aug_max_actors=4",
+        f"ray.aug_max_actors={ASKED_ACTORS}",
         "ray.aug_cpus_per_actor=0.5",
         "ray.aug_batch_size=4",
         "eval.monitor_test=0",
@@ -306,6 +329,7 @@ def watch_a_run(work: Path, data: str, store: str, gcs_port: int, dash_port: int
     logs = client.get_job_logs(job_id)
     seen["job_logs"] = logs[-8000:]
     seen["infeasible_in_logs"] = "infeasible" in logs.lower()
+    seen["pool_capped"] = CAP_LINE in logs
     log(f"job {seen['job_status']}")
     # After the run, the idle nodes go: the idle timeout, plus Ray Data's last resource request
     # expiring where the run's end did not cancel it.

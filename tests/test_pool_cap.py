@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from empssl_ray.config import ConfigError, RayConfig
-from empssl_ray.pool_cap import actor_ask, actors_on, cap_pool, pool_capacity
+from empssl_ray.pool_cap import (
+    actor_ask,
+    actors_on,
+    cap_pool,
+    launcher_node_types,
+    pool_capacity,
+)
 
 AUGMENT = {"CPU": 0.5, "augment": 1.0}
 
@@ -50,3 +60,34 @@ def test_an_embedded_ray_holds_what_its_cores_leave_beside_the_trainers(monkeypa
     assert capacity == 2  # (2 CPUs - 0.75 held) / 0.5 each
     monkeypatch.setattr(session, "_started_here", False)
     assert session.cluster_pool_capacity(cfg) is None  # joined: nodes may join by hand
+
+
+def test_a_launcher_config_gives_its_node_types_at_their_most() -> None:
+    import yaml
+
+    shipped = yaml.safe_load(Path(__file__).parents[1].joinpath("cluster/aws.yaml").read_text())
+    types = launcher_node_types(shipped)
+    assert ({"CPU": 16.0, "augment": 14.0, "memory": 21474836480.0}, 4) in types
+    # The head type sets no max_workers: Ray's default is the cluster's 8, plus the head.
+    assert ({"CPU": 0.0}, 9) in types
+    ask = actor_ask(RayConfig(aug_cpus_per_actor=1.0, aug_resources={"augment": 1}))
+    assert pool_capacity(ask, [], types) == 56  # 4 augment nodes of 14 (docs/cluster.md)
+    capped = {**shipped, "max_workers": 2}  # the cluster's limit bounds every type
+    assert pool_capacity(ask, [], launcher_node_types(capped)) == 28
+
+
+def test_the_autoscaling_config_is_found_by_the_gcs_port_its_monitor_serves(tmp_path) -> None:
+    from empssl_ray.on_ray import session
+
+    config = tmp_path / "autoscaling.yaml"
+    config.write_text("available_node_types: {}\n")
+    # A stand-in for the head's monitor process: only its command line matters.
+    args = ["--gcs-address=127.0.0.1:40123", f"--autoscaling-config={config}"]
+    monitor = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+    try:
+        assert session.autoscaling_config_path("10.0.0.5:40123") == config
+        other = session.autoscaling_config_path("127.0.0.1:40124")
+        assert other is None or other == session.BOOTSTRAP_CONFIG  # not another cluster's
+    finally:
+        monitor.kill()
+        monitor.wait()

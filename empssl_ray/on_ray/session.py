@@ -4,17 +4,21 @@ makes once Ray is up (where the job reads and writes, whether its CPUs can ever 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import ray
+import yaml
 
 from empssl_ray.config import PretrainConfig
 from empssl_ray.console import verbose_wanted
 from empssl_ray.on_ray.logs import quiet_ray, silence_driver
-from empssl_ray.pool_cap import actor_ask, cap_pool, pool_capacity
+from empssl_ray.pool_cap import actor_ask, cap_pool, launcher_node_types, pool_capacity
 from empssl_ray.rules import check_capacity, check_locations
 
 # Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint.
 JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+# Where `ray up` puts the autoscaling config on the head it starts.
+BOOTSTRAP_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
 
 
 _started_here = False  # init_ray started an embedded Ray: no node will join it
@@ -66,14 +70,41 @@ def preflight(
 
 def autoscaler_node_types() -> list[tuple[dict[str, float], int]] | None:
     """The node types the cluster's autoscaler may launch, as (resources, max_count), or None
-    without an autoscaler. (Ray keeps them in the GCS; Ray Data reads them the same way.)"""
+    without an autoscaler: Ray's record in the GCS (the one Ray Data reads), else the config a
+    launcher head's autoscaler runs with (Ray 2.60's launcher leaves the record empty)."""
     try:
         config = ray._private.state.state.get_cluster_config()
-    except Exception:  # an older or newer Ray without it: no cap from node types
+    except Exception:  # an older or newer Ray without it: the launcher's config, if any
+        config = None
+    if config is not None and config.node_group_configs:
+        return [(dict(g.resources), g.max_count) for g in config.node_group_configs]
+    path = autoscaling_config_path(ray.get_runtime_context().gcs_address)
+    if path is None:
         return None
-    if config is None or not config.node_group_configs:
-        return None
-    return [(dict(g.resources), g.max_count) for g in config.node_group_configs]
+    try:
+        return launcher_node_types(yaml.safe_load(path.read_text()) or {})
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return None  # unreadable or not a launcher config: no cap, as without one
+
+
+def autoscaling_config_path(gcs_address: str) -> Path | None:
+    """The autoscaling config of this cluster's autoscaler where it runs on this node (the head,
+    where a `ray job submit` entrypoint runs): the `--autoscaling-config` of the monitor process
+    that serves this cluster's GCS port, else `ray up`'s copy on the head; None elsewhere."""
+    port = gcs_address.rsplit(":", 1)[-1].encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        if not any(a.startswith(b"--gcs-address=") and a.endswith(b":" + port) for a in args):
+            continue
+        for arg in args:
+            if arg.startswith(b"--autoscaling-config="):
+                path = Path(arg.split(b"=", 1)[1].decode()).expanduser()
+                if path.is_file():
+                    return path
+    return BOOTSTRAP_CONFIG if BOOTSTRAP_CONFIG.is_file() else None
 
 
 def cluster_pool_capacity(cfg: PretrainConfig) -> int | None:
