@@ -38,6 +38,11 @@ class DataConfig:
     num_classes: int | None = None
     # imagefolder/parquet: side in pixels images are resized to; None = as stored
     image_size: int | None = None
+    # imagefolder/parquet: images keep their aspect ratio and resolution up to image_size: each
+    # is scaled down only where its longer side exceeds image_size, letterboxed in an
+    # image_size x image_size canvas, and crops are drawn on its own extent (the reference's
+    # ImageNet path, crops from the original images); false = squashed to image_size x image_size
+    keep_aspect: bool = False
     # "error" stops naming the file/row; "skip" drops it and counts it in metrics
     on_bad_image: str = "error"
 

@@ -392,14 +392,14 @@ def test_registry_names() -> None:
 
 def test_decode_images_directly() -> None:
     rgb = encode(np.full((5, 5, 3), (90, 60, 30), np.uint8))
-    x, keep = decode_images([rgb, b"nope"], ["one", "two"], channels=1, size=None, on_bad="skip")
+    x, keep, _ = decode_images([rgb, b"nope"], ["one", "two"], channels=1, size=None, on_bad="skip")
     assert x.shape == (1, 1, 5, 5) and keep.tolist() == [True, False]
     assert abs(int(x[0, 0, 0, 0]) - 66) <= 1  # ITU-R 601 luma of (90, 60, 30)
     with pytest.raises(DatasetError, match=r"^two is not a readable image"):
         decode_images([rgb, b"nope"], ["one", "two"], channels=3, size=None, on_bad="error")
     with pytest.raises(DatasetError, match=r"on_bad_image='drop'"):
         decode_images([rgb], ["one"], channels=3, size=None, on_bad="drop")
-    x, keep = decode_images([], [], channels=3, size=4, on_bad="error")
+    x, keep, _ = decode_images([], [], channels=3, size=4, on_bad="error")
     assert x.shape == (0, 3, 4, 4) and keep.shape == (0,)
 
 

@@ -4,7 +4,9 @@ This is how a dataset gets where every node of a cluster can stream it: `data=pa
 data.root=<out>` reads the result back. Layout: `<out>/<split>/part-NNNNN.parquet`, columns
 `image` (PNG bytes: lossless, so pixels round-trip exactly) and `label` (int64); a grayscale
 dataset records `empssl.channels=1` in the schema metadata so it is read back as one channel.
-Training rows are written in a shuffled order.
+Training rows are written in a shuffled order. With `data.keep_aspect=true` each image keeps its
+own shape and its resolution up to `data.image_size` on its longer side (read it back with the
+same two settings).
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ def encoded_rows(
     pieces = split_slices(dataset, ROW_GROUP_ROWS)
     for block, seed in epoch_plan(pieces, ROW_GROUP_ROWS, shuffle_seed, epoch=0):
         rows, _ = load_pieces(block, dataset, seed)
-        for image, label in zip(rows["image"], rows["label"], strict=True):
+        extents = rows.get("extent")  # letterboxed (data.keep_aspect): store the image's pixels
+        for k, (image, label) in enumerate(zip(rows["image"], rows["label"], strict=True)):
+            if extents is not None:
+                image = image[:, : extents[k][0], : extents[k][1]]
             yield encode_png(image), int(label)
         bar.update(sum(stop - start for _, start, stop, _ in block))
 

@@ -81,25 +81,31 @@ def load_pieces(
     shuffle_seed: int | None,
     drop_ids: np.ndarray | None = None,
 ) -> tuple[dict[str, np.ndarray], int]:
-    """Task body: one block's pieces -> rows of image (N, C, H, W) uint8, label, id, and the
-    count of bad images skipped (data.on_bad_image=skip; the caller counts them where it can).
+    """Task body: one block's pieces -> rows of image (N, C, H, W) uint8, label, id (and extent
+    (N, 2) where the dataset keeps aspect ratios), and the count of bad images skipped
+    (data.on_bad_image=skip; the caller counts them where it can).
 
     `id` is the row's position in the split (skipped bad rows leave gaps), so an epoch's coverage
     can be checked after faults. Rows whose id is in `drop_ids` (trained before a resume) are
     left out, after the shuffle: the others keep the order they had.
     """
     images, labels, ids, skipped = [], [], [], 0
+    extents: list[np.ndarray] = []
     for i, start, stop, first in pieces:
-        x, y, bad = dataset.load_chunk(Chunk(dataset.chunks[i].source, start, stop))
+        x, y, bad, extent = dataset.load_chunk_extents(Chunk(dataset.chunks[i].source, start, stop))
         images.append(x)
         labels.append(y)
         ids.append(first + np.arange(len(y)))
+        if extent is not None:
+            extents.append(extent)
         skipped += bad
     rows = {
         "image": np.concatenate(images),
         "label": np.concatenate(labels),
         "id": np.concatenate(ids),
     }
+    if dataset.info.keep_aspect:  # where each letterboxed image's pixels are
+        rows["extent"] = np.concatenate(extents)
     if shuffle_seed is not None:
         order = np.random.default_rng(shuffle_seed).permutation(len(rows["id"]))
         rows = {k: v[order] for k, v in rows.items()}

@@ -30,6 +30,7 @@ def embed_images(
     patches: PatchConfig | None = None,
     bf16: bool = False,
     patches_per_forward: int = 0,
+    extent: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Bag-of-features: the mean pre-feature h over `num_patches` training-style patches.
 
@@ -49,6 +50,7 @@ def embed_images(
             num_patches and size are not used (T and S are the arguments).
         bf16: run the model (only the model) under bf16 autocast on images' device.
         patches_per_forward: most patches per encoder forward; 0 = all B x T at once.
+        extent: (B, 2) letterboxed images' sizes (data.keep_aspect), or None.
 
     Returns:
         (B, prefeature_dim) float32 embeddings.
@@ -64,6 +66,7 @@ def embed_images(
         cfg.interpolation,
         aspect,
         images.device,
+        extent,
     )
     most = patches_per_forward if patches_per_forward > 0 else plan.rows
     sums: torch.Tensor | None = None
@@ -112,11 +115,13 @@ def embed_dataset(
     out_device: torch.device | str = "cpu",
     patches: PatchConfig | None = None,
     patches_per_forward: int = 0,
+    extents: np.ndarray | None = None,
 ) -> torch.Tensor:
     """`embed_images` over uint8 images (N, C, H, W) in batches -> (N, D) float32 on out_device.
 
     Images may already sit on `device` (the GPU script keeps everything there); host images
     bound for a GPU travel pinned. bf16 autocast applies on CUDA only, to the model only.
+    `extents` (N, 2): letterboxed images' sizes (data.keep_aspect), or None.
     """
     from tqdm.auto import tqdm
 
@@ -142,6 +147,7 @@ def embed_dataset(
             patches,
             autocast,
             patches_per_forward,
+            None if extents is None else torch.as_tensor(extents[sl], device=device),
         )
         out.append(emb.to(out_device))
     return torch.cat(out)

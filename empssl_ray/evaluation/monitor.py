@@ -16,23 +16,28 @@ from empssl_ray.evaluation.probe import knn_accuracy
 
 def sample_split(
     dataset: ImageDataset, n: int, seed: int = 0, per_chunk: int = 50
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """About n images spread over random chunks of a split (test sets are often class-sorted).
 
     Loads only ceil(n / per_chunk) chunks, so it stays cheap on ImageNet-sized data.
 
     Returns:
-        images uint8 (m, C, H, W) and labels int64 (m,), m <= n.
+        images uint8 (m, C, H, W), labels int64 (m,), m <= n, and the letterboxed images'
+        extents (m, 2) where the dataset keeps aspect ratios, else None.
     """
     rng = np.random.default_rng(seed)
     k = min(len(dataset.chunks), max(1, math.ceil(n / per_chunk)))
     images, labels = [], []
+    extents: list[np.ndarray] = []
     for i in sorted(rng.choice(len(dataset.chunks), size=k, replace=False)):
-        x, y, _ = dataset.load_chunk(dataset.chunks[i])
+        x, y, _, extent = dataset.load_chunk_extents(dataset.chunks[i])
         pick = rng.choice(len(x), size=min(len(x), math.ceil(n / k)), replace=False)
         images.append(x[pick])
         labels.append(y[pick])
-    return np.concatenate(images)[:n], np.concatenate(labels)[:n]
+        if extent is not None:
+            extents.append(extent[pick])
+    kept = np.concatenate(extents)[:n] if extents else None
+    return np.concatenate(images)[:n], np.concatenate(labels)[:n], kept
 
 
 class KnnMonitor:
@@ -65,8 +70,9 @@ class KnnMonitor:
                 self.seed,
                 patches=self.patches,
                 patches_per_forward=self.cfg.patches_per_forward,
+                extents=extents,
             )
-            for x, _ in (self.train, self.test)
+            for x, _, extents in (self.train, self.test)
         ]
         model.train(was_training)
         return knn_accuracy(

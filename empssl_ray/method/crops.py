@@ -76,8 +76,8 @@ class Boxes:
 
 def sample_boxes(
     n: int,
-    height: int,
-    width: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
     scale: float,
     ratio: tuple[float, float],
     generator: torch.Generator | None = None,
@@ -88,6 +88,10 @@ def sample_boxes(
     As torchvision's RandomResizedCrop with scale=(scale, scale): the side lengths are rounded to
     whole pixels; a box that would not fit is clamped to the image (torchvision retries, then
     falls back to a centre crop; with the paper's quarter area and 3/4..4/3 every box fits).
+
+    Args:
+        height, width: the image's size, or each box's image's size as (n,) float tensors
+            (letterboxed images of their own sizes, all at their canvas's top left).
     """
     lo, hi = ratio
     if not 0 < lo <= hi:
@@ -98,11 +102,15 @@ def sample_boxes(
 
     area = scale * height * width
     aspect = torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * rand())
-    box_w = torch.sqrt(area * aspect).round_().clamp_(1, width)
-    box_h = torch.sqrt(area / aspect).round_().clamp_(1, height)
+    box_w = torch.minimum(torch.sqrt(area * aspect).round_().clamp_(min=1), _as(width, aspect))
+    box_h = torch.minimum(torch.sqrt(area / aspect).round_().clamp_(min=1), _as(height, aspect))
     top = (rand() * (height - box_h + 1)).floor_()
     left = (rand() * (width - box_w + 1)).floor_()
     return Boxes(top, left, box_h, box_w)
+
+
+def _as(side: int | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return side.to(like) if isinstance(side, torch.Tensor) else torch.full_like(like, side)
 
 
 def resample_boxes(

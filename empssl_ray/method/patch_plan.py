@@ -54,15 +54,26 @@ def plan_patches(
     interpolation: str,
     aspect_ratio: tuple[float, float],
     device: torch.device | str,
+    extent: torch.Tensor | None = None,
 ) -> PatchPlan:
-    """Draws the parameters of every patch of images of `shape` (B, C, H, W); see multi_patch."""
+    """Draws the parameters of every patch of images of `shape` (B, C, H, W); see multi_patch.
+
+    Args:
+        extent: (B, 2) (height, width) of each letterboxed image's pixels, or None (the whole
+            H x W). Crops are then boxes drawn on each image's own size, whatever their ratio.
+    """
     b, _, h, w = shape
-    if tuple(aspect_ratio) == (1.0, 1.0):
+    if tuple(aspect_ratio) == (1.0, 1.0) and extent is None:
         crop = crop_side(h, w, crop_scale)
         params = sample_patch_params(b, num_patches, h, w, crop, generator, device)
         return PatchPlan(b, num_patches, size, interpolation, params, crop)
     ratio = (float(aspect_ratio[0]), float(aspect_ratio[1]))
-    boxes = sample_boxes(b * num_patches, h, w, crop_scale, ratio, generator, device)
+    heights: int | torch.Tensor = h
+    widths: int | torch.Tensor = w
+    if extent is not None:  # each patch's own image's size
+        sizes = extent.to(device=device, dtype=torch.float32).repeat_interleave(num_patches, 0)
+        heights, widths = sizes[:, 0], sizes[:, 1]
+    boxes = sample_boxes(b * num_patches, heights, widths, crop_scale, ratio, generator, device)
     # The boxes become whole S x S "images"; the same flip/colour/blur/solarize ops follow.
     params = sample_patch_params(b * num_patches, 1, size, size, size, generator, device)
     return PatchPlan(b, num_patches, size, interpolation, params, size, boxes)

@@ -89,6 +89,7 @@ def multi_patch(
     interpolation: str = "bilinear",
     sync_free: bool | None = None,
     aspect_ratio: tuple[float, float] = (1.0, 1.0),
+    extent: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cuts `num_patches` independently augmented patches from every image.
 
@@ -104,6 +105,8 @@ def multi_patch(
         aspect_ratio: (min, max) width/height of the crops, drawn log-uniformly per patch;
             (1, 1) cuts square crops as row copies, anything else resamples boxes
             (`crops`), after which the same flip/colour/blur/solarize ops follow.
+        extent: (B, 2) (height, width) of each letterboxed image's pixels (data.keep_aspect);
+            crops are drawn on each image's own size. None: every image fills H x W.
 
     Returns:
         (B, n, C, S, S) uint8.
@@ -117,7 +120,15 @@ def multi_patch(
     b, c = images.shape[:2]
     ratio = (aspect_ratio[0], aspect_ratio[1])
     plan = plan_patches(
-        images.shape, num_patches, size, generator, crop_scale, interpolation, ratio, images.device
+        images.shape,
+        num_patches,
+        size,
+        generator,
+        crop_scale,
+        interpolation,
+        ratio,
+        images.device,
+        extent,
     )
     x = render_rows(images, plan, 0, plan.rows, sync_free)
     return x.view(b, num_patches, c, size, size)
@@ -130,6 +141,7 @@ def cut_patches(
     generator: torch.Generator | None = None,
     num_patches: int | None = None,
     sync_free: bool | None = None,
+    extent: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`multi_patch` with a run's patch settings: training and evaluation cut patches alike.
 
@@ -140,6 +152,7 @@ def cut_patches(
         generator: on images' device.
         num_patches: n; None = cfg.num_patches (evaluation passes its own T).
         sync_free: see `multi_patch`.
+        extent: (B, 2) letterboxed images' sizes (the rows' `extent`), or None.
 
     Returns:
         (B, n, C, S, S) uint8.
@@ -153,6 +166,7 @@ def cut_patches(
         cfg.interpolation,
         sync_free,
         (cfg.aspect_ratio[0], cfg.aspect_ratio[1]),
+        extent,
     )
 
 

@@ -120,14 +120,21 @@ class Trainer:
         x = to_model_input(self.fixed_patches, self.cfg.model.channels_last)  # on the device
         return collapse_metrics(self.model, x)
 
-    def patches_from_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Cuts training patches on this device: (B, C, H, W) uint8 -> (B, n, C, S, S) uint8."""
+    def patches_from_images(
+        self, images: torch.Tensor, extent: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cuts training patches on this device: (B, C, H, W) uint8 -> (B, n, C, S, S) uint8.
+
+        Args:
+            extent: (B, 2) letterboxed images' sizes (data.keep_aspect), or None.
+        """
         return cut_patches(
             images.to(self.device, non_blocking=True),
             self.cfg.patches,
             self.patch_size,
             self.generator,
             sync_free=self.sync_free_patches,
+            extent=None if extent is None else extent.to(self.device),
         )
 
     def train_step(self, patches: torch.Tensor) -> StepResult:
@@ -192,7 +199,7 @@ class Trainer:
             if "patches" in batch:
                 chunk = batch["patches"]
             else:
-                chunk = self.patches_from_images(batch["image"])
+                chunk = self.patches_from_images(batch["image"], batch.get("extent"))
             result = self.train_step(chunk)
             parts = torch.stack([result.loss, result.tcr, result.invariance])
             sums += parts

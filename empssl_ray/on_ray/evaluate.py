@@ -32,7 +32,7 @@ from empssl_ray.evaluation.shards import embedding_files, evaluate_shards, shard
 from empssl_ray.method.models import build_model
 from empssl_ray.method.patches import patch_seed, patch_size_for
 from empssl_ray.on_ray.progress import post
-from empssl_ray.on_ray.read import read_images
+from empssl_ray.on_ray.read import extent_of, read_images
 from empssl_ray.on_ray.stream import BATCHES_PER_BLOCK
 from empssl_ray.rules import check_split_sizes
 
@@ -77,6 +77,7 @@ class Embedder:
             self.generator,
             patches=self.patches,
             patches_per_forward=self.cfg.patches_per_forward,
+            extent=None if (extent := extent_of(batch)) is None else extent.to(self.device),
         )
         post(self.board, {"kind": "rows", "name": self.stage, "rows": len(images)})
         # float16 halves the shards; the probe and kNN compute in float32.

@@ -23,7 +23,7 @@ from empssl_ray.data.datasets import DatasetInfo, ImageDataset
 from empssl_ray.data.read_plan import StreamPosition
 from empssl_ray.faults import Faults
 from empssl_ray.method.patches import cut_patches, patch_seed, patch_size_for
-from empssl_ray.on_ray.read import read_images
+from empssl_ray.on_ray.read import extent_of, read_images
 
 BATCHES_PER_BLOCK = 16  # augmentation batches per block: work for every actor, the shuffle window
 
@@ -93,7 +93,7 @@ class PatchCutter:
         if self.faults is not None:
             self.faults.after_augment_batch(self.batches)
         images = torch.from_numpy(np.ascontiguousarray(np.stack(list(batch["image"]))))
-        patches = cut_patches(images, self.cfg, self.size, self.generator)
+        patches = cut_patches(images, self.cfg, self.size, self.generator, extent=extent_of(batch))
         if self.counter is not None:
             self.counter.add.remote("augmented_images", len(images))
         return {"patches": patches.numpy(), **{k: np.asarray(batch[k]) for k in self.carry}}
@@ -145,7 +145,8 @@ def patch_stream(
     if ray_cfg.patches_on_trainer:
         # A map at read_cpus, not select_columns: its projection task asks a whole CPU, which a
         # small cluster busy with trainers never frees.
-        keep = partial(_keep_columns, columns=("image", *carry))
+        extent = ("extent",) if info.keep_aspect else ()
+        keep = partial(_keep_columns, columns=("image", *extent, *carry))
         return exact_tensors(ds.map_batches(keep, num_cpus=ray_cfg.read_cpus)), info, rows
     ds = ds.map_batches(
         PatchCutter,

@@ -94,6 +94,12 @@ def open_dataset(cfg: DataConfig, split: str) -> ImageDataset:
         need = field_problem(f"data.{knob}", getattr(cfg, knob))  # the config checks' rules
         if need is not None:
             raise DatasetError(f"data.{knob}={getattr(cfg, knob)!r} must be {need}")
+    if cfg.keep_aspect and (name not in ("imagefolder", "parquet") or not cfg.image_size):
+        raise DatasetError(
+            f"data.keep_aspect=true needs data=imagefolder or data=parquet and data.image_size "
+            f"(the canvas side, e.g. 640); got data.name={name}, "
+            f"data.image_size={cfg.image_size}"
+        )
     limit = cfg.train_limit if split == "train" else cfg.test_limit
     spec = DATASETS[name]
     root = os.fspath(cfg.root) if cfg.root else spec.default_root

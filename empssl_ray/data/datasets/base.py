@@ -35,6 +35,9 @@ class DatasetInfo:
     num_classes: int
     image_size: int  # side S in pixels of the (square) images load_chunk returns
     channels: int  # 3 for RGB datasets, 1 for fashion-mnist
+    # Images keep their aspect ratio, letterboxed in the S x S canvas (data.keep_aspect): each
+    # row's `extent` says where its pixels are, and crops are drawn inside it.
+    keep_aspect: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,13 @@ class ImageDataset:
             (nonzero only with data.on_bad_image=skip; N + dropped = chunk.stop - chunk.start).
         """
         raise NotImplementedError
+
+    def load_chunk_extents(
+        self, chunk: Chunk
+    ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+        """`load_chunk` and, where the dataset keeps aspect ratios, each image's extent: int32
+        (N, 2) (height, width) of its pixels at its canvas's top left; else None."""
+        return (*self.load_chunk(chunk), None)
 
 
 class ArrayDataset(ImageDataset):

@@ -37,11 +37,19 @@ class _FolderDataset(ImageDataset):
         self.files, self.labels, self.on_bad = files, labels, on_bad
 
     def load_chunk(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, int]:
+        return self.load_chunk_extents(chunk)[:3]  # type: ignore[return-value]
+
+    def load_chunk_extents(
+        self, chunk: Chunk
+    ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
         paths = self.files[chunk.start : chunk.stop]
         blobs = [read_file(p, self.on_bad) for p in paths]
-        images, keep = decode_images(blobs, paths, 3, self.info.image_size, self.on_bad)
+        info = self.info
+        images, keep, extents = decode_images(
+            blobs, paths, 3, info.image_size, self.on_bad, info.keep_aspect
+        )
         labels = np.asarray(self.labels[chunk.start : chunk.stop], dtype=np.int64)[keep]
-        return images, labels, int((~keep).sum())
+        return images, labels, int((~keep).sum()), extents if info.keep_aspect else None
 
 
 def open_imagefolder(cfg: DataConfig, split: str, name: str, root: str) -> ImageDataset:
@@ -83,7 +91,7 @@ def open_imagefolder(cfg: DataConfig, split: str, name: str, root: str) -> Image
         )
     probe = ((read_file(p, cfg.on_bad_image), p) for p in files[:PROBE_IMAGES])
     size = cfg.image_size or probe_size(probe, cfg.on_bad_image)
-    info = DatasetInfo(name, num_classes, size, 3)
+    info = DatasetInfo(name, num_classes, size, 3, cfg.keep_aspect)
     chunks = ranges(folder, len(files), FOLDER_CHUNK_FILES)
     return _FolderDataset(info, split, chunks, files, labels, cfg.on_bad_image)
 

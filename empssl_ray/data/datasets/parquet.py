@@ -46,13 +46,19 @@ class _ParquetDataset(ImageDataset):
         self.starts, self.columns, self.on_bad = starts, columns, on_bad
 
     def load_chunk(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, int]:
+        return self.load_chunk_extents(chunk)[:3]  # type: ignore[return-value]
+
+    def load_chunk_extents(
+        self, chunk: Chunk
+    ) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
         s, a, b = chunk.source, chunk.start, chunk.stop
         blobs, labels = read_parquet_rows(s, a, b, self.starts[s], self.columns)
         where = [f"{s} row {r}" for r in range(a, b)]
-        images, keep = decode_images(
-            blobs, where, self.info.channels, self.info.image_size, self.on_bad
+        info = self.info
+        images, keep, extents = decode_images(
+            blobs, where, info.channels, info.image_size, self.on_bad, info.keep_aspect
         )
-        return images, labels[keep], int((~keep).sum())
+        return images, labels[keep], int((~keep).sum()), extents if info.keep_aspect else None
 
 
 def open_parquet(cfg: DataConfig, split: str, name: str, root: str) -> ImageDataset:
@@ -89,7 +95,7 @@ def open_parquet(cfg: DataConfig, split: str, name: str, root: str) -> ImageData
             cfg.on_bad_image,
         )
     channels = next(iter(scans.values()))[2]
-    info = DatasetInfo(name, num_classes, size or 0, channels)
+    info = DatasetInfo(name, num_classes, size or 0, channels, cfg.keep_aspect)
     return _ParquetDataset(info, split, chunks, starts, columns, cfg.on_bad_image)
 
 
