@@ -37,7 +37,8 @@ class _FolderDataset(ImageDataset):
         self.files, self.labels, self.on_bad = files, labels, on_bad
 
     def load_chunk(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, int]:
-        return self.load_chunk_extents(chunk)[:3]  # type: ignore[return-value]
+        images, labels, skipped, _ = self.load_chunk_extents(chunk)
+        return images, labels, skipped
 
     def load_chunk_extents(
         self, chunk: Chunk

@@ -46,7 +46,8 @@ class _ParquetDataset(ImageDataset):
         self.starts, self.columns, self.on_bad = starts, columns, on_bad
 
     def load_chunk(self, chunk: Chunk) -> tuple[np.ndarray, np.ndarray, int]:
-        return self.load_chunk_extents(chunk)[:3]  # type: ignore[return-value]
+        images, labels, skipped, _ = self.load_chunk_extents(chunk)
+        return images, labels, skipped
 
     def load_chunk_extents(
         self, chunk: Chunk
