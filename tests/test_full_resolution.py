@@ -200,3 +200,44 @@ def test_the_ray_stream_carries_each_image_s_extent_to_where_patches_are_cut(
         }
     else:
         assert all(b["patches"].shape[1:] == (2, 3, 32, 32) for b in batches)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_a_run_trains_and_evaluates_on_full_resolution_images(prepared, tmp_path) -> None:
+    """Patches cut on the trainer (the ImageNet presets' choice) from the extent each row
+    carries, then bag-of-features evaluation from the same rows."""
+    import json
+
+    from empssl_ray.launch import compose
+    from jobs.pretrain import main
+
+    out, _ = prepared
+    cfg = compose(
+        "pretrain",
+        [
+            "experiment=smoke",
+            "data=parquet",
+            f"data.root={out}",
+            f"data.image_size={CANVAS}",
+            "data.keep_aspect=true",
+            f"run.storage_path={tmp_path}",
+            "run.name=full-resolution",
+            "run.progress=false",
+            "ray.num_workers=1",
+            "ray.patches_on_trainer=true",
+            "optim.epochs=1",
+            "optim.batch_size=3",
+            "patches.num_patches=2",
+            "patches.size=32",
+            "patches.interpolation=bicubic",
+            "patches.aspect_ratio=[0.75,1.3333333]",
+            "eval.monitor_test=0",
+            "eval.num_patches=2",
+            "eval.probe_batch_size=3",
+        ],
+    )
+    main(cfg)
+    summary = json.loads((tmp_path / "full-resolution" / "summary.json").read_text())
+    assert summary["final"]["steps"] == 1 and summary["final"]["epoch"] == 1, summary
+    evaluated = summary["eval"]["pretrained"]
+    assert (evaluated["num_train"], evaluated["num_test"], evaluated["eval_patches"]) == (3, 3, 2)

@@ -191,7 +191,13 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
                 prefetch_batches=1,
                 # uint8 on the wire; the Trainer moves and normalises on its device. Pinned
                 # pages let that copy run beside the GPU's compute (non_blocking).
-                dtypes={pixels: torch.uint8, "id": torch.int64, "epoch": torch.int64},
+                # Every column needs its dtype here (Ray looks each one up).
+                dtypes={
+                    pixels: torch.uint8,
+                    "id": torch.int64,
+                    "epoch": torch.int64,
+                    "extent": torch.int64,  # letterboxed images' sizes (data.keep_aspect)
+                },
                 device="cpu",
                 pin_memory=cfg.ray.use_gpu,
             ),
