@@ -91,3 +91,29 @@ def test_the_autoscaling_config_is_found_by_the_gcs_port_its_monitor_serves(tmp_
     finally:
         monitor.kill()
         monitor.wait()
+
+
+def test_a_kuberay_pod_reads_its_raycluster_s_worker_groups(tmp_path, monkeypatch) -> None:
+    import yaml
+    from ray.autoscaler._private.kuberay import node_provider
+
+    from empssl_ray.on_ray import session
+
+    shipped = Path(__file__).parents[1] / "cluster/kuberay/raycluster.yaml"
+    cr = next(d for d in yaml.safe_load_all(shipped.read_text()) if d["kind"] == "RayCluster")
+    asked = []
+
+    def get(client, path: str) -> dict:  # the API server's answer: the shipped RayCluster
+        asked.append((client._namespace, path))
+        return {**cr, "metadata": {**cr["metadata"], "namespace": client._namespace}}
+
+    monkeypatch.setattr(node_provider.KubernetesHttpApiClient, "get", get)
+    namespace = tmp_path / "namespace"
+    namespace.write_text("ml\n")
+    monkeypatch.setattr(session, "POD_NAMESPACE", namespace)
+    types = session.kuberay_node_types("empssl")
+    assert asked == [("ml", "rayclusters/empssl")]
+    ask = actor_ask(RayConfig(aug_cpus_per_actor=1.0, aug_resources={"augment": 1}))
+    assert pool_capacity(ask, [], types) == 56  # 4 cpu-augment pods of 14
+    monkeypatch.setattr(session, "POD_NAMESPACE", tmp_path / "absent")
+    assert session.kuberay_node_types("empssl") is None  # not in a pod: no cap

@@ -19,6 +19,8 @@ from empssl_ray.rules import check_capacity, check_locations
 JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 # Where `ray up` puts the autoscaling config on the head it starts.
 BOOTSTRAP_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
+# A Kubernetes pod's namespace, beside its service account's token.
+POD_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 _started_here = False  # init_ray started an embedded Ray: no node will join it
@@ -70,14 +72,17 @@ def preflight(
 
 def autoscaler_node_types() -> list[tuple[dict[str, float], int]] | None:
     """The node types the cluster's autoscaler may launch, as (resources, max_count), or None
-    without an autoscaler: Ray's record in the GCS (the one Ray Data reads), else the config a
-    launcher head's autoscaler runs with (Ray 2.60's launcher leaves the record empty)."""
+    without an autoscaler: Ray's record in the GCS (the one Ray Data reads), else (Ray 2.60's
+    launcher and KubeRay leave the record empty) the RayCluster of a KubeRay pod, or the config
+    a launcher head's autoscaler runs with."""
     try:
         config = ray._private.state.state.get_cluster_config()
     except Exception:  # an older or newer Ray without it: the launcher's config, if any
         config = None
     if config is not None and config.node_group_configs:
         return [(dict(g.resources), g.max_count) for g in config.node_group_configs]
+    if os.environ.get("RAY_CLUSTER_NAME"):
+        return kuberay_node_types(os.environ["RAY_CLUSTER_NAME"])
     path = autoscaling_config_path(ray.get_runtime_context().gcs_address)
     if path is None:
         return None
@@ -85,6 +90,22 @@ def autoscaler_node_types() -> list[tuple[dict[str, float], int]] | None:
         return launcher_node_types(yaml.safe_load(path.read_text()) or {})
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
         return None  # unreadable or not a launcher config: no cap, as without one
+
+
+def kuberay_node_types(cluster: str) -> list[tuple[dict[str, float], int]] | None:
+    """The worker groups of RayCluster `cluster` (KubeRay names it in every pod's environment,
+    RAY_CLUSTER_NAME) as (resources, max_count), read as Ray's KubeRay autoscaler reads them;
+    None where the pod may not read it (the head pod's service account may: its autoscaler does).
+    """
+    from ray.autoscaler._private.kuberay import autoscaling_config, node_provider
+
+    try:
+        namespace = POD_NAMESPACE.read_text().strip()
+        client = node_provider.KubernetesHttpApiClient(namespace=namespace)
+        cr = client.get(f"rayclusters/{cluster}")
+        return launcher_node_types(autoscaling_config._derive_autoscaling_config_from_ray_cr(cr))
+    except Exception:  # not in a pod, no permission, no API server: no cap, as without one
+        return None
 
 
 def autoscaling_config_path(gcs_address: str) -> Path | None:
