@@ -1,7 +1,7 @@
 """What a spot cloud does to a run, with data and outputs on the loopback S3: the object store
 going away mid-run and coming back (on the session's Ray); a trainer node drained by Ray's drain
 API with reason preemption, removed and replaced; the trainer node lost without notice three
-times in one epoch; a sweep whose trial loses its trainer node (multi-node clusters in
+times in one epoch; the store going away for good; a sweep whose trial loses its trainer node (multi-node clusters in
 subprocesses: tests/drain_scenario.py, tests/sweep_loss_scenario.py). Each checks every image
 trained once per epoch and every step logged (or reported) once. `-m drills` (make
 test-drills): about 11 minutes together on 2 cores, after the suite."""
@@ -102,11 +102,17 @@ def test_three_losses_without_notice_that_each_made_progress_use_no_failure_budg
 
 
 def run_through_an_outage(
-    s3: str, link: Forwarder, work: Path, fault_env, name: str, overrides: list[str]
+    s3: str,
+    link: Forwarder,
+    work: Path,
+    fault_env,
+    name: str,
+    overrides: list[str],
+    away_s: float = 40,
 ) -> tuple[dict, float, list[dict]]:
     """A 2-epoch smoke run on S3 (a checkpoint every 4 steps) whose store refuses every
-    connection for 40 s from step 10 of 16 on: its summary, the outage's length and its
-    metrics records."""
+    connection for `away_s` from step 10 of 16 on (0: until the run ends): its summary, the
+    outage's length and its metrics records."""
     from jobs.pretrain import main
 
     data = f"{s3}/{name}/data"
@@ -128,6 +134,7 @@ def run_through_an_outage(
     record = work / "trained"
     fault_env(RECORD_TRAINED=record, DIR=work)
     outage: dict[str, float] = {}
+    run_ended = threading.Event()
 
     def cut_mid_epoch_two() -> None:
         deadline = time.monotonic() + 600
@@ -135,7 +142,7 @@ def run_through_an_outage(
             time.sleep(0.2)
         link.close()
         outage["start"] = time.monotonic()
-        time.sleep(40)
+        run_ended.wait(away_s or None)
         link.open()
         outage["end"] = time.monotonic()
 
@@ -144,6 +151,7 @@ def run_through_an_outage(
     try:
         summary = main(cfg)
     finally:
+        run_ended.set()
         cutter.join(timeout=60)
         link.open()
     assert os.path.isdir(record)
@@ -171,6 +179,29 @@ def test_a_run_outlives_an_object_store_outage_mid_epoch(
     )
     assert away >= 39  # the store was really away
     assert_two_epochs_each_step_once(summary, records)
+
+
+@pytest.mark.usefixtures("ray_session")
+def test_an_outage_past_the_retry_window_ends_in_restarts_then_one_line(
+    s3: str, s3_link: Forwarder, tmp_path: Path, fault_env, capsys
+) -> None:
+    """The store goes away for good during epoch 2, with run.storage_retry_s=5: the run
+    restarts from its newest checkpoint (one line each) and, with no progress possible, ends
+    after ray.max_failures restarts in one StorageError line, not a traceback."""
+    from empssl_ray.launch import user_errors
+
+    started = time.monotonic()
+    overrides = ["run.storage_retry_s=5", "ray.max_failures=1"]
+    with pytest.raises(SystemExit), user_errors():
+        run_through_an_outage(s3, s3_link, tmp_path, fault_env, "outage-end", overrides, 0)
+    out = capsys.readouterr()
+    print(f"ended {time.monotonic() - started:.0f} s after the run began")
+    last = out.err.strip().splitlines()[-1]
+    assert last.startswith("error: StorageError:") and "storage" in last, out.err[-3000:]
+    # The driver's own lines (Ray's workers' logs, "(RayTrainWorker pid=..) ..", stream to
+    # this test's console; a job hides them unless run.verbose).
+    assert not any(line.startswith("Traceback") for line in out.err.splitlines()), out.err
+    assert "restarting" in out.out, out.out[-3000:]
 
 
 SWEEP_SCENARIO = Path(__file__).with_name("sweep_loss_scenario.py")
