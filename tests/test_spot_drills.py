@@ -1,10 +1,11 @@
 """What a spot cloud does to a run, with data and outputs on the loopback S3: the object store
-going away mid-run and coming back (on the session's Ray); a trainer node drained by Ray's drain
-API with reason preemption, removed and replaced; the trainer node lost without notice three
-times in one epoch; the store going away for good; a sweep whose trial loses its trainer node (multi-node clusters in
-subprocesses: tests/drain_scenario.py, tests/sweep_loss_scenario.py). Each checks every image
-trained once per epoch and every step logged (or reported) once. `-m drills` (make
-test-drills): about 11 minutes together on 2 cores, after the suite."""
+going away mid-run and coming back, or going for good (on the session's Ray); a trainer node
+drained by Ray's drain API with reason preemption, removed and replaced; the trainer node lost
+without notice three times in one epoch; a sweep whose trial loses its trainer node
+(multi-node clusters in subprocesses: tests/drain_scenario.py, tests/sweep_loss_scenario.py).
+Each checks every image trained once per epoch and every step logged (or reported) once, or,
+where no progress is possible, one line. `-m drills` (make test-drills): about 12 minutes
+together on 2 cores, after the suite."""
 
 from __future__ import annotations
 
