@@ -105,7 +105,7 @@ class ReproduceConfig:
     # patches (at least 2), on CPU workers: checks the whole path, reproduces no figure
     quick: bool = False
     # row (or dataset name, for every row of that dataset) -> Parquet folder or URI made by
-    # jobs/prepare.py (read as data=parquet); e.g. {imagenet100-10ep-200p: s3://b/in100-448,
+    # jobs/prepare.py (read as data=parquet); e.g. {imagenet100-10ep-200p: s3://b/in100-640,
     # cifar10: s3://b/cifar10}. Rows without an entry use their preset's data
     data_roots: dict[str, str] = field(default_factory=dict)
     # sweep name; rerunning the same name resumes it

@@ -5,8 +5,8 @@ resources such as `augment`: it would count a GPU node's spare CPUs as room for 
 only run on augment nodes, and an actor that can never be placed waits in PENDING_CREATION,
 where it also stops the pool from shrinking. So the pool's upper bound is cut, at the run's
 start, to what the cluster can hold: the node types at their `max_workers` (from Ray's record,
-or from the autoscaling config a launcher head runs with), or, on a cluster no node will join,
-the nodes there are.
+a KubeRay pod's RayCluster, or the autoscaling config a launcher head runs with), or, on a
+cluster no node will join, the nodes there are.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def pool_capacity(
 
 def launcher_node_types(autoscaling: Mapping) -> list[tuple[dict[str, float], int]]:
     """The node types of a cluster launcher's autoscaling config (`available_node_types`), as
-    (resources, max_count). A type's count is its `max_workers`, at most the cluster's; the head
-    type is one node more (it runs beside its workers).
+    (resources, max_count). A type's count is its `max_workers` (Ray's default: the cluster's,
+    0 for the head type), at most the cluster's; the head type is one node more.
 
     Args:
         autoscaling: the parsed YAML a launcher head runs its autoscaler with.
@@ -64,7 +64,7 @@ def launcher_node_types(autoscaling: Mapping) -> list[tuple[dict[str, float], in
     head = autoscaling.get("head_node_type")
     types = []
     for name, spec in (autoscaling.get("available_node_types") or {}).items():
-        count = spec.get("max_workers", cluster_max or 0)
+        count = spec.get("max_workers", 0 if name == head else cluster_max or 0)
         if cluster_max is not None:
             count = min(count, cluster_max)
         count += name == head

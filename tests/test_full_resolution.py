@@ -34,6 +34,15 @@ def photo(width: int, height: int, seed: int) -> np.ndarray:
     return (127.5 + 127 * np.stack(waves, -1)).astype(np.uint8)
 
 
+def stretched(patches: torch.Tensor) -> int:
+    """Patches (..., C, S, S) uint8 whose every column, or every row, is one value: crops of
+    the letterbox's repeated edge beyond an image, never of the waves inside it."""
+    x = patches.reshape(-1, *patches.shape[-3:]).int()
+    flat_y = (x.amax(-2) - x.amin(-2)).amax((-2, -1)) <= 1
+    flat_x = (x.amax(-1) - x.amin(-1)).amax((-2, -1)) <= 1
+    return int((flat_y | flat_x).sum())
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> tuple[str, dict[str, np.ndarray]]:
     root = tmp_path_factory.mktemp("folder")
@@ -158,6 +167,37 @@ def test_the_training_stream_cuts_patches_from_each_image_s_own_extent(prepared)
     assert patches.shape == (3, 4, 3, 224, 224) and patches.dtype == torch.uint8
 
 
+def test_the_trainer_cuts_inside_each_image_and_not_on_its_canvas(prepared) -> None:
+    from empssl_ray.config import ModelConfig, PretrainConfig
+    from empssl_ray.method.training import Trainer
+
+    out, _ = prepared
+    rows = read_back(out, "train")
+    cfg = PretrainConfig()
+    cfg.model = ModelConfig(
+        backbone="resnet-narrow", width=4, prefeature_dim=32, hidden_dim=32, proj_dim=16
+    )
+    cfg.patches.num_patches, cfg.patches.size, cfg.patches.aspect_ratio = 24, 32, list(RATIO)
+    cfg.optim.batch_size = 3
+    batch = {"image": torch.from_numpy(rows["image"]), "extent": torch.from_numpy(rows["extent"])}
+    trainer = Trainer(cfg, in_channels=3, image_size=CANVAS, steps_total=1)
+    passed: list[torch.Tensor | None] = []
+    cut = trainer.patches_from_images
+
+    def recording(images: torch.Tensor, extent: torch.Tensor | None = None) -> torch.Tensor:
+        passed.append(extent)
+        return cut(images, extent)
+
+    trainer.patches_from_images = recording  # type: ignore[method-assign]
+    trainer.run_epoch([batch])
+    assert len(passed) == 1 and passed[0] is not None  # the batch's own extent, passed on
+    assert torch.equal(passed[0], batch["extent"])
+    assert trainer.fixed_patches is not None and stretched(trainer.fixed_patches) == 0
+    # On the canvas, boxes of the small image's letterbox land beyond it (the check can fail).
+    canvas = cut_patches(batch["image"], cfg.patches, 32, torch.Generator().manual_seed(0))
+    assert stretched(canvas) > 0
+
+
 def test_keep_aspect_needs_a_canvas_and_a_format_that_decodes_images() -> None:
     with pytest.raises(DatasetError, match="data.keep_aspect=true needs"):
         open_dataset(DataConfig(name="imagefolder", root="/nowhere", keep_aspect=True), "train")
@@ -183,7 +223,7 @@ def test_the_ray_stream_carries_each_image_s_extent_to_where_patches_are_cut(
         patches_on_trainer=on_trainer,
     )
     patches = PatchConfig(
-        num_patches=2, size=32, interpolation="bicubic", aspect_ratio=[0.75, 1.3333333]
+        num_patches=16, size=32, interpolation="bicubic", aspect_ratio=[0.75, 1.3333333]
     )
     ds, info, rows = patch_stream(open_dataset(cfg, "train"), patches, ray_cfg, 0, carry=("id",))
     assert info.keep_aspect and rows == 3
@@ -198,8 +238,9 @@ def test_the_ray_stream_carries_each_image_s_extent_to_where_patches_are_cut(
         assert extents == {
             int(i): tuple(e) for i, e in zip(expected["id"], expected["extent"], strict=True)
         }
-    else:
-        assert all(b["patches"].shape[1:] == (2, 3, 32, 32) for b in batches)
+    else:  # the actors cut inside each image: no crop of the letterbox's edge
+        assert all(b["patches"].shape[1:] == (16, 3, 32, 32) for b in batches)
+        assert sum(stretched(torch.from_numpy(b["patches"])) for b in batches) == 0
 
 
 @pytest.mark.usefixtures("ray_session")

@@ -20,6 +20,16 @@ def test_every_row_of_the_papers_table_has_a_preset_and_its_figure() -> None:
     assert all(30 < paper_figure(row) < 100 for row in rows)
 
 
+def test_a_row_read_from_prepared_data_keeps_its_preset_s_image_rules() -> None:
+    from empssl_ray.job_config import ReproduceConfig
+    from empssl_ray.on_ray.reproduce import row_config
+
+    settings = ReproduceConfig(data_roots={"imagenet100-1ep-20p": "s3://b/in100-640"})
+    data = row_config("imagenet100-1ep-20p", settings).data
+    assert (data.name, data.root, data.image_size) == ("parquet", "s3://b/in100-640", 640)
+    assert data.keep_aspect and data.num_classes == 100  # shapes kept, as prepared
+
+
 @pytest.fixture(scope="module")
 def quick_run(ray_session, tmp_path_factory):
     from empssl_ray.config import DataConfig

@@ -33,6 +33,9 @@ from empssl_ray.data.read_plan import (
 )
 
 ROWS_PER_READ_TASK = 10_000  # images one evaluation read task loads
+# Pixels one block holds at most: a 640 px canvas (data.keep_aspect) is 1.2 MB, so 1,024 of them
+# would be 1.3 GB in a read task (and again in its shuffled copy); CIFAR's 3 KB never reach it.
+BLOCK_BYTES = 256 << 20
 MAX_READ_TASKS = 1_024  # blocks one execution plans at most (set-up: about 0.5 ms each here)
 
 
@@ -152,8 +155,9 @@ def read_images(
 
     Args:
         dataset: the opened split.
-        block_rows: images per block at most. A block is the unit of parallel work downstream
-            (one block is one actor task) and the window of the in-block shuffle.
+        block_rows: images per block at most (and at most BLOCK_BYTES of pixels). A block is
+            the unit of parallel work downstream (one block is one actor task) and the window
+            of the in-block shuffle.
         shuffle_seed: None reads in split order; a seed gives a new order every epoch.
         epochs: the epochs the dataset holds (a resumed run: those it still has to train).
             Evaluation reads one, in split order.
@@ -162,6 +166,8 @@ def read_images(
     Returns:
         (dataset, info, rows of one epoch before bad images are skipped).
     """
+    image_bytes = dataset.info.channels * max(1, dataset.info.image_size) ** 2
+    block_rows = max(1, min(block_rows, BLOCK_BYTES // image_bytes))
     source = SplitSource(dataset, block_rows, shuffle_seed, epochs, position)
     blocks = max(1, sum(len(source.blocks(epoch)) for epoch in source.window(0)))
     ds = ray.data.read_datasource(source, num_cpus=read_cpus, override_num_blocks=blocks)

@@ -53,7 +53,8 @@ def shrink_for_cpu(cfg: PretrainConfig) -> None:
 
 def row_config(row: str, settings: ReproduceConfig) -> PretrainConfig:
     """A row's PretrainConfig: its preset, its dataset from data_roots (by row, else by the
-    preset's dataset name), --quick applied. The preset's image size and class count stay."""
+    preset's dataset name), --quick applied. The preset's image size, aspect rule and class
+    count stay."""
     cfg: PretrainConfig = compose("pretrain", [f"experiment={PAPER_PREFIX}{row}"])
     root = settings.data_roots.get(row, settings.data_roots.get(cfg.data.name))
     if root is not None:
@@ -61,6 +62,7 @@ def row_config(row: str, settings: ReproduceConfig) -> PretrainConfig:
             name="parquet",
             root=root,
             image_size=cfg.data.image_size,
+            keep_aspect=cfg.data.keep_aspect,  # prepared with the shapes kept: read them so
             train_limit=cfg.data.train_limit,
             test_limit=cfg.data.test_limit,
             num_classes=cfg.data.num_classes,

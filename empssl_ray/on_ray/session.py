@@ -17,8 +17,6 @@ from empssl_ray.rules import check_capacity, check_locations
 
 # Set by Ray's job supervisor in the environment of a `ray job submit` entrypoint.
 JOB_ENV_VAR = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-# Where `ray up` puts the autoscaling config on the head it starts.
-BOOTSTRAP_CONFIG = Path.home() / "ray_bootstrap_config.yaml"
 # A Kubernetes pod's namespace, beside its service account's token.
 POD_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
@@ -97,9 +95,9 @@ def kuberay_node_types(cluster: str) -> list[tuple[dict[str, float], int]] | Non
     RAY_CLUSTER_NAME) as (resources, max_count), read as Ray's KubeRay autoscaler reads them;
     None where the pod may not read it (the head pod's service account may: its autoscaler does).
     """
-    from ray.autoscaler._private.kuberay import autoscaling_config, node_provider
-
     try:
+        from ray.autoscaler._private.kuberay import autoscaling_config, node_provider
+
         namespace = POD_NAMESPACE.read_text().strip()
         client = node_provider.KubernetesHttpApiClient(namespace=namespace)
         cr = client.get(f"rayclusters/{cluster}")
@@ -109,29 +107,30 @@ def kuberay_node_types(cluster: str) -> list[tuple[dict[str, float], int]] | Non
 
 
 def autoscaling_config_path(gcs_address: str) -> Path | None:
-    """The autoscaling config of this cluster's autoscaler where it runs on this node (the head,
-    where a `ray job submit` entrypoint runs): the `--autoscaling-config` of the monitor process
-    that serves this cluster's GCS port, else `ray up`'s copy on the head; None elsewhere."""
+    """The autoscaling config of this cluster's autoscaler where it runs on this node (a
+    launcher head, where a `ray job submit` entrypoint runs): the `--autoscaling-config` of the
+    monitor process serving this cluster's GCS port; None elsewhere."""
     port = gcs_address.rsplit(":", 1)[-1].encode()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             args = cmdline.read_bytes().split(b"\0")
+            if not any(a.startswith(b"--gcs-address=") and a.endswith(b":" + port) for a in args):
+                continue
+            for arg in args:
+                if arg.startswith(b"--autoscaling-config="):
+                    path = Path(os.fsdecode(arg.split(b"=", 1)[1])).expanduser()
+                    if path.is_file():
+                        return path
         except OSError:  # the process ended, or is not ours to read
             continue
-        if not any(a.startswith(b"--gcs-address=") and a.endswith(b":" + port) for a in args):
-            continue
-        for arg in args:
-            if arg.startswith(b"--autoscaling-config="):
-                path = Path(arg.split(b"=", 1)[1].decode()).expanduser()
-                if path.is_file():
-                    return path
-    return BOOTSTRAP_CONFIG if BOOTSTRAP_CONFIG.is_file() else None
+    return None
 
 
 def cluster_pool_capacity(cfg: PretrainConfig) -> int | None:
     """The most augmentation actors this cluster can hold (`pool_cap.pool_capacity`), or None
     where nodes may still join by hand (a joined cluster without an autoscaler)."""
-    node_types = autoscaler_node_types()
+    # An embedded Ray is this machine alone, whatever autoscaler may run beside it.
+    node_types = None if _started_here else autoscaler_node_types()
     if node_types is None and not _started_here:
         return None
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
