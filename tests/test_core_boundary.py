@@ -88,3 +88,14 @@ def test_every_core_module_imports_with_ray_and_hydra_blocked() -> None:
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_read_tasks_import_no_torch() -> None:
+    """Ray Data's read tasks run `on_ray.read` over the dataset modules: pixels as numpy, no
+    torch (seconds of import in every read worker, and torch imported from two threads at once
+    can meet itself half-initialised)."""
+    code = (
+        "import sys; import empssl_ray.on_ray.read, empssl_ray.data.prepare; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent).returncode == 0

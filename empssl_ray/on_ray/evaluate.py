@@ -32,8 +32,8 @@ from empssl_ray.evaluation.shards import embedding_files, evaluate_shards, shard
 from empssl_ray.method.models import build_model
 from empssl_ray.method.patches import patch_seed, patch_size_for
 from empssl_ray.on_ray.progress import post
-from empssl_ray.on_ray.read import extent_of, read_images
-from empssl_ray.on_ray.stream import BATCHES_PER_BLOCK
+from empssl_ray.on_ray.read import read_images
+from empssl_ray.on_ray.stream import BATCHES_PER_BLOCK, extent_of
 from empssl_ray.rules import check_split_sizes
 
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import ray
-import torch
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
@@ -125,14 +124,6 @@ def load_block(
         counter.add.remote("skipped_images", skipped)
     rows["epoch"] = np.full(len(rows["id"]), int(batch["epoch"][0]), dtype=np.int32)
     return rows
-
-
-def extent_of(batch: dict) -> torch.Tensor | None:
-    """A batch's `extent` column ((B, 2) letterboxed images' sizes) as a tensor, or None."""
-    if "extent" not in batch:
-        return None
-    extent = batch["extent"]
-    return torch.as_tensor(np.stack(list(extent)) if extent.dtype == object else extent)
 
 
 def read_images(

@@ -23,7 +23,7 @@ from empssl_ray.data.datasets import DatasetInfo, ImageDataset
 from empssl_ray.data.read_plan import StreamPosition
 from empssl_ray.faults import Faults
 from empssl_ray.method.patches import cut_patches, patch_seed, patch_size_for
-from empssl_ray.on_ray.read import extent_of, read_images
+from empssl_ray.on_ray.read import read_images
 
 BATCHES_PER_BLOCK = 16  # augmentation batches per block: work for every actor, the shuffle window
 
@@ -53,6 +53,15 @@ class RowCounter:
 
 def _keep_columns(batch: dict[str, np.ndarray], columns: tuple[str, ...]) -> dict:
     return {k: batch[k] for k in columns}
+
+
+def extent_of(batch: dict) -> torch.Tensor | None:
+    """A batch's `extent` column ((B, 2) letterboxed images' sizes) as a tensor, or None.
+    (Here, not in `on_ray.read`: read tasks never import torch.)"""
+    if "extent" not in batch:
+        return None
+    extent = batch["extent"]
+    return torch.as_tensor(np.stack(list(extent)) if extent.dtype == object else extent)
 
 
 class PatchCutter:
