@@ -147,7 +147,7 @@ def embed_dataset(
             patches,
             autocast,
             patches_per_forward,
-            None if extents is None else torch.as_tensor(extents[sl], device=device),
+            None if extents is None else torch.as_tensor(extents[sl]),
         )
         out.append(emb.to(out_device))
     return torch.cat(out)

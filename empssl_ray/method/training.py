@@ -134,7 +134,7 @@ class Trainer:
             self.patch_size,
             self.generator,
             sync_free=self.sync_free_patches,
-            extent=None if extent is None else extent.to(self.device),
+            extent=extent,  # plan_patches moves it to the device
         )
 
     def train_step(self, patches: torch.Tensor) -> StepResult:

@@ -77,7 +77,7 @@ class Embedder:
             self.generator,
             patches=self.patches,
             patches_per_forward=self.cfg.patches_per_forward,
-            extent=None if (extent := extent_of(batch)) is None else extent.to(self.device),
+            extent=extent_of(batch),  # plan_patches moves it to the device
         )
         post(self.board, {"kind": "rows", "name": self.stage, "rows": len(images)})
         # float16 halves the shards; the probe and kNN compute in float32.
