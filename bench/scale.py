@@ -212,14 +212,16 @@ def batches(
 ) -> Iterator[dict[str, Any]]:
     """The design's batches for `epochs` epochs, one execution per epoch or one for all."""
     from empssl_ray.on_ray.read import iterate_epochs
-    from empssl_ray.on_ray.stream import patch_stream
+    from empssl_ray.on_ray.stream import patch_stream, training_windows
 
     def iterate(ds: ray.data.Dataset) -> Iterator[dict[str, Any]]:
         yield from ds.iter_batches(batch_size=batch, batch_format="numpy", drop_last=True)
 
     if design == "one-exec":
-        ds = patch_stream(train_split(data), patches, ray_cfg, 0, epochs=range(epochs))[0]
-        yield from iterate_epochs(lambda: iterate(ds), wanted=epochs * (len_of(data) // batch))
+        split = train_split(data)
+        ds = patch_stream(split, patches, ray_cfg, 0, epochs=range(epochs))[0]
+        windows = training_windows(split, ray_cfg, range(epochs))
+        yield from iterate_epochs(lambda: iterate(ds), epochs * (len_of(data) // batch), windows)
         return
     for epoch in range(epochs):  # each epoch a new execution, in a new order
         if design == "per-epoch":

@@ -175,6 +175,14 @@ class RayConfig:
     # training workers (DDP ranks); 0 = Ray Train's local mode in the driver, for debugging only:
     # it keeps no checkpoint on storage, so a rerun cannot resume
     num_workers: int = 2
+    # fewest training workers an elastic run trains on: with 0 < min_workers < num_workers the
+    # run starts once min_workers fit, goes on with fewer when a node is lost and grows back to
+    # num_workers as nodes come (each resize a restart from the newest checkpoint). The global
+    # batch stays optim.batch_size, so every count in between must divide it. 0 = fixed
+    min_workers: int = 0
+    # seconds between an elastic run's looks for room to grow (each growth is a restart from
+    # the newest checkpoint: not more often than a few checkpoints' worth of training)
+    elastic_check_s: float = 60.0
     # one GPU per training worker (nccl); False = CPU workers (gloo)
     use_gpu: bool = False
     # CPUs each training worker reserves
@@ -198,6 +206,10 @@ class RayConfig:
     patches_on_trainer: bool = False
     # worker failures survived by restarting from the latest checkpoint
     max_failures: int = 2
+    # blocks (of aug_batch_size x 16 images) one Ray Data execution plans at most: Ray sets every
+    # read task up before the first batch (about 0.5 ms each), so a split of more blocks than
+    # this (ImageNet at 1.28M rows: 1,252) streams its epochs one window of epochs per execution
+    blocks_per_execution: int = 1024
     # batches each trainer holds ready, fetched on across epoch boundaries and across the
     # start-up (seconds) of the next window of epochs on a large split: keep depth x step time
     # above that (memory: depth x one per-worker batch)

@@ -4,7 +4,8 @@ Read from the driver's environment (so `EMPSSL_FAULT_...=N ray job submit ...` a
 set os.environ both work) and shipped to the workers inside their job. A marker file makes each
 kill fire once per run, so the restarted process carries on.
 
-- EMPSSL_FAULT_KILL_TRAINER_AT_STEP=N: rank 0 exits abruptly before optimiser step N.
+- EMPSSL_FAULT_KILL_TRAINER_AT_STEP=N: rank 0 exits abruptly once optimiser step N is taken,
+  before that step's checkpoint (if one is due); N1,N2,...: once at each.
 - EMPSSL_FAULT_KILL_AUGMENT_AFTER=N: an augmentation actor exits after its N-th batch.
 - EMPSSL_FAULT_NAN_AT_EPOCH=N: the model's weights turn NaN from epoch N on (every rank).
 - EMPSSL_FAULT_SLOW_AUGMENT_S=X: every augmentation batch takes X seconds longer (tiny test
@@ -68,18 +69,15 @@ class Faults(LoopHooks):
                 for p in trainer.model.projector.parameters():
                     p.fill_(float("nan"))
 
-    def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
-        if trainer.rank == 0:
-            self.die_if_due("KILL_TRAINER_AT_STEP", trainer.step)
-
-    def on_batch(self, trainer: Trainer, batch: Mapping[str, torch.Tensor]) -> None:
+    def on_batch(self, trainer: Trainer, batch: Mapping[str, Any]) -> None:
         folder = self.settings.get("RECORD_TRAINED")
-        if folder is None or "id" not in batch:
-            return
-        os.makedirs(folder, exist_ok=True)
-        rows = zip(batch["epoch"].tolist(), batch["id"].tolist(), strict=True)
-        with open(os.path.join(folder, f"trained-{os.getpid()}.txt"), "a") as f:
-            f.writelines(f"{trainer.step} {epoch} {row}\n" for epoch, row in rows)
+        if folder is not None and "id" in batch:
+            os.makedirs(folder, exist_ok=True)
+            rows = zip(batch["epoch"].tolist(), batch["id"].tolist(), strict=True)
+            with open(os.path.join(folder, f"trained-{os.getpid()}.txt"), "a") as f:
+                f.writelines(f"{trainer.step} {epoch} {row}\n" for epoch, row in rows)
+        if trainer.rank == 0:  # before the step's checkpoint: hooks run in order, this first
+            self.die_if_due("KILL_TRAINER_AT_STEP", trainer.step)
 
     def after_augment_batch(self, batches: int) -> None:
         """An augmentation actor's drills, after its `batches`-th batch: slow, then maybe die."""
@@ -91,17 +89,18 @@ class Faults(LoopHooks):
             time.sleep(float(seconds))
 
     def die_if_due(self, name: str, count: int) -> None:
-        """Exits this process (no cleanup, like a crash) when fault `name` is due and not yet
-        fired in this run."""
-        at = self.settings.get(name)
-        if at is None or count < int(at):
-            return
-        os.makedirs(self.directory, exist_ok=True)
-        marker = os.path.join(self.directory, f"fault-{name.lower()}.fired")
-        try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one fires
-        except FileExistsError:
-            return
-        os.close(fd)
-        print(f"[fault injection] {name} at {count}: exiting", flush=True)
-        os._exit(1)
+        """Exits this process (no cleanup, like a crash) when fault `name` is due (at any of its
+        comma-separated counts) and that one has not fired yet in this run."""
+        for at in self.settings.get(name, "").split(","):
+            if not at or count < int(at):
+                continue
+            os.makedirs(self.directory, exist_ok=True)
+            suffix = "" if "," not in self.settings[name] else f"-{int(at)}"
+            marker = os.path.join(self.directory, f"fault-{name.lower()}{suffix}.fired")
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # atomic: one fires
+            except FileExistsError:
+                continue
+            os.close(fd)
+            print(f"[fault injection] {name} at {count}: exiting", flush=True)
+            os._exit(1)

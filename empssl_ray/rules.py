@@ -83,6 +83,8 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "eval.monitor_train": (lambda v: v >= 0, ">= 0"),
     "eval.monitor_patches": (lambda v: v >= 1, ">= 1"),
     "ray.num_workers": (lambda v: v >= 0, ">= 0 (0: Ray Train's local mode)"),
+    "ray.min_workers": (lambda v: v >= 0, ">= 0 (0: a fixed ray.num_workers)"),
+    "ray.elastic_check_s": (lambda v: v > 0, "> 0 seconds"),
     "ray.cpus_per_worker": (lambda v: v > 0, "> 0"),
     "ray.aug_min_actors": (
         lambda v: v >= 1,
@@ -101,6 +103,7 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     ),
     "ray.max_failures": (lambda v: v >= 0, ">= 0"),
     "ray.prefetch_batches": (lambda v: v >= 1, ">= 1"),
+    "ray.blocks_per_execution": (lambda v: v >= 1, ">= 1"),
     "run.name": (lambda v: bool(v) and "/" not in v, "a non-empty name without '/'"),
     "run.storage_path": (lambda v: bool(v), "a folder or a URI"),
     "run.log_every_steps": (lambda v: v >= 0, ">= 0 (0: epoch reports only)"),
@@ -112,12 +115,32 @@ FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "run.collapse_rank": (lambda v: v >= 0, ">= 0 (0: no collapse warning)"),
 }
 
+
+def worker_counts(cfg: PretrainConfig) -> range:
+    """Every training-worker count a run may have (one, for a fixed ray.num_workers)."""
+    top = max(1, cfg.ray.num_workers)
+    low = cfg.ray.min_workers if 0 < cfg.ray.min_workers < top else top
+    return range(low, top + 1)
+
+
 # Rules across fields: (field reported, test on the whole config, what the field must be).
 CROSS_RULES: list[tuple[str, Callable[[PretrainConfig], bool], str]] = [
     (
         "optim.batch_size",
         lambda c: c.optim.batch_size >= c.ray.num_workers,
         ">= ray.num_workers (every worker needs images)",
+    ),
+    (
+        "optim.batch_size",
+        lambda c: all(c.optim.batch_size % w == 0 for w in worker_counts(c)),
+        "a multiple of every worker count the run may have (ray.min_workers..ray.num_workers): "
+        "each worker trains optim.batch_size / workers images a step, so the global batch, the "
+        "learning rate and the TCR stay the same at any count",
+    ),
+    (
+        "ray.min_workers",
+        lambda c: c.ray.min_workers <= c.ray.num_workers,
+        "<= ray.num_workers (the most workers an elastic run grows to)",
     ),
     (
         "optim.schedule_epochs",
@@ -257,7 +280,7 @@ def check_capacity(cfg: PretrainConfig, cluster_cpus: float, can_grow: bool) -> 
     stream = r.read_cpus + (
         0.0 if r.patches_on_trainer else r.aug_min_actors * r.aug_cpus_per_actor
     )
-    need = r.num_workers * r.cpus_per_worker + stream
+    need = min(r.num_workers, worker_counts(cfg)[0]) * r.cpus_per_worker + stream
     if need <= cluster_cpus + 1e-9:
         return None
     text = (

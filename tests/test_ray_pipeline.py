@@ -43,7 +43,7 @@ def smoke_run(ray_session, s3, mlflow_server, tmp_path_factory):
 
     data = f"{s3}/pipeline/fashion-mnist"
     prepare(
-        DataConfig(name="fashion-mnist", train_limit=512, test_limit=256),
+        DataConfig(name="fashion-mnist", train_limit=540, test_limit=256),
         data,
         rows_per_file=200,
         progress=False,
@@ -55,19 +55,24 @@ def smoke_run(ray_session, s3, mlflow_server, tmp_path_factory):
             "experiment=smoke",
             "data=parquet",
             f"data.root={data}",
+            "data.train_limit=540",
             f"run.storage_path={s3}/pipeline/runs",
             "run.progress=false",
             "run.checkpoint_every_steps=3",
+            # One epoch per Ray Data execution, as a split of ImageNet's size streams.
+            "ray.blocks_per_execution=1",
             "tracking.backend=mlflow",
             f"tracking.uri={mlflow_server}",
             "tracking.experiment=pipeline",
         ],
     )
-    # Rank 0 dies abruptly at step 10, in the middle of epoch 2 (8 steps per epoch), after the
-    # checkpoint of step 9. Fault markers need a local folder (object stores have no atomic
-    # create-if-absent); every rank records the rows each step trained on.
+    # 540 images: 8 steps of 64 an epoch, 28 left out of each epoch's plan. Rank 0 dies
+    # abruptly twice: at step 9, just after epoch 1's end (its checkpoint is the epoch's), and
+    # at step 14, in the middle of epoch 2, after the checkpoint of step 12. Fault markers need
+    # a local folder (object stores have no atomic create-if-absent); every rank records the
+    # rows each step trained on.
     os.environ.update(
-        EMPSSL_FAULT_KILL_TRAINER_AT_STEP="10",
+        EMPSSL_FAULT_KILL_TRAINER_AT_STEP="9,14",
         EMPSSL_FAULT_DIR=str(work),
         EMPSSL_FAULT_RECORD_TRAINED=str(work / "trained"),
     )
@@ -86,7 +91,8 @@ def test_run_on_s3_survives_a_killed_trainer_without_redoing_epochs(smoke_run) -
     from empssl_ray.runs.checkpoints import latest_checkpoint, load_checkpoint
 
     _, summary, run_dir, work = smoke_run
-    assert (work / "fault-kill_trainer_at_step.fired").exists()
+    assert (work / "fault-kill_trainer_at_step-9.fired").exists()
+    assert (work / "fault-kill_trainer_at_step-14.fired").exists()
     assert epoch_records(run_dir) == [1, 2]  # epoch 1 was not redone after the restart
     assert summary["final"]["epoch"] == 2 and summary["final"]["step"] == 16
     state = load_checkpoint(latest_checkpoint(run_dir))
@@ -104,18 +110,19 @@ def test_a_restart_inside_an_epoch_trains_every_image_once_and_logs_every_step_o
     for f in (work / "trained").glob("trained-*.txt"):
         attempts[f.name] = np.loadtxt(f, dtype=np.int64).reshape(-1, 3)
     firsts = sorted({int(rows[:, 0].min()) for rows in attempts.values()})
-    assert len(firsts) == 2, firsts  # two starts: step 1, and the step after the resume
-    resumed_at = firsts[1] - 1
-    assert resumed_at == 9  # the checkpoint of step 9, inside epoch 2: not epoch 2's start
-    kept = np.concatenate(
-        [
-            rows if rows[:, 0].min() > resumed_at else rows[rows[:, 0] <= resumed_at]
-            for rows in attempts.values()
-        ]
-    )
-    pairs = [tuple(p) for p in kept[:, 1:].tolist()]
-    assert len(pairs) == len(set(pairs)) == 2 * 512  # each image once in each of 2 epochs
-    assert set(pairs) == {(e, i) for e in (0, 1) for i in range(512)}
+    # Three starts: step 1, after epoch 1's checkpoint (step 8), and after step 12's, inside
+    # epoch 2 (not at its start).
+    assert firsts == [1, 9, 13], firsts
+    kept = []
+    for rows in attempts.values():  # each attempt's rows up to where the next one resumed
+        later = [f for f in firsts if f > rows[:, 0].min()]
+        kept.append(rows[rows[:, 0] < later[0]] if later else rows)
+    pairs = [tuple(p) for p in np.concatenate(kept)[:, 1:].tolist()]
+    assert len(pairs) == len(set(pairs)) == 2 * 512  # each image at most once an epoch
+    for epoch in (0, 1):  # each epoch trains all it planned: 512 of the 540 rows
+        trained = {i for e, i in pairs if e == epoch}
+        assert len(trained) == 512 and trained <= set(range(540))
+    assert len({i for _, i in pairs}) > 512  # each epoch left other rows out
     steps = [r["step"] for r in read_metrics(run_dir) if r["kind"] == "step"]
     assert steps == sorted(set(steps)) and steps[-1] == 16  # each step once, in order
     # Checkpoints pruned across the restart; the counters carried on from the checkpoint.
@@ -173,7 +180,7 @@ def test_run_writes_everything_to_the_bucket_and_nothing_local(smoke_run) -> Non
     assert written["checkpoint"].startswith(f"{run_dir}/checkpoint_")
     m = written["pretrained"]
     assert 0.0 <= m["probe_acc"] <= 1.0 and 0.0 <= m["knn_acc"] <= 1.0
-    assert m["num_train"] == 512 and m["num_test"] == 256
+    assert m["num_train"] == 540 and m["num_test"] == 256
 
 
 def test_evaluate_job_reevaluates_the_run_from_s3(smoke_run) -> None:
@@ -456,7 +463,7 @@ def test_killed_augmentation_actor_loses_no_image(tmp_path: Path) -> None:
     ray_cfg = RayConfig(
         aug_min_actors=1, aug_max_actors=2, aug_cpus_per_actor=0.5, aug_batch_size=50
     )
-    counter = RowCounter.remote()  # type: ignore[attr-defined]
+    counter = RowCounter.remote()
     faults = Faults({"KILL_AUGMENT_AFTER": "3"}, str(tmp_path))
     ds, _, rows = patch_stream(
         open_dataset(data, "train"),
@@ -508,7 +515,7 @@ def test_training_stream_shuffles_each_epoch_without_an_all_to_all() -> None:
     ray_cfg = RayConfig(aug_max_actors=1, aug_cpus_per_actor=0.5, read_cpus=0.25, aug_batch_size=10)
 
     def stream(seed: int, epochs: range) -> tuple[Any, dict[int, list[int]], dict[str, int]]:
-        counter = RowCounter.remote()  # type: ignore[attr-defined]
+        counter = RowCounter.remote()
         ds, _, _ = patch_stream(
             open_dataset(data, "train"),
             PatchConfig(num_patches=2, size=8),
@@ -541,36 +548,50 @@ def test_training_stream_shuffles_each_epoch_without_an_all_to_all() -> None:
     assert again[1] == ids[1]
 
 
-def test_a_large_split_streams_its_epochs_in_windows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where one execution would plan too many blocks, each execution holds a window of epochs
-    (here one): iterating until an empty execution still gives every image once per epoch."""
+def test_a_large_split_streams_its_epochs_in_windows() -> None:
+    """Where one execution would plan too many blocks (ray.blocks_per_execution), each
+    execution holds a window of epochs (here one): iterating the windows gives every image of
+    each epoch's plan once, and each window's last batch says its epoch is delivered."""
     import ray
 
     from empssl_ray.config import DataConfig, PatchConfig, RayConfig
     from empssl_ray.on_ray import read as ray_read
-    from empssl_ray.on_ray.stream import RowCounter, patch_stream
+    from empssl_ray.on_ray.stream import RowCounter, patch_stream, training_windows
 
-    monkeypatch.setattr(ray_read, "MAX_READ_TASKS", 1)  # fewer than one epoch's blocks
     data = DataConfig(name="fashion-mnist", train_limit=300)
-    ray_cfg = RayConfig(aug_max_actors=1, aug_cpus_per_actor=0.5, read_cpus=0.25, aug_batch_size=10)
-    counter = RowCounter.remote()  # type: ignore[attr-defined]
+    ray_cfg = RayConfig(
+        aug_max_actors=1,
+        aug_cpus_per_actor=0.5,
+        read_cpus=0.25,
+        aug_batch_size=10,
+        blocks_per_execution=1,  # fewer than one epoch's blocks
+    )
+    counter = RowCounter.remote()
+    split = open_dataset(data, "train")
     ds, _, _ = patch_stream(
-        open_dataset(data, "train"),
+        split,
         PatchConfig(num_patches=2, size=8),
         ray_cfg,
         seed=0,
         counter=counter,
         carry=("id", "epoch"),
         epochs=range(3),
+        epoch_rows=280,  # whole batches of 40: 20 rows left out of each epoch's plan
     )
+    windows = training_windows(split, ray_cfg, range(3))
+    assert windows == [[0], [1], [2]]
     batches = ray_read.iterate_epochs(
-        lambda: ds.iter_batches(batch_size=None, batch_format="numpy"), wanted=10**6
+        lambda: ds.iter_batches(batch_size=None, batch_format="numpy"), 10**6, windows
     )
     ids: dict[int, list[int]] = {}
+    delivered = []
     for b in batches:
+        delivered.append(b[ray_read.DELIVERED])
         for epoch, i in zip(b["epoch"].tolist(), b["id"].tolist(), strict=True):
             ids.setdefault(epoch, []).append(i)
     assert sorted(ids) == [0, 1, 2]
-    assert all(sorted(ids[e]) == list(range(300)) for e in ids)
-    # One pool per execution: three windows, and the empty execution that ends the stream.
-    assert ray.get(counter.get.remote())["patch_cutters_started"] >= 3
+    assert all(len(ids[e]) == len(set(ids[e])) == 280 for e in ids)
+    assert len(set(ids[0]) | set(ids[1]) | set(ids[2])) > 280  # other rows left out each epoch
+    assert delivered[-1] == 3 and sorted(delivered) == delivered  # each window, in order
+    # One pool per execution: three windows, and no execution after the last.
+    assert ray.get(counter.get.remote())["patch_cutters_started"] == 3

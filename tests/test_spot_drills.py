@@ -1,8 +1,9 @@
 """What a spot cloud does to a run, with data and outputs on the loopback S3: the object store
 going away mid-run and coming back, or going for good (on the session's Ray); a trainer node
 drained by Ray's drain API with reason preemption, removed and replaced; the trainer node lost
-without notice three times in one epoch; a sweep whose trial loses its trainer node
-(multi-node clusters in subprocesses: tests/drain_scenario.py, tests/sweep_loss_scenario.py).
+without notice three times in one epoch; an elastic run that loses a trainer node and gains one;
+a sweep whose trial loses its trainer node (multi-node clusters in subprocesses:
+tests/drain_scenario.py, tests/elastic_scenario.py, tests/sweep_loss_scenario.py).
 Each checks every image trained once per epoch and every step logged (or reported) once, or,
 where no progress is possible, one line. `-m drills` (make test-drills): about 12 minutes
 together on 2 cores, after the suite."""
@@ -100,6 +101,53 @@ def test_three_losses_without_notice_that_each_made_progress_use_no_failure_budg
     assert len(seen["lost_at_steps"]) == 3, seen["lost_at_steps"]
     resumed = assert_one_epoch_trained_once(seen, restarts=3)
     assert resumed == sorted(resumed) and resumed[0] >= 2, resumed  # each from a newer checkpoint
+
+
+ELASTIC_SCENARIO = Path(__file__).with_name("elastic_scenario.py")
+
+
+def kept_by_attempt(attempts: dict[str, list[str]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """Like `once_per_epoch` for several ranks an attempt: the steps each attempt began at, and
+    the (epoch, id) rows kept (each rank's rows before the step the next attempt began at)."""
+    rows = [
+        np.array([line.split() for line in lines], dtype=np.int64).reshape(-1, 3)
+        for lines in attempts.values()
+        if lines
+    ]
+    firsts = sorted({int(r[:, 0].min()) for r in rows})
+    kept = []
+    for r in rows:
+        later = [f for f in firsts if f > r[:, 0].min()]
+        kept.append(r[r[:, 0] < later[0]] if later else r)
+    return firsts, [tuple(p) for p in np.concatenate(kept)[:, 1:].tolist()]
+
+
+@pytest.mark.timeout(DRAIN_LIMIT_S + 300)
+def test_an_elastic_run_shrinks_on_a_lost_node_and_grows_when_one_joins(
+    s3: str, tmp_path: Path
+) -> None:
+    """ray.min_workers=2, ray.num_workers=3 on three trainer nodes: one lost without notice at
+    step 6, the run goes on with two at once (no replacement waited for); a node joins at step
+    16 and the run grows back to three. The global batch stays 48, every image once an epoch,
+    every step logged once, and each start resumes the newest checkpoint (no jump in loss)."""
+    data = f"{s3}/elastic/data"
+    prepare(DataConfig(name="fashion-mnist", train_limit=960, test_limit=256), data, 240, False)
+    seen = run_scenario(ELASTIC_SCENARIO, [str(tmp_path), data, f"{s3}/elastic"], DRAIN_LIMIT_S)
+    assert seen["final"]["step"] == 40 and seen["final"]["epoch"] == 2, seen["log"]
+    steps = [r for r in seen["metrics"] if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == sorted({r["step"] for r in steps})  # each step once
+    workers = [r["workers"] for r in steps]
+    changes = [w for i, w in enumerate(workers) if i == 0 or w != workers[i - 1]]
+    assert changes == [3, 2, 3], (changes, seen["log"])
+    grew_at = next(r["step"] for r in steps if r["step"] > 6 and r["workers"] == 3)
+    assert grew_at > seen["joined_at_step"], (grew_at, seen["log"])
+    firsts, pairs = kept_by_attempt(seen["trained"])
+    assert firsts[0] == 1 and len(firsts) == 3 and firsts[1] <= seen["lost_at_step"] + 1, firsts
+    assert len(pairs) == len(set(pairs)) == 2 * 960  # each image once in each epoch
+    loss = {r["step"]: r["loss"] for r in steps}
+    for first in firsts[1:]:  # each start goes on from where the loss was, not from step 1's
+        before, after = loss[first - 1], loss[first]
+        assert abs(after - before) < abs(loss[1] - before), (first, before, after, loss[1])
 
 
 def run_through_an_outage(

@@ -83,6 +83,8 @@ TRANSIENT = (
     "EXPIRED_TOKEN",
     "curlCode",
     "Temporary failure",
+    "UNAVAILABLE",  # gRPC's and GCS's status codes for a store that is away or slow
+    "DEADLINE_EXCEEDED",
 )
 _window: float | None = None  # set_retry_window's; None: the environment's, else the default
 
@@ -132,6 +134,17 @@ def retrying(what: str, operation: Callable[[], T]) -> T:
             delay = min(2 * delay, 30.0)
 
 
+def checked(what: str, location: str, operation: Callable[[], T]) -> T:
+    """`retrying` an operation on `location`, and an error retrying cannot mend (403, a KMS
+    denial, no such bucket) as one StorageError line: never taken for a missing file."""
+    try:
+        return retrying(f"{what} {location}", operation)
+    except (FileNotFoundError, StorageUnavailableError):
+        raise
+    except OSError as e:
+        raise StorageError(f"cannot {what} {location} ({e}): check the path and permissions") from e
+
+
 def is_uri(location: str) -> bool:
     """True for s3://, gs://, file://... locations; False for local paths."""
     return "://" in location
@@ -168,7 +181,7 @@ def uri_prefix(location: str) -> str:
 def file_info(location: str) -> pafs.FileInfo:
     """What the filesystem knows of `location` (type, size, mtime), an outage waited out."""
     fs, path = filesystem(location)
-    return retrying(f"look up {location}", lambda: fs.get_file_info(path))
+    return checked("look up", location, lambda: fs.get_file_info(path))
 
 
 def exists(location: str) -> bool:
@@ -194,12 +207,7 @@ def read_bytes(location: str) -> bytes:
         with fs.open_input_stream(path) as f:
             return f.read()
 
-    try:
-        return retrying(f"read {location}", read)
-    except (FileNotFoundError, StorageUnavailableError):
-        raise
-    except OSError as e:
-        raise StorageError(f"cannot read {location} ({e}): check the path and permissions") from e
+    return checked("read", location, read)
 
 
 def write_bytes(location: str, data: bytes) -> None:
@@ -212,12 +220,7 @@ def write_bytes(location: str, data: bytes) -> None:
         with fs.open_output_stream(path) as f:
             f.write(data)
 
-    try:
-        retrying(f"write {location}", write)
-    except StorageUnavailableError:
-        raise
-    except OSError as e:
-        raise StorageError(f"cannot write {location} ({e}): check the path and permissions") from e
+    checked("write", location, write)
 
 
 def read_text(location: str) -> str:
@@ -241,7 +244,7 @@ def list_dir(location: str, recursive: bool = False) -> list[Entry]:
     fs, path = filesystem(location)
     prefix = uri_prefix(location)
     selector = pafs.FileSelector(path, allow_not_found=True, recursive=recursive)
-    infos = retrying(f"list {location}", lambda: fs.get_file_info(selector))
+    infos = checked("list", location, lambda: fs.get_file_info(selector))
     return sorted(
         (
             Entry(prefix + i.path, i.base_name, i.type == pafs.FileType.Directory, i.mtime_ns)
@@ -265,7 +268,7 @@ def remove_tree(location: str) -> None:
         if fs.get_file_info(path).type != pafs.FileType.NotFound:
             fs.delete_dir(path)
 
-    retrying(f"delete {location}", remove)
+    checked("delete", location, remove)
 
 
 def remove_file(location: str) -> None:
@@ -276,7 +279,7 @@ def remove_file(location: str) -> None:
         if fs.get_file_info(path).type == pafs.FileType.File:
             fs.delete_file(path)
 
-    retrying(f"delete {location}", remove)
+    checked("delete", location, remove)
 
 
 def copy_file(source: str, destination: str) -> None:

@@ -108,6 +108,8 @@ class Trainer:
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(patch_seed(cfg.run.seed, rank, 0))
         self.fixed_patches: torch.Tensor | None = None  # diagnostics' batch (`diagnose`)
+        # The epoch's loss, tcr and invariance summed over its steps so far, on the device.
+        self.epoch_sums = torch.zeros(3, device=self.device)
         # Most patches per forward (0: one pass) and the line that says what was chosen.
         self.chunk, self.chunk_note = resolve_chunk(
             cfg.patches.chunk, self.model, in_channels, self.patch_size, self.device
@@ -183,7 +185,7 @@ class Trainer:
 
         Returns the epoch's mean loss parts, patches/s and data-wait fraction.
         """
-        sums = torch.zeros(3, device=self.device)  # loss, tcr, invariance over the epoch's steps
+        sums = self.epoch_sums = torch.zeros(3, device=self.device)  # `check_finite` reads it
         steps = patches = 0
         wait = 0.0
         start = window_start = time.perf_counter()
@@ -240,6 +242,17 @@ class Trainer:
             "data_wait_frac": wait / elapsed,
             "epoch_time_s": elapsed,
         }
+
+    def check_finite(self) -> None:
+        """Raises NonFiniteLossError where a loss of the epoch so far or a weight is not finite:
+        what a checkpoint checks before it is written (reports read the loss every log_every
+        steps only, and a step's NaN update shows in the next step's loss)."""
+        self._read_finite(self.epoch_sums)
+        if not bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()):
+            raise NonFiniteLossError(
+                f"the weights became NaN/inf by step {self.step} (epoch {self.epoch}); the last "
+                "checkpoint is kept: lower optim.lr or raise loss.eps, then rerun to resume"
+            )
 
     def _read_finite(self, values: torch.Tensor) -> list[float]:
         """The one host read of a report: loss parts (and sums) as floats, checked finite.

@@ -5,8 +5,9 @@ For each epoch `read_plan.epoch_plan` draws that epoch's blocks (see there): eve
 once per epoch, a new order each epoch, the same order for the same seed, and nothing held back
 until the whole split is read. Consecutive epochs share one execution of the dataset, so its
 actor pools stay up across their boundaries; each row carries its epoch. An execution plans at
-most `MAX_READ_TASKS` blocks (Ray Data sets every read task up before the first batch), so a
-large split's epochs come in windows of a few, one window per execution of the same dataset.
+most `ray.blocks_per_execution` blocks (Ray Data sets every read task up before the first
+batch), so a large split's epochs come in windows of a few, one execution per window; the
+trainer knows the windows beforehand (`stream_windows`) and iterates each one.
 Reading runs in Ray tasks through the core readers, never in the driver.
 """
 
@@ -26,6 +27,7 @@ from empssl_ray.data.read_plan import (
     Piece,
     StreamPosition,
     epoch_plan,
+    left_out,
     load_pieces,
     split_slices,
     unfinished,
@@ -35,10 +37,37 @@ ROWS_PER_READ_TASK = 10_000  # images one evaluation read task loads
 # Pixels one block holds at most: a 640 px canvas (data.keep_aspect) is 1.2 MB, so 1,024 of them
 # would be 1.3 GB in a read task (and again in its shuffled copy); CIFAR's 3 KB never reach it.
 BLOCK_BYTES = 256 << 20
-MAX_READ_TASKS = 1_024  # blocks one execution plans at most (set-up: about 0.5 ms each here)
+MAX_READ_TASKS = 1_024  # ray.blocks_per_execution's default (set-up: about 0.5 ms a block here)
 
 
 _PIECE_KEYS = ("chunk", "start", "stop", "first_row")
+DELIVERED = "delivered"  # a batch's key: epochs before it are delivered (`iterate_epochs`)
+
+
+def capped_block_rows(info: DatasetInfo, block_rows: int) -> int:
+    """`block_rows`, lowered so that a block holds at most BLOCK_BYTES of pixels."""
+    image_bytes = info.channels * max(1, info.image_size) ** 2
+    return max(1, min(block_rows, BLOCK_BYTES // image_bytes))
+
+
+def epoch_windows(
+    blocks_per_epoch: int, epochs: Sequence[int], max_blocks: int = MAX_READ_TASKS
+) -> list[list[int]]:
+    """`epochs` cut into the windows the dataset's executions hold, one execution each: as many
+    whole epochs as fit in `max_blocks` blocks, at least one."""
+    k = max(1, max_blocks // max(1, blocks_per_epoch))
+    epochs = list(epochs)
+    return [epochs[i : i + k] for i in range(0, len(epochs), k)]
+
+
+def stream_windows(
+    dataset: ImageDataset, block_rows: int, epochs: Sequence[int], max_blocks: int = MAX_READ_TASKS
+) -> list[list[int]]:
+    """The windows of `read_images(dataset, block_rows=..., epochs=..., max_blocks=...)`,
+    without Ray: what a trainer iterates (`iterate_epochs`), known before the first batch."""
+    block_rows = capped_block_rows(dataset.info, block_rows)
+    blocks = len(epoch_plan(split_slices(dataset, block_rows), block_rows, None, 0))
+    return epoch_windows(blocks, epochs, max_blocks)
 
 
 class SplitSource(Datasource):
@@ -46,8 +75,7 @@ class SplitSource(Datasource):
 
     Its read tasks only emit the plan (one row per block: the block's pieces, its epoch and its
     shuffle seed); `load_block` reads the pixels as a map, so a bad image fails as a user's
-    error. Execution i of the dataset plans the i-th window of `epochs_per_execution` epochs,
-    and nothing once they are all planned.
+    error. Execution i of the dataset plans `windows[i]`, and nothing once they are all planned.
     """
 
     def __init__(
@@ -57,20 +85,22 @@ class SplitSource(Datasource):
         seed: int | None,
         epochs: Sequence[int],
         position: StreamPosition | None = None,
+        epoch_rows: int | None = None,
+        max_blocks: int = MAX_READ_TASKS,
     ) -> None:
-        self.block_rows, self.seed, self.epochs = block_rows, seed, list(epochs)
+        self.block_rows, self.seed, self.epoch_rows = block_rows, seed, epoch_rows
         self.position = position  # rows trained before a resume: left out of their epochs
         self.pieces = split_slices(dataset, block_rows)
-        self.blocks_per_epoch = len(epoch_plan(self.pieces, block_rows, None, 0))
-        self.epochs_per_execution = max(1, MAX_READ_TASKS // max(1, self.blocks_per_epoch))
+        self.rows = sum(p[2] - p[1] for p in self.pieces)
+        blocks = len(epoch_plan(self.pieces, block_rows, None, 0))
+        self.windows = epoch_windows(blocks, epochs, max_blocks)
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
     def window(self, execution: int) -> list[int]:
         """The epochs that execution `execution` of the dataset holds."""
-        k = self.epochs_per_execution
-        return self.epochs[execution * k : (execution + 1) * k]
+        return self.windows[execution] if execution < len(self.windows) else []
 
     def get_read_tasks(
         self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None
@@ -89,10 +119,14 @@ class SplitSource(Datasource):
         ]
 
     def blocks(self, epoch: int) -> list[tuple[list[Piece], int | None, np.ndarray]]:
-        """Epoch `epoch`'s blocks, each with the ids of its rows trained before a resume."""
+        """Epoch `epoch`'s blocks, each with the ids of its rows trained before a resume or left
+        out of the epoch (the remainder of its last global batch)."""
         plan = epoch_plan(self.pieces, self.block_rows, self.seed, epoch)
+        skip = left_out(self.rows, self.epoch_rows, self.seed, epoch)
         trained = self.position.trained_in(epoch) if self.position is not None else None
-        return unfinished(plan, trained)
+        if trained is not None and skip is not None:
+            skip = skip | trained
+        return unfinished(plan, trained if skip is None else skip)
 
 
 def _plan_block(
@@ -134,6 +168,8 @@ def read_images(
     shuffle_seed: int | None = None,
     epochs: Sequence[int] = (0,),
     position: StreamPosition | None = None,
+    epoch_rows: int | None = None,
+    max_blocks: int = MAX_READ_TASKS,
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
     """A split as a Ray Dataset of rows {"image": uint8 (C, H, W), "label": int64, "id",
     "epoch"}, once per epoch of `epochs`, epoch after epoch, over one execution per window of
@@ -153,13 +189,16 @@ def read_images(
         epochs: the epochs the dataset holds (a resumed run: those it still has to train).
             Evaluation reads one, in split order.
         position: the rows a resumed run trained already, left out of their epochs.
+        epoch_rows: rows each epoch's plan keeps (training: whole global batches); None: all.
+        max_blocks: blocks one execution plans at most (`ray.blocks_per_execution`).
 
     Returns:
         (dataset, info, rows of one epoch before bad images are skipped).
     """
-    image_bytes = dataset.info.channels * max(1, dataset.info.image_size) ** 2
-    block_rows = max(1, min(block_rows, BLOCK_BYTES // image_bytes))
-    source = SplitSource(dataset, block_rows, shuffle_seed, epochs, position)
+    block_rows = capped_block_rows(dataset.info, block_rows)
+    source = SplitSource(
+        dataset, block_rows, shuffle_seed, epochs, position, epoch_rows, max_blocks
+    )
     blocks = max(1, sum(len(source.blocks(epoch)) for epoch in source.window(0)))
     ds = ray.data.read_datasource(source, num_cpus=read_cpus, override_num_blocks=blocks)
     ds = ds.map_batches(
@@ -168,16 +207,30 @@ def read_images(
     return ds, dataset.info, len(dataset)
 
 
-def iterate_epochs(iterate: Callable[[], Iterable[Any]], wanted: int) -> Iterator[Any]:
-    """The batches of a `read_images` dataset over its executions, until `wanted` have come or
-    an execution yields none: `iterate()` starts the next execution (e.g.
-    `lambda: shard.iter_torch_batches(...)`)."""
+def iterate_epochs(
+    iterate: Callable[[], Iterable[dict[str, Any]]], wanted: int, windows: Sequence[Sequence[int]]
+) -> Iterator[dict[str, Any]]:
+    """The batches of a `read_images` dataset over its executions, one per window of `windows`
+    (`stream_windows`), until `wanted` have come or every window has: `iterate()` starts the
+    next execution (e.g. `lambda: shard.iter_torch_batches(...)`). A window that yields no
+    batch (its rows fewer than a batch: an epoch resumed near its end) is not the stream's end.
+
+    Each batch carries `DELIVERED`: the epochs before it are delivered, every row they had
+    trained or dropped (a partial last batch, unreadable images). The last batch of an
+    execution carries its window's end, so the position completes an epoch its rows cannot.
+    """
     count = 0
-    while count < wanted:
-        empty = True
-        for batch in iterate():
-            empty = False
-            count += 1
-            yield batch
-        if empty:
+    delivered = windows[0][0] if windows and windows[0] else 0
+    for window in windows:
+        if count >= wanted:
             return
+        held = None  # one batch back: an execution's last batch is known at its end
+        for batch in iterate():
+            if held is not None:
+                count += 1
+                yield {**held, DELIVERED: delivered}
+            held = batch
+        delivered = max(delivered, window[-1] + 1) if window else delivered
+        if held is not None:
+            count += 1
+            yield {**held, DELIVERED: delivered}

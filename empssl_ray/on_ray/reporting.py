@@ -9,6 +9,7 @@ rank), so a restart from it trains every row once per epoch, inside an epoch too
 
 from __future__ import annotations
 
+import resource
 import tempfile
 import time
 from collections.abc import Mapping
@@ -26,8 +27,9 @@ from empssl_ray.data.read_plan import StreamPosition
 from empssl_ray.method.loop import LoopHooks
 from empssl_ray.method.training import Trainer
 from empssl_ray.on_ray.progress import post
+from empssl_ray.on_ray.read import DELIVERED
 from empssl_ray.on_ray.tracking import Tracker, numeric
-from empssl_ray.runs.checkpoints import prune_checkpoints, save_checkpoint
+from empssl_ray.runs.checkpoints import checkpoint_name, prune_checkpoints, save_checkpoint
 from empssl_ray.runs.metrics import MetricsLogger
 
 # What the console shows of a report (the rest goes to metrics.jsonl and TensorBoard).
@@ -42,7 +44,8 @@ CONSOLE_KEYS = (
     "epoch_time_s",
     "knn_acc",
 )
-COUNTS = ("augmented_images", "skipped_images")  # cumulative over the run, restarts included
+# Cumulative over the run, restarts included (an actor pool starts again with each execution).
+COUNTS = ("augmented_images", "skipped_images", "patch_cutters_started")
 
 
 def preemption_note(info: Any) -> str:
@@ -92,6 +95,8 @@ class RayHooks(LoopHooks):
         self.board = board if self.lead else None
         self.logger: MetricsLogger | None = None
         self.trained: list[tuple[np.ndarray, np.ndarray]] = []  # (epochs, ids) since a checkpoint
+        self.delivered = 0  # epochs before this one were delivered whole (`iterate_epochs`)
+        self.checkpoint_s = 0.0  # seconds the last checkpoint took to write and report
         self.last_checkpoint = time.monotonic()
         self.preemption: Any = None  # the drain notice a checkpoint was written for
         self.tracker = tracker
@@ -104,6 +109,7 @@ class RayHooks(LoopHooks):
             self.logger = MetricsLogger(self.run_dir, resumed_step=trainer.step)
 
     def on_step(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        metrics["workers"] = self.world
         if self.logger:
             self.logger.log("step", metrics)
         post(self.board, console_event("step", metrics))
@@ -111,12 +117,17 @@ class RayHooks(LoopHooks):
             self.untracked.append((trainer.step, numeric(metrics)))
         ray.train.report({**metrics, "kind": "step"})
 
-    def on_batch(self, trainer: Trainer, batch: Mapping[str, torch.Tensor]) -> None:
+    def on_batch(self, trainer: Trainer, batch: Mapping[str, Any]) -> None:
         self.trained.append((batch["epoch"].numpy(), batch["id"].numpy()))
+        self.delivered = int(batch.get(DELIVERED, self.delivered))
         if self.checkpoint_due(trainer):
             self.checkpoint(trainer, {"kind": "checkpoint", "epoch": trainer.epoch})
 
     def on_epoch_end(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
+        # The run's shape and its costs, per epoch: rank 0's peak memory (MB), the last
+        # checkpoint's write time, the worker count (an elastic run's changes).
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        metrics.update(workers=self.world, rank0_peak_mb=peak_mb, checkpoint_s=self.checkpoint_s)
         self.checkpoint(trainer, metrics)
 
     def on_note(self, text: str) -> None:
@@ -152,7 +163,14 @@ class RayHooks(LoopHooks):
 
     def checkpoint(self, trainer: Trainer, metrics: dict[str, Any]) -> None:
         """Reports `metrics` with a checkpoint: weights, optimiser, schedule, counters and the
-        stream's position, gathered from every rank (a collective: every rank calls it)."""
+        stream's position, gathered from every rank (a collective: every rank calls it).
+
+        Raises:
+            NonFiniteLossError: a loss of the epoch so far or a weight is NaN/inf: nothing
+                poisoned is saved (every rank raises: their weights are the same).
+        """
+        started = time.perf_counter()
+        trainer.check_finite()
         mine = (
             np.concatenate([e for e, _ in self.trained]) if self.trained else np.zeros(0, int),
             np.concatenate([i for _, i in self.trained]) if self.trained else np.zeros(0, int),
@@ -166,7 +184,7 @@ class RayHooks(LoopHooks):
         if self.counter is not None:
             # Images cut into patches (a batch re-run after an actor died counts twice) and bad
             # images dropped by on_bad_image=skip, over the run: earlier starts' counts carry on.
-            now = ray.get(self.counter.get.remote())
+            now = ray.get(self.counter.since_start.remote())
             for key in COUNTS:
                 metrics[key] = self.counts.get(key, 0) + now.get(key, 0)
         with tempfile.TemporaryDirectory() as tmp:
@@ -181,7 +199,9 @@ class RayHooks(LoopHooks):
                         "checkpoint"
                     )
                 self.position.add(epochs, ids)
+                self.position.delivered(self.delivered)
                 state = trainer.state_dict()
+                state["workers"] = self.world
                 state["counts"] = {k: metrics[k] for k in COUNTS if k in metrics}
                 if self.tracker:
                     state["tracking_run_id"] = self.tracker.run_id
@@ -194,13 +214,18 @@ class RayHooks(LoopHooks):
                         self.logger.log("epoch", metrics)
                         self.logger.flush()  # CSV, PNG and TensorBoard on storage every epoch
                     post(self.board, console_event("epoch", metrics))
-            ray.train.report(metrics, checkpoint=saved)
+                elif self.logger:  # the step records up to this checkpoint, before it lands:
+                    self.logger.push()  # a restart from it never logs them again
+            # Named by step: names sort in training order whatever the node's clock.
+            name = checkpoint_name(trainer.step)
+            ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=name)
         if self.tracker:  # the steps up to this checkpoint are for good now
             self.tracker.log(self.untracked)
             self.untracked = []
         if self.lead:  # across every fit and restart of the run, not only this one's
             prune_checkpoints(self.run_dir, self.cfg.run.checkpoints_to_keep)
         self.last_checkpoint = time.monotonic()
+        self.checkpoint_s = time.perf_counter() - started
 
     def close(self) -> None:
         if self.logger:

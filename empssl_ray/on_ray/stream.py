@@ -23,23 +23,24 @@ from empssl_ray.data.datasets import DatasetInfo, ImageDataset
 from empssl_ray.data.read_plan import StreamPosition
 from empssl_ray.faults import Faults
 from empssl_ray.method.patches import cut_patches, patch_seed, patch_size_for
-from empssl_ray.on_ray.read import read_images
+from empssl_ray.on_ray.read import read_images, stream_windows
 
 BATCHES_PER_BLOCK = 16  # augmentation batches per block: work for every actor, the shuffle window
 
 
-@ray.remote(num_cpus=0)
-class RowCounter:
-    """The run's tally on the head node: rows counted by key across tasks (bad images skipped,
-    images augmented), and where the current worker-group start resumes (`set_start`)."""
+class Tally:
+    """The run's tally (as the `RowCounter` actor on the head node): rows counted by key across
+    tasks (bad images skipped, images augmented), and where the current worker-group start
+    resumes (`set_start`)."""
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self.at_start: dict[str, int] = {}  # the counts when the worker group started
         self.resume: Any = None
 
     def set_start(self, resume: Any) -> None:
         """The resume decision of a worker-group start, made once by the stream's builder."""
-        self.resume = resume
+        self.resume, self.at_start = resume, dict(self.counts)
 
     def start(self) -> Any:
         return self.resume
@@ -49,6 +50,14 @@ class RowCounter:
 
     def get(self) -> dict[str, int]:
         return dict(self.counts)
+
+    def since_start(self) -> dict[str, int]:
+        """The counts of this worker group's start on: a restart inside one fit resumes a
+        checkpoint whose counts hold the earlier ones already."""
+        return {k: n - self.at_start.get(k, 0) for k, n in self.counts.items()}
+
+
+RowCounter: Any = ray.remote(num_cpus=0)(Tally)
 
 
 def _keep_columns(batch: dict[str, np.ndarray], columns: tuple[str, ...]) -> dict:
@@ -118,6 +127,7 @@ def patch_stream(
     carry: tuple[str, ...] = (),
     epochs: Sequence[int] = (0,),
     position: StreamPosition | None = None,
+    epoch_rows: int | None = None,
 ) -> tuple[ray.data.Dataset, DatasetInfo, int]:
     """The training stream: images in a new order each epoch, then patches cut on the actor pool.
 
@@ -136,6 +146,7 @@ def patch_stream(
             "epoch").
         epochs: the epochs the stream holds, in order (a resumed run: those still to train).
         position: the rows a resumed run trained already (left out of their epochs).
+        epoch_rows: rows each epoch plans (whole global batches); None: the whole split.
 
     Returns:
         (dataset of {"patches" (n, C, S, S) uint8 | "image" (C, H, W) uint8} plus `carry`,
@@ -150,6 +161,8 @@ def patch_stream(
         shuffle_seed=seed,
         epochs=epochs,
         position=position,
+        epoch_rows=epoch_rows,
+        max_blocks=ray_cfg.blocks_per_execution,
     )
     if ray_cfg.patches_on_trainer:
         # A map at read_cpus, not select_columns: its projection task asks a whole CPU, which a
@@ -170,6 +183,14 @@ def patch_stream(
         # (max_restarts=-1, max_task_retries=-1): no image is lost from the epoch.
     )
     return exact_tensors(ds), info, rows
+
+
+def training_windows(
+    dataset: ImageDataset, ray_cfg: RayConfig, epochs: Sequence[int]
+) -> list[list[int]]:
+    """The epochs of each execution of `patch_stream(dataset, ..., epochs=epochs)`."""
+    block_rows = ray_cfg.aug_batch_size * BATCHES_PER_BLOCK
+    return stream_windows(dataset, block_rows, epochs, ray_cfg.blocks_per_execution)
 
 
 def exact_tensors(ds: ray.data.Dataset) -> ray.data.Dataset:

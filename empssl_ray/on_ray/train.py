@@ -46,8 +46,9 @@ from empssl_ray.on_ray.placement import on_head
 from empssl_ray.on_ray.progress import post
 from empssl_ray.on_ray.read import iterate_epochs
 from empssl_ray.on_ray.reporting import RayHooks
-from empssl_ray.on_ray.stream import RowCounter, patch_stream
+from empssl_ray.on_ray.stream import RowCounter, patch_stream, training_windows
 from empssl_ray.on_ray.tracking import Tracker
+from empssl_ray.rules import worker_counts
 from empssl_ray.runs.checkpoints import (
     CheckpointNotFoundError,
     CheckpointVanishedError,
@@ -60,10 +61,38 @@ from empssl_ray.runs.checkpoints import (
 RAY_TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train V2's checkpoint record
 
 
+def worker_range(cfg: PretrainConfig) -> int | tuple[int, int]:
+    """Ray Train's worker count: `ray.num_workers`, or (min, max) for an elastic run."""
+    counts = worker_counts(cfg)
+    return (counts[0], counts[-1]) if len(counts) > 1 else cfg.ray.num_workers
+
+
 def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
-    """Optimiser steps in one epoch: each worker's share of the rows in whole batches."""
-    workers = max(1, cfg.ray.num_workers)
-    return (rows // workers) // (cfg.optim.batch_size // workers)
+    """Optimiser steps in one epoch: the split's rows in whole global batches, at any worker
+    count (every count the run may have divides optim.batch_size: `rules.check_worker_range`)."""
+    return rows // cfg.optim.batch_size
+
+
+def stream_epochs(position: StreamPosition, epochs: int) -> range:
+    """The epochs a (re)started stream holds: from the first not complete (a finished run: its
+    last, which is never iterated) to the run's end."""
+    return range(min(position.complete_through, epochs - 1), epochs)
+
+
+def check_schedule(saved: dict[str, Any], per_epoch: int, cfg: PretrainConfig) -> None:
+    """Refuses to resume a run whose epochs had another length (another optim.batch_size or
+    data): its schedule and its stream position count in the old steps.
+
+    Raises:
+        ConfigError: the saved epoch length differs from this config's.
+    """
+    if saved["epoch_rows"] != per_epoch * cfg.optim.batch_size:
+        raise ConfigError(
+            f"run.name={cfg.run.name} was checkpointed with epochs of {saved['epoch_rows']} "
+            f"images; this config trains {per_epoch * cfg.optim.batch_size} an epoch "
+            f"(optim.batch_size={cfg.optim.batch_size} over {saved['rows']} images): resume "
+            "with the run's own optim.batch_size and data, or start a new run.name"
+        )
 
 
 @dataclass
@@ -81,10 +110,10 @@ class WorkerJob:
     faults: Faults | None = None  # drills (`empssl_ray.faults`), or None
 
 
-def saved_position(resume: ResumePoint, rows: int) -> dict[str, Any]:
+def saved_position(resume: ResumePoint, rows: int, epoch_rows: int) -> dict[str, Any]:
     """The state of the rows trained before `resume` (`StreamPosition.state()` and the step it
-    was saved at; a checkpoint saved without a position: whole epochs)."""
-    return resume.position() or StreamPosition(rows, resume.epoch).state()
+    was saved at; a fresh start: none)."""
+    return resume.position() or StreamPosition(rows, resume.epoch, epoch_rows).state()
 
 
 def check_position(saved: dict, trainer: Trainer) -> None:
@@ -109,7 +138,8 @@ def training_stream(job: WorkerJob) -> ray.data.Dataset:
     storage.set_retry_window(cfg.run.storage_retry_s)
     epochs = run_epochs(cfg.optim, job.steps_per_epoch)
     resume = resume_point(job.run_dir)
-    saved = saved_position(resume, len(job.splits.train))
+    epoch_rows = job.steps_per_epoch * cfg.optim.batch_size
+    saved = saved_position(resume, len(job.splits.train), epoch_rows)
     position = StreamPosition.from_state(saved)
     # Decided once, here: the workers load this very checkpoint and position, whatever is
     # written or pruned meanwhile (a lost node's worker can outlive its node for a moment).
@@ -125,9 +155,9 @@ def training_stream(job: WorkerJob) -> ray.data.Dataset:
         job.faults,
         job.counter,
         carry=("id", "epoch"),  # which rows each step trained: the checkpoints' position
-        # A finished run streams nothing (its one planned epoch is never iterated).
-        epochs=range(min(position.complete_through, epochs - 1), epochs),
+        epochs=stream_epochs(position, epochs),
         position=position,
+        epoch_rows=epoch_rows,  # whole global batches: every epoch ends at a step's end
     )
     return ds
 
@@ -139,6 +169,8 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
     storage.set_retry_window(cfg.run.storage_retry_s)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if cfg.optim.batch_size % world:  # the config's check covers every count: a bug here
+        raise RuntimeError(f"{world} workers cannot share optim.batch_size={cfg.optim.batch_size}")
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
     per_epoch = job.steps_per_epoch
@@ -202,6 +234,7 @@ def train_loop_per_worker(config: dict[str, WorkerJob]) -> None:
                 pin_memory=cfg.ray.use_gpu,
             ),
             wanted=total - trainer.step,
+            windows=training_windows(job.splits.train, cfg.ray, stream_epochs(position, epochs)),
         ),
         cfg.ray.prefetch_batches,
     )
@@ -250,6 +283,9 @@ def build_trainer(
     # On the head node, as Ray Train pins its own state actor: a counter on a worker node that
     # leaves would take the run with it (seen in tests/cluster_scenario.py). "DEFAULT" leaves a
     # Tune trial's placement group, whose bundles hold no head-node resource.
+    saved = resume_point(run_dir).position()
+    if saved is not None:  # a resume: its epochs must be this config's
+        check_schedule(saved, per_epoch, cfg)
     counter = on_head(RowCounter).remote()
     faults = Faults.from_env(run_dir)
     # The run's checkpoints are ours to choose (`resume_point`) and prune (`RayHooks`), across
@@ -261,8 +297,12 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, resources_per_worker=resources
+        # (mypy sees Train V1's ScalingConfig stub, without V2's elastic (min, max).)
+        scaling_config=ScalingConfig(  # type: ignore[call-arg]
+            num_workers=worker_range(cfg),  # type: ignore[arg-type]
+            use_gpu=cfg.ray.use_gpu,
+            resources_per_worker=resources,
+            elastic_resize_monitor_interval_s=cfg.ray.elastic_check_s,
         ),
         run_config=RunConfig(
             name=cfg.run.name,

@@ -133,8 +133,6 @@ def run_trial(
         budget: million patch-forwards each trial spends (`sweep.budget`); 0 = none.
         budget_s: seconds each trial trains (`sweep.budget_s`); 0 = none. Neither: optim.epochs.
     """
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     from empssl_ray.on_ray.train import pretrain
 
     cfg = apply_overrides(base, config["params"])
@@ -144,7 +142,21 @@ def run_trial(
     cfg.run.log_every_steps = 0  # Tune sees epoch reports only: every one carries the objective
     cfg.run.checkpoint_every_steps, cfg.run.checkpoint_every_minutes = 0, 0.0  # nor checkpoints
     set_budget(cfg, budget, budget_s)
-    pretrain(cfg, callbacks=[TuneReportCallback()])
+    pretrain(cfg, callbacks=[objective_reports(OBJECTIVES[0])])
+
+
+def objective_reports(objective: str) -> Any:
+    """Ray Train's reports to Tune, those that carry `objective` only: epoch ends. A checkpoint
+    written inside an epoch (a node's preemption notice, in any sweep) reports no objective,
+    and Tune fails a trial on a result without it."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class ObjectiveReports(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list, checkpoint: Any) -> None:
+            if metrics and objective in metrics[0]:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return ObjectiveReports()
 
 
 def searcher(sweep: SweepConfig) -> Any:

@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import posixpath
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +25,19 @@ import torch
 from empssl_ray.config import PretrainConfig
 from empssl_ray.data import storage
 from empssl_ray.data.storage import StorageUnavailableError
-from empssl_ray.errors import UserError
+from empssl_ray.errors import StorageError, UserError
 
 CHECKPOINT_FILE = "checkpoint.pt"
 PROGRESS_FILE = "progress.json"  # beside it: {"epoch", "step"}, read without the weights
 POSITION_FILE = "position.pt"  # beside it: the stream's position (`read_plan.StreamPosition`)
-CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train names checkpoint folders checkpoint_<UTC time>
+CHECKPOINT_PREFIX = "checkpoint_"  # checkpoint folders: checkpoint_<step>_<UTC time>
+
+
+def checkpoint_name(step: int) -> str:
+    """A checkpoint folder's name: its step first, so that names sort in training order
+    whatever a node's clock says (Ray's default names carry the node's local time)."""
+    utc = time.strftime("%Y-%m-%d_%H-%M-%S", time.gmtime(time.time()))
+    return f"{CHECKPOINT_PREFIX}{step:010d}_{utc}"
 
 
 class CheckpointNotFoundError(UserError, FileNotFoundError):
@@ -42,7 +50,8 @@ def run_dir_of(cfg: PretrainConfig) -> str:
 
 
 def checkpoint_files(run_dir: str) -> list[str]:
-    """Every `checkpoint_*/checkpoint.pt` of a run, oldest first (the names sort by time)."""
+    """Every `checkpoint_*/checkpoint.pt` of a run, oldest first (names sort by step, then
+    time: `checkpoint_name`)."""
     return [
         storage.join(e.location, CHECKPOINT_FILE)
         for e in storage.list_dir(run_dir)
@@ -89,7 +98,8 @@ def save_checkpoint(
     torch.save({**state, "saved_with_position": position is not None}, path)
     progress = {"epoch": state["epoch"], "step": state["step"], "bytes": os.path.getsize(path)}
     if position is not None:  # its size too: a checkpoint without its position is not complete
-        torch.save(position, storage.join(folder, POSITION_FILE))
+        # Protocol 4 stores its bytes as they are (2, torch's default, 1.5x: latin-1 text).
+        torch.save(position, storage.join(folder, POSITION_FILE), pickle_protocol=4)
         progress["position_bytes"] = os.path.getsize(storage.join(folder, POSITION_FILE))
     storage.write_text(storage.join(folder, PROGRESS_FILE), json.dumps(progress))
 
@@ -145,14 +155,14 @@ def newest_complete(files: list[str]) -> ResumePoint:
             complete = storage.file_size(location) == progress["bytes"] and _position_complete(
                 folder, progress
             )
-        except StorageUnavailableError:  # the store is away: not a reason to pass one over
-            raise
+        except (StorageUnavailableError, StorageError):
+            raise  # the store is away or refuses us (403, KMS): no reason to pass one over
         except FileNotFoundError:  # no progress file (or no checkpoint file): read the weights
             if storage.exists(storage.join(folder, POSITION_FILE)):
                 continue  # written with progress files: its progress has not arrived yet
             try:
                 state = load_checkpoint(location)
-            except StorageUnavailableError:
+            except (StorageUnavailableError, StorageError):
                 raise
             except (OSError, RuntimeError, EOFError, pickle.UnpicklingError):
                 continue  # cut off

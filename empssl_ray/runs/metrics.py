@@ -65,16 +65,19 @@ class MetricsLogger:
                 if isinstance(value, (int, float)) and key not in ("step", "epoch"):
                     self.writer.add_scalar(f"{kind}/{key}", value, record.get("step", 0))
         if self.mirror.remote and time.monotonic() - self.pushed_at > PUSH_EVERY_S:
-            self.mirror.push()  # someone may be watching the run on object storage
-            self.pushed_at = time.monotonic()
+            self.push()  # someone may be watching the run on object storage
+
+    def push(self) -> None:
+        """Copies the records written so far to the run dir (a checkpoint's, before it lands)."""
+        self.mirror.push()
+        self.pushed_at = time.monotonic()
 
     def flush(self) -> None:
         """Writes the CSV and the curves PNG, and copies new files to the run dir (each epoch)."""
         if self.writer is not None:
             self.writer.flush()
         write_csv_and_plot(self.mirror.path)
-        self.mirror.push()
-        self.pushed_at = time.monotonic()
+        self.push()
 
     def close(self) -> None:
         if self.writer is not None:
