@@ -27,6 +27,7 @@ import io
 import json
 import os
 import resource
+import sys
 import tempfile
 import threading
 import time
@@ -88,7 +89,7 @@ class Watcher:
         self._thread.join()
 
 
-def plan_seconds(rows: int, block_rows: int, max_blocks: int) -> tuple[float, int]:
+def plan_seconds(rows: int, batch: int, block_rows: int, max_blocks: int) -> tuple[float, int]:
     """Seconds to plan one execution of a split of `rows` Parquet rows in 1,000-row groups (the
     read plan and Ray Data's read tasks, as `read_images` makes them), and the blocks an epoch
     has. Planning reads no data: a stand-in split of row groups is enough."""
@@ -102,8 +103,8 @@ def plan_seconds(rows: int, block_rows: int, max_blocks: int) -> tuple[float, in
         split,  # type: ignore[arg-type]
         block_rows,
         seed=0,
-        epochs=range(2),
-        epoch_rows=rows - rows % 2048,
+        epochs=range(2),  # one execution of each epoch (max_blocks 1): the first planned
+        epoch_rows=rows - rows % batch,
         max_blocks=max_blocks,
     )
     tasks = source.get_read_tasks(1)
@@ -139,11 +140,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=IMAGENET_ROWS)
     parser.add_argument("--batch", type=int, default=2048, help="global batch (optim.batch_size)")
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps")
+    parser.add_argument("--aug-batch", type=int, default=256, help="ray.aug_batch_size")
     parser.add_argument("--cache", default=os.path.expanduser("~/.cache/empssl-ray/scale"))
     args = parser.parse_args()
 
     import ray
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # jobs/ beside empssl_ray/
     from empssl_ray.launch import compose
     from empssl_ray.runs.metrics import read_metrics
     from jobs.pretrain import main as pretrain_main
@@ -174,8 +177,10 @@ def main() -> None:
         "run.log_every_steps=10",
         f"run.checkpoint_every_steps={args.checkpoint_every}",
         "ray.max_failures=1",
-        # One epoch per execution: what ImageNet's 1,252 blocks an epoch get at the default
-        # (1,024), forced for a smaller --rows too.
+        f"ray.aug_batch_size={args.aug_batch}",
+        "ray.aug_max_actors=2",
+        # One epoch per execution, as ImageNet's 1,252 blocks of the default aug_batch_size (64)
+        # get at the default ray.blocks_per_execution (1,024); forced at any --rows here.
         "ray.blocks_per_execution=1",
     ]
     cfg = compose("pretrain", overrides)
@@ -204,10 +209,10 @@ def main() -> None:
     if summary["final"].get("step") != 2 * per_epoch:
         problems.append(f"the run ended at step {summary['final'].get('step')}")
     kill_times = sorted((work / m).stat().st_mtime for m in os.listdir(work) if "fired" in m)
-    firsts = sorted(watcher.first_batch_at.values())[1:]
-    restart_s = [f - k for k, f in zip(kill_times, firsts, strict=False)]
-    plan_1x, blocks = plan_seconds(args.rows, 64 * 16, 1024)
-    plan_14m, blocks_14m = plan_seconds(IMAGENET_21K_ROWS, 64 * 16, 1024)
+    appeared = sorted(watcher.first_batch_at.values())  # every rank's first batch, each attempt
+    restart_s = [min(t for t in appeared if t > k) - k for k in kill_times]
+    plan_1x, blocks = plan_seconds(args.rows, args.batch, args.aug_batch * 16, 1)
+    plan_14m, blocks_14m = plan_seconds(IMAGENET_21K_ROWS, args.batch, args.aug_batch * 16, 1)
     driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures = {
         "rows": args.rows,
@@ -219,15 +224,15 @@ def main() -> None:
         "rank 0 peak memory (MB)": round(max(r.get("rank0_peak_mb", 0) for r in epochs)),
         "largest position.pt (bytes)": watcher.largest_position,
         "position.pt at 14M rows, one epoch in flight (bytes)": -(-IMAGENET_21K_ROWS // 8),
-        "read tasks of one execution": blocks,
+        "read tasks of one execution (one epoch)": blocks,
         "planning one execution (s)": round(plan_1x, 3),
+        "read tasks of one execution at 14M rows": blocks_14m,
         "planning one execution at 14M rows (s)": round(plan_14m, 3),
-        "read tasks at 14M rows": blocks_14m,
         "kill to next first batch (s)": [round(s) for s in restart_s],
         "checkpoint write, as reported at epoch ends (s)": [
             round(r.get("checkpoint_s", 0), 2) for r in epochs
         ],
-        "actor pools started": summary["final"].get("patch_cutters_started"),
+        "augmentation actors started, all attempts": summary["final"].get("patch_cutters_started"),
         "problems": problems or "none",
     }
     print(json.dumps(figures, indent=2))
