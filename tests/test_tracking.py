@@ -118,3 +118,41 @@ def test_wandb_offline_writes_its_run_files_with_the_metrics(tmp_path: Path, mon
     again.close()
     rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in wandb_history(tmp_path)]
     assert rows == [{"loss": 3.0}, {"loss": 2.0, "epoch/knn_acc": 0.25}]
+
+
+def test_mlflow_as_a_user_first_tries_it_gets_one_store_or_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No tracking.uri: one SQLite file beside the run's storage, the same path for the driver
+    and every worker (MLflow's own default lives in each process's working directory, and a run
+    ended in 'Run with id=... not found'). A file:// store (MLflow 3 refuses it under a Ray
+    Train traceback) and a run on object storage without a URI: one line saying what to pass."""
+    from empssl_ray.on_ray.tracking import mlflow_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    cfg = compose("pretrain", ["tracking.backend=mlflow", f"run.storage_path={tmp_path}/runs"])
+    uri = mlflow_uri(cfg)
+    assert uri == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    cfg.tracking.uri = "sqlite:///rel/mlflow.db"  # relative: made absolute in the driver
+    assert mlflow_uri(cfg) == f"sqlite:///{tmp_path}/rel/mlflow.db"
+    for store in (f"file://{tmp_path}/mlruns", "mlruns"):
+        cfg.tracking.uri = store
+        with pytest.raises(ConfigError, match=r"^tracking.uri=.*refuses a file store; pass"):
+            mlflow_uri(cfg)
+    on_s3 = compose("pretrain", ["tracking.backend=mlflow", "run.storage_path=s3://b/runs"])
+    with pytest.raises(ConfigError, match=r"^tracking.backend=mlflow with run.storage_path=s3"):
+        mlflow_uri(on_s3)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert mlflow_uri(on_s3) == "http://127.0.0.1:5000"
+    # The default store works from any working directory: a run tracked there is found again
+    # from another one, as a restarted worker would.
+    (tmp_path / "runs").mkdir()
+    cfg.tracking.uri = uri
+    first = Tracker(cfg, f"{tmp_path}/runs/smoke")
+    first.log([(1, {"loss": -1.0})])
+    first.close()
+    monkeypatch.chdir(tmp_path / "runs")
+    again = Tracker(cfg, f"{tmp_path}/runs/smoke")
+    assert again.run_id == first.run_id
+    again.close()

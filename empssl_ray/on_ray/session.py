@@ -12,6 +12,7 @@ import yaml
 from empssl_ray.config import PretrainConfig
 from empssl_ray.console import verbose_wanted
 from empssl_ray.on_ray.logs import quiet_ray, silence_driver
+from empssl_ray.on_ray.tracking import mlflow_uri
 from empssl_ray.pool_cap import actor_ask, cap_pool, launcher_node_types, pool_capacity
 from empssl_ray.rules import check_capacity, check_locations
 
@@ -50,7 +51,7 @@ def preflight(
     cfg: PretrainConfig, outputs: dict[str, str] | None = None, trains: bool = True
 ) -> None:
     """Storage locations (and, for a job that trains, the cluster's CPUs) checked in the driver
-    once Ray is up, before any task starts.
+    once Ray is up, before any task starts; MLflow's store settled (`mlflow_uri`).
 
     Args:
         outputs: where the job writes, by config key; default {"run.storage_path": ...}.
@@ -58,6 +59,8 @@ def preflight(
     """
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     check_locations(cfg, nodes, JOB_ENV_VAR in os.environ, outputs)
+    # One MLflow store for the driver and every worker (the cfg travels to them with it).
+    cfg.tracking.uri = mlflow_uri(cfg)
     if trains:
         cpus = ray.cluster_resources().get("CPU", 0.0)
         note = check_capacity(cfg, cpus, can_grow=not _started_here)

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
-from empssl_ray.config import PretrainConfig
+from empssl_ray.config import ConfigError, PretrainConfig
+from empssl_ray.data import storage
 from empssl_ray.errors import UserError
 
 RUN_DIR_TAG = "empssl_ray.run_dir"  # MLflow: the tag that finds a run's tracked run again
@@ -50,6 +51,39 @@ def numeric(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
         for k, v in metrics.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and k not in ("step", "kind")
     }
+
+
+def mlflow_uri(cfg: PretrainConfig) -> str | None:
+    """Where MLflow tracks, the same for the driver and every worker: MLflow's default store
+    (and a relative sqlite path) lives in each process's working directory, which Ray's
+    workers do not share with the driver. Without tracking.uri (nor MLFLOW_TRACKING_URI): one
+    SQLite file beside the run's local storage.
+
+    Raises:
+        ConfigError: a file:// store (MLflow 3 refuses it), or no URI for a run on object
+            storage (a SQLite file cannot live there): one line saying what to pass.
+    """
+    t = cfg.tracking
+    if t.backend != "mlflow":
+        return t.uri
+    uri = t.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    runs = storage.resolve(cfg.run.storage_path)
+    if uri is None and storage.is_uri(runs):
+        raise ConfigError(
+            f"tracking.backend=mlflow with run.storage_path={runs} needs tracking.uri: an "
+            "MLflow server (http://host:5000), databricks, or sqlite:////a/path/every/node/"
+            "sees/mlflow.db"
+        )
+    if uri is None:
+        return f"sqlite:///{os.path.join(runs, 'mlflow.db')}"
+    if uri.startswith("file:") or "://" not in uri:
+        raise ConfigError(
+            f"tracking.uri={uri}: MLflow 3 refuses a file store; pass tracking.uri=sqlite:///"
+            f"{os.path.join(runs, 'mlflow.db')} (one file), or an MLflow server (http://host:5000)"
+        )
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):  # relative
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///") :])
+    return uri
 
 
 def _require(backend: str) -> Any:
