@@ -111,6 +111,19 @@ def plan_seconds(rows: int, batch: int, block_rows: int, max_blocks: int) -> tup
     return time.perf_counter() - start, len(tasks)
 
 
+def position_bytes(rows: int, batch: int) -> int:
+    """The size of position.pt (as a checkpoint writes it) half-way through an epoch of
+    `rows` rows: the bits of the one epoch in flight."""
+    from empssl_ray.data.read_plan import StreamPosition
+    from empssl_ray.runs.checkpoints import POSITION_FILE, save_checkpoint
+
+    position = StreamPosition(rows, epoch_rows=rows - rows % batch)
+    position.add(np.zeros(rows // 2, np.int64), np.arange(rows // 2))
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint({"epoch": 0, "step": 1}, folder, {**position.state(), "step": 1})
+        return os.path.getsize(os.path.join(folder, POSITION_FILE))
+
+
 def attempts_of(trained: Path) -> list[np.ndarray]:
     return [np.loadtxt(f, dtype=np.int64).reshape(-1, 3) for f in sorted(trained.glob("*.txt"))]
 
@@ -223,7 +236,8 @@ def main() -> None:
         "driver peak memory (MB)": round(driver_mb),
         "rank 0 peak memory (MB)": round(max(r.get("rank0_peak_mb", 0) for r in epochs)),
         "largest position.pt (bytes)": watcher.largest_position,
-        "position.pt at 14M rows, one epoch in flight (bytes)": -(-IMAGENET_21K_ROWS // 8),
+        "position.pt mid-epoch, written alone (bytes)": position_bytes(args.rows, args.batch),
+        "position.pt mid-epoch at 14M rows (bytes)": position_bytes(IMAGENET_21K_ROWS, args.batch),
         "read tasks of one execution (one epoch)": blocks,
         "planning one execution (s)": round(plan_1x, 3),
         "read tasks of one execution at 14M rows": blocks_14m,

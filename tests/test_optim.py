@@ -34,11 +34,16 @@ def test_lars_scales_weight_step_by_trust_ratio_and_skips_bias() -> None:
 
 
 def test_clip_keeps_adapted_rate_at_most_lr() -> None:
-    layer = nn.Linear(4, 3, bias=False)
+    """A tiny gradient's raw trust ratio (eta ||w|| / ||g||, about 100 here) is clipped to 1: the
+    step is exactly lr x g. Compared as the step itself in float64, so that no step, a reversed
+    step or an unclipped one (100x) cannot pass within the tolerance."""
+    layer = nn.Linear(4, 3, bias=False).double()
     w0 = layer.weight.detach().clone()
-    layer.weight.grad = torch.full_like(layer.weight, 1e-6)  # tiny gradient: huge raw trust ratio
+    layer.weight.grad = torch.full_like(layer.weight, 1e-3)  # tiny gradient: huge raw trust ratio
+    assert 1.0 * w0.norm() / layer.weight.grad.norm() > 50  # the ratio the clip must cap
     LARS(layer.parameters(), lr=0.1, momentum=0.0, eta=1.0).step()
-    torch.testing.assert_close(layer.weight, w0 - 0.1 * layer.weight.grad)
+    step = w0 - layer.weight.detach()
+    torch.testing.assert_close(step, torch.full_like(step, 1e-4), rtol=1e-9, atol=0.0)
 
 
 def test_nesterov_momentum_accumulates() -> None:
