@@ -423,7 +423,7 @@ def test_dataset_pickles_without_pixels(tmp_path: Path) -> None:
 
 
 # ---- real data, when this machine has it ---------------------------------------------------
-@pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="shared CIFAR-10 parquet not present")
+@pytest.mark.usefixtures("shared_cifar")  # skipped where absent, failed in CI
 def test_real_cifar10_parquet() -> None:
     c = cfg(name="parquet", root=str(SHARED_CIFAR), test_limit=1500)
     ds = open_dataset(c, "test")

@@ -17,10 +17,7 @@ from tests.conftest import SHARED_CIFAR
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "bench" / "gpu_headline.py"
-needs_data = pytest.mark.skipif(
-    not ((SHARED_CIFAR / "train").is_dir() and (SHARED_CIFAR / "test").is_dir()),
-    reason="shared CIFAR-10 Parquet is absent",
-)
+needs_data = pytest.mark.usefixtures("shared_cifar")  # skipped where absent, failed in CI
 
 # Makes `import ray` (and hydra/omegaconf, absent on a bare GPU box) fail in the child.
 BLOCK = "import sys; sys.modules.update(ray=None, hydra=None, omegaconf=None)\n"

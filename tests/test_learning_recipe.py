@@ -16,7 +16,7 @@ from tests.conftest import SHARED_CIFAR
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not SHARED_CIFAR.is_dir(), reason="shared CIFAR-10 parquet not present"),
+    pytest.mark.usefixtures("shared_cifar"),  # skipped where absent, failed in CI
     pytest.mark.usefixtures("ray_session"),
 ]
 

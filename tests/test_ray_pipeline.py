@@ -179,7 +179,8 @@ def test_run_writes_everything_to_the_bucket_and_nothing_local(smoke_run) -> Non
     written = json.loads(storage.read_text(f"{run_dir}/eval.json"))
     assert written["checkpoint"].startswith(f"{run_dir}/checkpoint_")
     m = written["pretrained"]
-    assert 0.0 <= m["probe_acc"] <= 1.0 and 0.0 <= m["knn_acc"] <= 1.0
+    # Well above chance (10 classes): a label misaligned with its image would not get there.
+    assert m["probe_acc"] > 0.3 and m["knn_acc"] > 0.3, m
     assert m["num_train"] == 540 and m["num_test"] == 256
 
 

@@ -44,7 +44,7 @@ def test_every_epoch_is_every_row_once_in_a_new_reproducible_order() -> None:
     pieces = slices_of(CHUNKS, 16)
     epochs = [rows_of(epoch_plan(pieces, 64, seed=7, epoch=e)) for e in range(3)]
     assert all(sorted(rows) == list(range(230)) for rows in epochs)
-    assert epochs[0] != epochs[1] != epochs[2]
+    assert len({tuple(rows) for rows in epochs}) == 3  # three different orders, pairwise
     assert epochs[1] == rows_of(epoch_plan(pieces, 64, seed=7, epoch=1))  # same seed, same order
     assert epochs[1] != rows_of(epoch_plan(pieces, 64, seed=8, epoch=1))
     in_order = epoch_plan(pieces, 64, seed=None, epoch=5)
