@@ -13,7 +13,7 @@ test: setup  ## unit + Ray integration tests (default suite: about 15 min on 2 c
 test-cluster: setup  ## ray job submit to a head + 3 loopback nodes; Ray's own autoscaler under a run (~15 min)
 	$(PY) -m pytest -q -m cluster
 
-test-drills: setup  ## spot drills: a drained node, three lost nodes, a sweep losing a node, S3 outages, a sweep's driver killed (~12 min)
+test-drills: setup  ## spot drills: a drained node, three lost nodes, an elastic run shrinking and growing, a sweep losing a node, S3 outages, a sweep's driver killed (~19 min)
 	$(PY) -m pytest -q -m drills
 
 test-slow: setup  ## the CPU learning recipes on CIFAR-10 from ../shared/data/cifar10 (~20 min)

@@ -134,13 +134,18 @@ def retrying(what: str, operation: Callable[[], T]) -> T:
             delay = min(2 * delay, 30.0)
 
 
-def checked(what: str, location: str, operation: Callable[[], T]) -> T:
+def checked(what: str, location: str, operation: Callable[[], T], writes: bool = False) -> T:
     """`retrying` an operation on `location`, and an error retrying cannot mend (403, a KMS
-    denial, no such bucket) as one StorageError line: never taken for a missing file."""
+    denial, no such bucket) as one StorageError line: never taken for a missing file. A missing
+    file stays a FileNotFoundError for reads; a write has no file to miss (`writes`)."""
     try:
         return retrying(f"{what} {location}", operation)
-    except (FileNotFoundError, StorageUnavailableError):
+    except StorageUnavailableError:
         raise
+    except FileNotFoundError as e:
+        if not writes:
+            raise
+        raise StorageError(f"cannot {what} {location} ({e}): check the path") from e
     except OSError as e:
         raise StorageError(f"cannot {what} {location} ({e}): check the path and permissions") from e
 
@@ -220,7 +225,7 @@ def write_bytes(location: str, data: bytes) -> None:
         with fs.open_output_stream(path) as f:
             f.write(data)
 
-    checked("write", location, write)
+    checked("write", location, write, writes=True)
 
 
 def read_text(location: str) -> str:
