@@ -34,19 +34,25 @@ def test_next_epoch_is_fetched_while_the_trainer_is_still_on_this_one() -> None:
 
 
 def test_depth_bounds_what_is_fetched_ahead() -> None:
-    fetched: list[int] = []
+    """Depth 3 with one item handed out: the producer fetches up to item 4 (3 queued, one
+    being put) and no further. Waits for the producer to get that far first, so a slow
+    producer cannot pass for a bounded one."""
+    reached, overfetched = threading.Event(), threading.Event()
 
     def source() -> Iterator[int]:
         for i in range(100):
-            fetched.append(i)
+            if i == 4:
+                reached.set()
+            if i == 5:
+                overfetched.set()
             yield i
 
     stream = Prefetcher(source(), depth=3)
     epoch = stream.take(100)
     next(epoch)
-    threading.Event().wait(0.2)
-    assert len(fetched) <= 5  # 3 queued, one being put, one handed out
-    assert sum(1 for _ in epoch) == 99
+    assert reached.wait(timeout=10)  # as far as the depth allows
+    assert not overfetched.wait(timeout=0.5)  # and no further while nobody takes
+    assert sum(1 for _ in epoch) == 99 and overfetched.is_set()
 
 
 def test_producer_error_is_raised_in_the_trainer() -> None:

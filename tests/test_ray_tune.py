@@ -101,8 +101,11 @@ def test_sweep_tables_every_trial_and_asha_keeps_one_to_the_end(sweep) -> None:
     assert sum(k.endswith("/metrics.jsonl") for k in keys) == 4  # every trial's run on S3
 
 
+# tune-demo's budget, 4,096 patch-forwards, in steps of 64 images: 8 at 8 patches, 32 at 2.
+BUDGET_STEPS = {8: 8, 2: 32}
+
+
 def test_trials_of_an_equal_budget_end_their_schedules_at_their_own_last_step(sweep) -> None:
-    from empssl_ray.on_ray.tune import budget_steps
     from empssl_ray.runs.checkpoints import latest_checkpoint, load_checkpoint
 
     cfg, out, _ = sweep
@@ -110,10 +113,7 @@ def test_trials_of_an_equal_budget_end_their_schedules_at_their_own_last_step(sw
     patches = set()
     for row in table[table["budget_spent"] > 0.99].itertuples():
         state = load_checkpoint(latest_checkpoint(f"{out['sweep_dir']}/trials/trial-{row.trial}"))
-        steps = budget_steps(
-            cfg.sweep.budget, cfg.optim.batch_size, state["config"]["patches"]["num_patches"]
-        )
-        assert state["step"] == steps  # 8 steps at 8 patches, 32 at 2
+        assert state["step"] == BUDGET_STEPS[state["config"]["patches"]["num_patches"]]
         assert max(state["scheduler"]["_last_lr"]) == 0.0  # the cosine reached 0 there
         patches.add(state["config"]["patches"]["num_patches"])
     assert patches  # (which patch counts ran to the end depends on ASHA's draws)
@@ -139,7 +139,6 @@ def test_each_trial_is_a_tracked_run_of_the_sweeps_experiment(sweep, mlflow_serv
 
 def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:
     from empssl_ray.config import PretrainConfig
-    from empssl_ray.on_ray.tune import budget_steps
     from empssl_ray.runs.metrics import read_metrics
     from jobs.pretrain import main
 
@@ -150,9 +149,7 @@ def test_best_yaml_starts_a_pretrain_run(sweep, tmp_path) -> None:
     (tmp_path / "best.yaml").write_text(best)
     as_found = compose("best", [], config_dir=str(tmp_path), schema=PretrainConfig)
     # The winner's length is the budget it won at: its own steps.
-    assert as_found.optim.max_steps == budget_steps(
-        sweep_cfg.sweep.budget, as_found.optim.batch_size, as_found.patches.num_patches
-    )
+    assert as_found.optim.max_steps == BUDGET_STEPS[as_found.patches.num_patches]
     cfg = compose(
         "best",
         [
