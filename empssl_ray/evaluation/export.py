@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from empssl_ray.config import ConfigError
+
 FORMATS = ("torchvision", "onnx", "torchscript")
 
 EXPORTABLE = {
@@ -65,9 +67,10 @@ def export_encoder(
     """
     backbone, width = model_cfg["backbone"], model_cfg["width"]
     if backbone not in EXPORTABLE or width != 64:
-        raise ValueError(
-            f"model.backbone={backbone} width={width} is not torchvision's "
-            f"resnet18: export needs one of {sorted(EXPORTABLE)} at width 64"
+        raise ConfigError(
+            f"model.backbone={backbone} width={width} is not torchvision's resnet18 (format="
+            f"torchvision needs one of {sorted(EXPORTABLE)} at width 64): pass format=onnx or "
+            "format=torchscript, which export any encoder"
         )
     state = {k.removeprefix("module."): v for k, v in model_state.items()}
     renamed = {_torchvision_key(k): v for k, v in state.items()}
@@ -157,8 +160,6 @@ def write_export(checkpoint: str, out_dir: str, fmt: str = "torchvision") -> dic
     from empssl_ray.runs.checkpoints import checkpoint_file, load_checkpoint
 
     if fmt not in FORMATS:
-        from empssl_ray.config import ConfigError
-
         raise ConfigError(f"format={fmt} is not one of {', '.join(FORMATS)}")
     state = load_checkpoint(checkpoint)
     source = storage.resolve(checkpoint_file(checkpoint))
