@@ -265,13 +265,17 @@ def check_locations(
             )
 
 
-def check_capacity(cfg: PretrainConfig, cluster_cpus: float, can_grow: bool) -> str | None:
+def check_capacity(
+    cfg: PretrainConfig, cluster_cpus: float, can_grow: bool, cluster_gpus: float | None = None
+) -> str | None:
     """Refuses (or, on a cluster that may grow, notes) a run whose trainers and stream cannot
-    all hold their CPUs at once: Ray would wait for them without a word, for ever.
+    all hold their CPUs (and, with ray.use_gpu, their GPUs) at once: Ray would wait for them
+    without a word, for ever.
 
     Args:
         cluster_cpus: the CPUs the cluster has now (logical, as Ray counts them).
         can_grow: nodes may still join (a cluster the job joined, not one it started).
+        cluster_gpus: the GPUs it has now (None: not checked).
 
     Returns:
         None when the run fits, else a one-line note (can_grow only).
@@ -280,19 +284,28 @@ def check_capacity(cfg: PretrainConfig, cluster_cpus: float, can_grow: bool) -> 
     stream = r.read_cpus + (
         0.0 if r.patches_on_trainer else r.aug_min_actors * r.aug_cpus_per_actor
     )
-    need = min(r.num_workers, worker_counts(cfg)[0]) * r.cpus_per_worker + stream
-    if need <= cluster_cpus + 1e-9:
+    workers = min(r.num_workers, worker_counts(cfg)[0])
+    need = workers * r.cpus_per_worker + stream
+    texts = []
+    if need > cluster_cpus + 1e-9:
+        texts.append(
+            f"the run needs {need:g} CPUs at once (ray.num_workers x ray.cpus_per_worker + "
+            f"ray.read_cpus + ray.aug_min_actors x ray.aug_cpus_per_actor) and the cluster has "
+            f"{cluster_cpus:g}"
+        )
+    if r.use_gpu and cluster_gpus is not None and max(1, workers) > cluster_gpus + 1e-9:
+        texts.append(
+            f"the run needs {max(1, workers)} GPUs at once (one a training worker, "
+            f"ray.use_gpu=true) and the cluster has {cluster_gpus:g}"
+        )
+    if not texts:
         return None
-    text = (
-        f"the run needs {need:g} CPUs at once (ray.num_workers x ray.cpus_per_worker + "
-        f"ray.read_cpus + ray.aug_min_actors x ray.aug_cpus_per_actor) and the cluster has "
-        f"{cluster_cpus:g}"
-    )
+    text = "; ".join(texts)
     if can_grow:
         return f"{text}: it waits until nodes join"
     raise ConfigError(
-        f"{text}: lower those shares (they are logical, e.g. experiment=demo's 0.25..0.5) "
-        "or run on a larger cluster"
+        f"{text}: lower those shares (they are logical, e.g. experiment=demo's 0.25..0.5), "
+        "lower ray.num_workers, or run on a larger cluster"
     )
 
 

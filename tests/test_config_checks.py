@@ -80,6 +80,18 @@ def test_a_run_that_cannot_hold_its_cpus_at_once_is_refused_or_noted() -> None:
     assert check_capacity(cfg, 3, can_grow=False) is None
 
 
+def test_a_gpu_run_on_a_cluster_without_its_gpus_is_refused_or_noted() -> None:
+    """Two GPU workers on a cluster of one GPU would wait for ever, like missing CPUs; an
+    elastic run needs its fewest."""
+    cfg = compose("pretrain", ["ray.use_gpu=true"])
+    assert check_capacity(cfg, 8, can_grow=False, cluster_gpus=2) is None
+    with pytest.raises(ConfigError, match=r"^the run needs 2 GPUs at once .* has 1: "):
+        check_capacity(cfg, 8, can_grow=False, cluster_gpus=1)
+    assert "waits until nodes join" in str(check_capacity(cfg, 8, True, cluster_gpus=0))
+    elastic = compose("pretrain", ["ray.use_gpu=true", "ray.num_workers=4", "ray.min_workers=2"])
+    assert check_capacity(elastic, 8, can_grow=False, cluster_gpus=2) is None
+
+
 def test_unknown_preset_is_refused_listing_the_presets() -> None:
     check_preset(None)
     check_preset("smoke")

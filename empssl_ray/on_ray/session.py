@@ -62,8 +62,9 @@ def preflight(
     # One MLflow store for the driver and every worker (the cfg travels to them with it).
     cfg.tracking.uri = mlflow_uri(cfg)
     if trains:
-        cpus = ray.cluster_resources().get("CPU", 0.0)
-        note = check_capacity(cfg, cpus, can_grow=not _started_here)
+        have = ray.cluster_resources()
+        can_grow = not _started_here
+        note = check_capacity(cfg, have.get("CPU", 0.0), can_grow, have.get("GPU", 0.0))
         if note is not None:
             print(f"empssl-ray: note: {note}", flush=True)
         note = cap_pool(cfg.ray, cluster_pool_capacity(cfg))
