@@ -83,6 +83,22 @@ def start_in_thread(main: Callable[[Any], Any], cfg: Any) -> tuple[threading.Thr
     return thread, result
 
 
+def finished(
+    thread: threading.Thread, result: dict, run_dir: str, record: Path, timeout: float
+) -> dict:
+    """What a scenario's run left once its thread ends: its final metrics, its metrics.jsonl,
+    and the rows every rank recorded; a RuntimeError when it did not finish in `timeout`."""
+    from empssl_ray.runs.metrics import read_metrics
+
+    thread.join(timeout=timeout)
+    if "out" not in result:
+        raise RuntimeError(f"the run did not finish: {result.get('error', 'still running')}")
+    final = result["out"]["final"]
+    log(f"the run finished at step {final.get('step')}")
+    trained = {f.name: f.read_text().splitlines() for f in sorted(record.glob("trained-*.txt"))}
+    return {"final": final, "metrics": read_metrics(run_dir), "trained": trained}
+
+
 def wait_for_step(record: Path, step: int) -> None:
     deadline = time.monotonic() + 300
     while newest_step(record) < step and time.monotonic() < deadline:
@@ -109,7 +125,6 @@ def main(work: Path, data: str, store: str, mode: str = "drain") -> dict:
     from ray.cluster_utils import Cluster
 
     from empssl_ray.launch import compose
-    from empssl_ray.runs.metrics import read_metrics
     from jobs.pretrain import main as pretrain_main
 
     record = work / "trained"
@@ -159,16 +174,7 @@ def main(work: Path, data: str, store: str, mode: str = "drain") -> dict:
                 log(f"lost the trainer node without notice at step {newest_step(record)}")
                 first = cluster.add_node(num_cpus=1, resources={"trainer": 1})
                 log(f"trainer node {n + 2} joined")
-        thread.join(timeout=300)
-        if "out" not in result:
-            raise RuntimeError(f"the run did not finish: {result.get('error', 'still running')}")
-        summary = result["out"]
-        log(f"the run finished at step {summary['final'].get('step')}")
-        seen["final"] = summary["final"]
-        seen["metrics"] = read_metrics(f"{store}/runs/{mode}")
-        seen["trained"] = {
-            f.name: f.read_text().splitlines() for f in sorted(record.glob("trained-*.txt"))
-        }
+        seen.update(finished(thread, result, f"{store}/runs/{mode}", record, 300))
     finally:
         ray.shutdown()
         cluster.shutdown()

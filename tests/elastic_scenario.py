@@ -23,7 +23,13 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.drain_scenario import log, newest_step, start_in_thread, wait_for_step  # noqa: E402
+from tests.drain_scenario import (  # noqa: E402
+    finished,
+    log,
+    newest_step,
+    start_in_thread,
+    wait_for_step,
+)
 
 ELASTIC_LOSS_AT = 6
 ELASTIC_GROW_AT = 16  # steps trained on two workers before a third node comes back
@@ -35,7 +41,6 @@ def main(work: Path, data: str, store: str) -> dict:
     from ray.cluster_utils import Cluster
 
     from empssl_ray.launch import compose
-    from empssl_ray.runs.metrics import read_metrics
     from jobs.pretrain import main as pretrain_main
 
     record = work / "trained"
@@ -88,16 +93,7 @@ def main(work: Path, data: str, store: str) -> dict:
         trainers.append(cluster.add_node(**TRAINER_NODE))
         seen["joined_at_step"] = newest_step(record)
         log(f"a trainer node joined at step {seen['joined_at_step']}")
-        thread.join(timeout=400)
-        if "out" not in result:
-            raise RuntimeError(f"the run did not finish: {result.get('error', 'still running')}")
-        summary = result["out"]
-        log(f"the run finished at step {summary['final'].get('step')}")
-        seen["final"] = summary["final"]
-        seen["metrics"] = read_metrics(f"{store}/runs/elastic")
-        seen["trained"] = {
-            f.name: f.read_text().splitlines() for f in sorted(record.glob("trained-*.txt"))
-        }
+        seen.update(finished(thread, result, f"{store}/runs/elastic", record, 400))
     finally:
         ray.shutdown()
         cluster.shutdown()
