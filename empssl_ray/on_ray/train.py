@@ -69,7 +69,8 @@ def worker_range(cfg: PretrainConfig) -> int | tuple[int, int]:
 
 def steps_per_epoch(rows: int, cfg: PretrainConfig) -> int:
     """Optimiser steps in one epoch: the split's rows in whole global batches, at any worker
-    count (every count the run may have divides optim.batch_size: `rules.check_worker_range`)."""
+    count (a config rule makes every count the run may have, `rules.worker_counts`, divide
+    optim.batch_size)."""
     return rows // cfg.optim.batch_size
 
 
@@ -280,12 +281,12 @@ def build_trainer(
             f"optim.batch_size={cfg.optim.batch_size} is larger than the {rows} "
             "training images: lower optim.batch_size or raise data.train_limit"
         )
-    # On the head node, as Ray Train pins its own state actor: a counter on a worker node that
-    # leaves would take the run with it (seen in tests/cluster_scenario.py). "DEFAULT" leaves a
-    # Tune trial's placement group, whose bundles hold no head-node resource.
     saved = resume_point(run_dir).position()
     if saved is not None:  # a resume: its epochs must be this config's
         check_schedule(saved, per_epoch, cfg)
+    # On the head node, as Ray Train pins its own state actor: a counter on a worker node that
+    # leaves would take the run with it (seen in tests/cluster_scenario.py). "DEFAULT" leaves a
+    # Tune trial's placement group, whose bundles hold no head-node resource.
     counter = on_head(RowCounter).remote()
     faults = Faults.from_env(run_dir)
     # The run's checkpoints are ours to choose (`resume_point`) and prune (`RayHooks`), across
