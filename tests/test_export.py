@@ -43,7 +43,7 @@ def test_exported_weights_in_torchvision_give_our_features(
     notes = json.loads(Path(paths["export.json"]).read_text())
     net = torchvision.models.resnet18()
     net.fc = torch.nn.Identity()
-    if notes["stem"] == "cifar":  # the three lines the README shows
+    if notes["stem"] == "cifar":  # the three lines docs/running.md shows
         net.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         net.maxpool = torch.nn.Identity()
     net.load_state_dict(torch.load(paths["resnet18.pt"]))  # strict: every key, no extra
