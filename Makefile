@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 setup:
 	bash scripts/setup.sh
 
-test: setup  ## unit + Ray integration tests (default suite: about 15 min on 2 cores)
+test: setup  ## unit + Ray integration tests (default suite: about 17 min on 2 cores)
 	$(PY) -m pytest -q
 
 test-cluster: setup  ## ray job submit to a head + 3 loopback nodes; Ray's own autoscaler under a run (~15 min)
