@@ -225,8 +225,11 @@ def main() -> None:
     kill_times = sorted((work / m).stat().st_mtime for m in os.listdir(work) if "fired" in m)
     appeared = sorted(watcher.first_batch_at.values())  # every rank's first batch, each attempt
     restart_s = [min(t for t in appeared if t > k) - k for k in kill_times]
-    plan_1x, blocks = plan_seconds(args.rows, args.batch, args.aug_batch * 16, 1)
-    plan_14m, blocks_14m = plan_seconds(IMAGENET_21K_ROWS, args.batch, args.aug_batch * 16, 1)
+    plans = {  # this run's blocks (aug_batch x 16 rows) and the default's (64 x 16)
+        (rows, block): plan_seconds(rows, args.batch, block, 1)
+        for rows in (args.rows, IMAGENET_21K_ROWS)
+        for block in (args.aug_batch * 16, 64 * 16)
+    }
     driver_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures = {
         "rows": args.rows,
@@ -239,10 +242,10 @@ def main() -> None:
         "largest position.pt (bytes)": watcher.largest_position,
         "position.pt mid-epoch, written alone (bytes)": position_bytes(args.rows, args.batch),
         "position.pt mid-epoch at 14M rows (bytes)": position_bytes(IMAGENET_21K_ROWS, args.batch),
-        "read tasks of one execution (one epoch)": blocks,
-        "planning one execution (s)": round(plan_1x, 3),
-        "read tasks of one execution at 14M rows": blocks_14m,
-        "planning one execution at 14M rows (s)": round(plan_14m, 3),
+        "planning one execution (one epoch): rows, block rows -> s, read tasks": [
+            f"{rows:,}, {block:,} -> {seconds:.3f} s, {tasks:,}"
+            for (rows, block), (seconds, tasks) in plans.items()
+        ],
         "kill to next first batch (s)": [round(s) for s in restart_s],
         "checkpoint write, as reported at epoch ends (s)": [
             round(r.get("checkpoint_s", 0), 2) for r in epochs
