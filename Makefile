@@ -8,13 +8,13 @@ setup:
 	bash scripts/setup.sh
 
 test: setup  ## unit + Ray integration tests (default suite: about 17 min on 2 cores)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=10
 
 test-cluster: setup  ## ray job submit to a head + 3 loopback nodes; Ray's own autoscaler under a run (~15 min)
-	$(PY) -m pytest -q -m cluster
+	$(PY) -m pytest -q -m cluster --durations=10
 
 test-drills: setup  ## spot drills: a drained node, three lost nodes, an elastic run shrinking and growing, a sweep losing a node, S3 outages, a sweep's driver killed (~19 min)
-	$(PY) -m pytest -q -m drills
+	$(PY) -m pytest -q -m drills --durations=10
 
 test-slow: setup  ## the CPU learning recipes on CIFAR-10 from ../shared/data/cifar10 (~20 min)
 	$(PY) -m pytest -q -m slow -s
